@@ -1,0 +1,243 @@
+"""Frozen, validated configuration for every stage.
+
+A config is a tree of frozen dataclasses. It is built from a plain dict (or a YAML file) and
+accepts dotted overrides such as ``train.lr=0.01`` or ``method.params.hide_prob=0.5``. Unknown
+keys and out-of-range values fail early with a message that lists the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is invalid."""
+
+
+BACKBONES = ("resnet18", "resnet34", "resnet50")
+MAP_KINDS = ("cam", "gradcam")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the dataset lives and how images are fed to the classifier."""
+
+    root: str = "data/synth"
+    train_split: str = "train"
+    val_split: str = "val"
+    crop_size: int = 112
+    max_image_side: int = 1024
+    loader_workers: int = 0
+
+    def validate(self) -> None:
+        _check(self.crop_size >= 16, "data.crop_size", self.crop_size, ">= 16")
+        _check(self.max_image_side >= self.crop_size, "data.max_image_side", self.max_image_side,
+               ">= data.crop_size")
+        _check(self.loader_workers >= 0, "data.loader_workers", self.loader_workers, ">= 0")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Backbone choice. ``pretrained`` is None, ``"imagenet"`` or a local checkpoint path."""
+
+    backbone: str = "resnet18"
+    pretrained: str | None = None
+
+    def validate(self) -> None:
+        _check_choice("model.backbone", self.backbone, BACKBONES)
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """A registered method name and its own knobs (validated by the method's ``Params``)."""
+
+    name: str = "cam"
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        from wsss.methods import get_method  # the registry validates name and params
+
+        get_method(self.name).parse_params(self.params)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Classifier optimisation and Ray Train scaling. ``use_gpu=None`` means auto-detect."""
+
+    epochs: int = 8
+    batch_size: int = 16
+    lr: float = 0.01
+    weight_decay: float = 1e-4
+    num_workers: int = 2
+    use_gpu: bool | None = None
+    seed: int = 0
+
+    def validate(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", self.epochs, ">= 1")
+        _check(self.batch_size >= 1, "train.batch_size", self.batch_size, ">= 1")
+        _check(self.lr > 0, "train.lr", self.lr, "> 0")
+        _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, ">= 0")
+        _check(self.num_workers >= 1, "train.num_workers", self.num_workers, ">= 1")
+
+
+@dataclass(frozen=True)
+class CamConfig:
+    """Localization-map extraction: CAM or Grad-CAM, test-time scales and flip."""
+
+    kind: str = "cam"
+    layer: str = "layer4"
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    batch_size: int = 16
+
+    def validate(self) -> None:
+        _check_choice("cams.kind", self.kind, MAP_KINDS)
+        _check(len(self.scales) > 0 and all(s > 0 for s in self.scales), "cams.scales",
+               self.scales, "a non-empty list of positive numbers")
+        _check(self.batch_size >= 1, "cams.batch_size", self.batch_size, ">= 1")
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    """Maps -> pseudo-masks. ``bg_threshold`` applies only to datasets with a background class."""
+
+    bg_threshold: float = 0.25
+
+    def validate(self) -> None:
+        _check(0.0 <= self.bg_threshold <= 1.0, "masks.bg_threshold", self.bg_threshold,
+               "in [0, 1]")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow destination. ``uri=None`` means $MLFLOW_TRACKING_URI or the local default store."""
+
+    uri: str | None = None
+    experiment: str = "wsss"
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything a stage needs; each stage reads the sections it uses."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cams: CamConfig = field(default_factory=CamConfig)
+    masks: MaskConfig = field(default_factory=MaskConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def validate(self) -> "ExperimentConfig":
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if hasattr(section, "validate"):
+                section.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def with_overrides(self, overrides: Sequence[str]) -> "ExperimentConfig":
+        return from_dict(apply_overrides(self.to_dict(), overrides))
+
+
+def to_dict(cfg: Any) -> Any:
+    """Turn a config tree into plain dicts/lists (YAML/JSON-able)."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, Mapping):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    return cfg
+
+
+def from_dict(data: Mapping[str, Any] | None, cls: type = ExperimentConfig, prefix: str = "") -> Any:
+    """Build a (validated, when top level) config of type ``cls`` from a nested dict."""
+    data = dict(data or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
+                          f"valid keys under '{prefix or '<root>'}': {', '.join(sorted(fields))}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        f = fields[name]
+        sub = _dataclass_type(f)
+        if sub is not None:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"config key '{prefix}{name}' must be a mapping, got {value!r}")
+            kwargs[name] = from_dict(value, sub, prefix=f"{prefix}{name}.")
+        elif isinstance(value, list):
+            kwargs[name] = tuple(value) if "tuple" in str(f.type) else value
+        else:
+            kwargs[name] = value
+    cfg = cls(**kwargs)
+    if cls is ExperimentConfig:
+        cfg.validate()
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply dotted overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text())
+        if loaded is not None and not isinstance(loaded, Mapping):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        data = dict(loaded or {})
+    return from_dict(apply_overrides(data, overrides))
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` strings to a nested dict; values are parsed as YAML scalars/lists."""
+    out = to_dict(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key.path=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{part}' is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return out
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten a nested dict into dotted keys (for MLflow params)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _dataclass_type(f: dataclasses.Field) -> type | None:
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+    return type(default) if dataclasses.is_dataclass(default) else None
+
+
+def _check(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"config value {key}={value!r} is out of range: expected {expected}")
+
+
+def _check_choice(key: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ConfigError(f"config value {key}={value!r} is not valid; choose one of: "
+                          f"{', '.join(choices)}")

@@ -1,0 +1,109 @@
+"""The one interface every method implements, and the registry that names them.
+
+A method says how to build its model, how to compute its training loss from a batch, and how to
+turn images into raw class maps. Methods that act on the inputs (Hide-and-Seek, Mixup), on the
+model (ACoL, MDC, SEAM) or on the whole procedure (adversarial erasing) override the matching hook;
+the training loop, map extraction and tracking never special-case a method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wsss.config import ConfigError, ModelConfig
+from wsss.models import CamClassifier, build_backbone
+
+METHODS: dict[str, type["Method"]] = {}
+
+
+def register_method(name: str):
+    """Class decorator: make a method reachable by ``name`` from the CLI, sweeps and tests."""
+
+    def decorate(cls: type["Method"]) -> type["Method"]:
+        if name in METHODS:
+            raise ValueError(f"method '{name}' is registered twice")
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return decorate
+
+
+def get_method(name: str) -> type["Method"]:
+    """The registered method class called ``name`` (error lists the valid names)."""
+    if name not in METHODS:
+        raise ConfigError(f"unknown method '{name}'; choose one of: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """A method without knobs."""
+
+
+class Method:
+    """Base method: plain CAM training (multi-label BCE on GAP logits).
+
+    Subclasses set ``Params`` (a frozen dataclass of knobs with a ``validate`` method if needed)
+    and override the hooks they change.
+    """
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams
+    default_map_kind: ClassVar[str] = "cam"
+
+    def __init__(self, num_classes: int, params: Mapping[str, Any] | Any = None) -> None:
+        self.num_classes = num_classes
+        self.params = params if dataclasses.is_dataclass(params) else self.parse_params(params)
+
+    @classmethod
+    def parse_params(cls, raw: Mapping[str, Any] | None) -> Any:
+        """Build and validate ``Params`` from a dict; unknown keys list the valid ones."""
+        raw = dict(raw or {})
+        valid = {f.name for f in dataclasses.fields(cls.Params)}
+        unknown = sorted(set(raw) - valid)
+        if unknown:
+            raise ConfigError(f"method '{cls.name}' has no parameter(s) {', '.join(unknown)}; "
+                              f"valid: {', '.join(sorted(valid)) or '(none)'}")
+        params = cls.Params(**raw)
+        if hasattr(params, "validate"):
+            params.validate()
+        return params
+
+    def params_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.params)
+
+    # -- model -------------------------------------------------------------------------------
+    def build_model(self, model_cfg: ModelConfig) -> nn.Module:
+        """A fresh model for this method (images [B, 3, H, W] -> logits [B, C])."""
+        return CamClassifier(build_backbone(model_cfg.backbone, model_cfg.pretrained),
+                             self.num_classes)
+
+    # -- training ----------------------------------------------------------------------------
+    def training_loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                      epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss for one batch. images [B, 3, H, W], labels multi-hot float [B, C]."""
+        logits = model(images)
+        loss = F.multilabel_soft_margin_loss(logits, labels)
+        return loss, {"cls_loss": float(loss.detach())}
+
+    # -- maps --------------------------------------------------------------------------------
+    @property
+    def map_layer(self) -> str:
+        """Backbone stage whose activations Grad-CAM weights."""
+        return "layer4"
+
+    def class_maps(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """Raw class maps [B, C, h, w] for images [B, 3, H, W] in eval mode."""
+        return _unwrap(model).class_maps(images)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper, or the module itself."""
+    return getattr(model, "module", model)
