@@ -20,7 +20,7 @@ class ConfigError(ValueError):
 
 
 BACKBONES = ("resnet18", "resnet34", "resnet50")
-MAP_KINDS = ("cam", "gradcam")
+MAP_KINDS = ("auto", "cam", "gradcam")
 
 
 @dataclass(frozen=True)
@@ -87,10 +87,13 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class CamConfig:
-    """Localization-map extraction: CAM or Grad-CAM, test-time scales and flip."""
+    """Localization-map extraction: CAM or Grad-CAM, test-time scales and flip.
 
-    kind: str = "cam"
-    layer: str = "layer4"
+    ``kind="auto"`` and ``layer=None`` take the method's own choice (``gradcam`` -> Grad-CAM).
+    """
+
+    kind: str = "auto"
+    layer: str | None = None
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
     batch_size: int = 16

@@ -1,0 +1,61 @@
+"""Config: defaults, YAML, dotted overrides, and errors that list the valid choices."""
+
+import pytest
+
+from wsss.config import ConfigError, ExperimentConfig, flatten, from_dict, load_config
+
+
+def test_defaults_validate_and_round_trip():
+    cfg = ExperimentConfig().validate()
+    assert from_dict(cfg.to_dict()) == cfg
+
+
+def test_dotted_overrides_parse_yaml_values(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 3\nmethod:\n  name: gradcam\n")
+    cfg = load_config(path, ["train.lr=0.05", "cams.scales=[0.5, 1.0]", "cams.flip=true",
+                             "method.params.layer=layer3"])
+    assert cfg.train.epochs == 3 and cfg.train.lr == 0.05
+    assert cfg.cams.scales == (0.5, 1.0) and cfg.cams.flip is True
+    assert cfg.method.name == "gradcam" and cfg.method.params == {"layer": "layer3"}
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ConfigError, match=r"train\.epoch\b.*valid keys.*epochs"):
+        load_config(None, ["train.epoch=3"])
+
+
+def test_unknown_method_lists_registered_methods():
+    with pytest.raises(ConfigError, match="unknown method 'nope'.*cam.*gradcam"):
+        load_config(None, ["method.name=nope"])
+
+
+def test_unknown_method_param_lists_valid_params():
+    with pytest.raises(ConfigError, match="no parameter.*hide.*valid: layer"):
+        load_config(None, ["method.name=gradcam", "method.params.hide=0.5"])
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.epochs=0", "train.epochs"),
+    ("train.lr=-1", "train.lr"),
+    ("cams.scales=[]", "cams.scales"),
+    ("cams.kind=heatmap", "cams.kind"),
+    ("model.backbone=vgg16", "model.backbone"),
+    ("masks.bg_threshold=1.5", "masks.bg_threshold"),
+    ("method.params.layer=fc", "gradcam layer"),
+])
+def test_out_of_range_values_are_refused(override, key):
+    extra = ["method.name=gradcam"] if "layer" in override else []
+    with pytest.raises(ConfigError, match=key):
+        load_config(None, extra + [override])
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_flatten_gives_dotted_keys():
+    flat = flatten(ExperimentConfig().to_dict())
+    assert flat["train.lr"] == 0.01 and flat["data.crop_size"] == 112
+    assert "method.params" in flat  # empty mapping kept as a value

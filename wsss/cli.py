@@ -1,0 +1,186 @@
+"""The ``wsss`` command: one subcommand per pipeline stage.
+
+    wsss data synth --out data/synth --n 300 --seed 0
+    wsss train-cls --data data/synth --method cam --epochs 8
+    wsss cam --checkpoint CKPT --data data/synth --split train --out cams/
+    wsss eval --cams cams/ --data data/synth --split train
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from wsss.config import BACKBONES, MAP_KINDS, ConfigError, ExperimentConfig, load_config
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (sections: data, model, method, train, "
+                                    "cams, masks, tracking)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted config override, e.g. train.lr=0.05 (repeatable)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI "
+                                          "or sqlite:///mlflow.db in the working directory)")
+    p.add_argument("--experiment", help="MLflow experiment name (default: wsss)")
+
+
+def _config(args: argparse.Namespace, extra: list[str]) -> ExperimentConfig:
+    overrides = list(extra)
+    if args.tracking_uri:
+        overrides.append(f"tracking.uri={args.tracking_uri}")
+    if args.experiment:
+        overrides.append(f"tracking.experiment={args.experiment}")
+    return load_config(args.config, overrides + list(args.overrides))
+
+
+def _opt(overrides: list[str], key: str, value: object) -> None:
+    if value is not None:
+        overrides.append(f"{key}={value}")
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from wsss.data.synthetic import generate_dataset
+
+    info = generate_dataset(args.out, n=args.n, seed=args.seed, image_size=args.image_size)
+    print(f"wrote {args.n} images of {args.image_size}px to {args.out} "
+          f"(classes: {', '.join(info.class_names)})")
+    return 0
+
+
+def cmd_train_cls(args: argparse.Namespace) -> int:
+    from wsss.methods import METHODS  # noqa: F401  (registry for validation)
+    from wsss.ray_utils import init_ray
+    from wsss.stages import run_train_classifier
+
+    extra: list[str] = []
+    for key, value in [("data.root", args.data), ("method.name", args.method),
+                       ("train.epochs", args.epochs), ("train.num_workers", args.workers),
+                       ("train.batch_size", args.batch_size), ("train.lr", args.lr),
+                       ("model.backbone", args.backbone), ("model.pretrained", args.pretrained),
+                       ("data.crop_size", args.crop_size), ("train.seed", args.seed)]:
+        _opt(extra, key, value)
+    cfg = _config(args, extra)
+    init_ray(args.address)
+    result = run_train_classifier(cfg, args.out, run_name=args.run_name)
+    metrics = ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()
+                        if isinstance(v, float))
+    print(f"\ntrained {cfg.method.name} ({cfg.model.backbone}) for {cfg.train.epochs} epochs on "
+          f"{cfg.train.num_workers} worker(s) in {result.seconds:.0f}s: {metrics}")
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} bad sample(s):")
+        for sample_id, reason in result.skipped:
+            print(f"  {sample_id}: {reason}")
+    print(f"checkpoint: {result.checkpoint}")
+    return 0
+
+
+def cmd_cam(args: argparse.Namespace) -> int:
+    from wsss.stages import run_cams
+
+    extra: list[str] = []
+    _opt(extra, "cams.kind", args.kind)
+    _opt(extra, "cams.layer", args.layer)
+    _opt(extra, "cams.batch_size", args.batch_size)
+    if args.scales:
+        extra.append(f"cams.scales=[{', '.join(map(str, args.scales))}]")
+    if args.flip:
+        extra.append("cams.flip=true")
+    cfg = _config(args, extra)
+    report = run_cams(args.checkpoint, args.data, args.split, args.out, cfg.cams, cfg.tracking,
+                      device=args.device, max_image_side=cfg.data.max_image_side)
+    print(report.summary("maps"))
+    for sample_id, reason in report.failed:
+        print(f"  skipped {sample_id}: {reason}")
+    print(f"maps in {args.out} (report: {args.out}/report.json)")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from wsss.stages import run_eval
+
+    extra: list[str] = []
+    _opt(extra, "masks.bg_threshold", args.bg_threshold)
+    cfg = _config(args, extra)
+    scores, report = run_eval(args.cams, args.data, args.split, cfg.masks, args.masks_out,
+                              cfg.tracking)
+    print(scores.table())
+    print(report.summary("scored"))
+    for sample_id, reason in report.failed:
+        print(f"  skipped {sample_id}: {reason}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from wsss.methods import METHODS
+
+    parser = argparse.ArgumentParser(prog="wsss", description="Weakly supervised semantic "
+                                     "segmentation: image-level labels -> maps -> masks.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_cmd",
+                                                                       required=True)
+    p = data.add_parser("synth", help="generate a synthetic VOC-layout dataset")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=112)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("train-cls", help="train a classifier with Ray Train")
+    p.add_argument("--data", help="dataset folder (VOC layout)")
+    p.add_argument("--method", choices=sorted(METHODS))
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--workers", type=int, help="Ray Train workers (default 2)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--crop-size", type=int)
+    p.add_argument("--backbone", choices=BACKBONES)
+    p.add_argument("--pretrained", help="'imagenet' or a local ResNet state-dict file")
+    p.add_argument("--out", default="runs/classifier", help="folder for checkpoints")
+    p.add_argument("--run-name", help="run name (re-using one resumes its Ray Train run)")
+    p.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
+    _add_common(p)
+    p.set_defaults(func=cmd_train_cls)
+
+    p = sub.add_parser("cam", help="localization maps (CAM / Grad-CAM) for a split")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="train")
+    p.add_argument("--out", required=True)
+    p.add_argument("--kind", choices=MAP_KINDS, help="default: the method's own (auto)")
+    p.add_argument("--layer", help="Grad-CAM layer (layer1..layer4)")
+    p.add_argument("--scales", type=float, nargs="+", help="test-time scales, e.g. 0.5 1 1.5 2")
+    p.add_argument("--flip", action="store_true", help="also average the flipped image")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    _add_common(p)
+    p.set_defaults(func=cmd_cam)
+
+    p = sub.add_parser("eval", help="pseudo-masks from maps, scored against ground truth")
+    p.add_argument("--cams", required=True, help="folder written by `wsss cam`")
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="train")
+    p.add_argument("--bg-threshold", type=float, help="background threshold (VOC-style data)")
+    p.add_argument("--masks-out", help="also write the pseudo-masks as palette PNGs here")
+    _add_common(p)
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from wsss.data.voc import DatasetError
+    from wsss.train.checkpoint import CheckpointError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError) as err:
+        print(f"wsss {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

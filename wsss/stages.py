@@ -1,0 +1,230 @@
+"""The pipeline's stages as plain functions: train a classifier, extract maps, score masks.
+
+The CLI, the demo and sweep trials all call these. Each stage records one MLflow run and returns
+a small result object; batch stages skip bad inputs, list them in ``report.json`` and resume from
+the files already written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from wsss.config import CamConfig, ExperimentConfig, MaskConfig, TrackingConfig
+from wsss.data.transforms import normalize
+from wsss.data.voc import DatasetError, VOCDataset, read_info
+
+REPORT_FILE = "report.json"
+GRID_SAMPLES = 8
+
+
+@dataclass
+class StageReport:
+    """Counts and problems of a batch stage (written to ``report.json``)."""
+
+    done: int = 0
+    reused: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def write(self, out_dir: Path) -> Path:
+        data = {"done": self.done, "reused": self.reused, "seconds": round(self.seconds, 3),
+                "failed": [{"id": i, "reason": r} for i, r in self.failed], **self.extra}
+        return write_json_atomic(Path(out_dir) / REPORT_FILE, data)
+
+    def summary(self, what: str) -> str:
+        rate = self.done / self.seconds if self.seconds > 0 else 0.0
+        return (f"{what}: {self.done} done ({rate:.1f}/s), {self.reused} already present, "
+                f"{len(self.failed)} failed")
+
+
+def write_json_atomic(path: Path, data: Any) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+# -- train ------------------------------------------------------------------------------------
+def run_train_classifier(cfg: ExperimentConfig, out_dir: str | Path,
+                         run_name: str | None = None, parent_run_id: str | None = None) -> Any:
+    """Train ``cfg.method`` with Ray Train inside an MLflow run; returns ``ClassifierResult``."""
+    from wsss import tracking
+    from wsss.train.classifier import train_classifier
+
+    run_name = run_name or f"{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
+    with tracking.start_run(run_name, experiment=cfg.tracking.experiment, uri=uri,
+                            params=cfg.to_dict(), tags={"stage": "train-cls"},
+                            parent_run_id=parent_run_id) as run:
+        result = train_classifier(cfg, Path(out_dir) / run_name, run_name,
+                                  mlflow_run_id=run.info.run_id, tracking_uri=uri)
+        tracking.log_metrics({"train_seconds": result.seconds, "skipped": len(result.skipped)})
+        tracking.log_text(str(result.checkpoint), "checkpoint_path.txt")
+        if result.skipped:
+            tracking.log_text(json.dumps(result.skipped, indent=2), "skipped.json")
+    return result
+
+
+# -- maps -------------------------------------------------------------------------------------
+def run_cams(checkpoint: str | Path, data_root: str | Path, split: str, out_dir: str | Path,
+             cam_cfg: CamConfig = CamConfig(), tracking_cfg: TrackingConfig = TrackingConfig(),
+             device: str | None = None, max_image_side: int = 1024) -> StageReport:
+    """Write ``<out_dir>/<id>.npz`` maps for every image of ``split`` (see ``wsss.cams``)."""
+    from wsss import tracking
+    from wsss.train.checkpoint import load_classifier
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    info = read_info(data_root)
+    method, model, state = load_classifier(checkpoint, device, expect_classes=info.num_fg)
+    dataset = VOCDataset(data_root, split, max_image_side=max_image_side)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params = {"checkpoint": str(checkpoint), "data": str(data_root), "split": split,
+              "method": state["method"], "cams": cam_cfg}
+    with tracking.start_run(f"cam-{split}", experiment=tracking_cfg.experiment,
+                            uri=tracking_cfg.uri, params=_plain(params), tags={"stage": "cam"}):
+        report = _extract_all(method, model, dataset, out_dir, cam_cfg, device)
+        report.write(out_dir)
+        tracking.log_metrics({"maps_done": report.done, "maps_failed": len(report.failed),
+                              "images_per_s": report.done / max(report.seconds, 1e-9)})
+        tracking.log_artifact(out_dir / REPORT_FILE)
+        grid = _sample_grid(dataset, out_dir, out_dir / "samples.png")
+        if grid is not None:
+            tracking.log_artifact(grid)
+    return report
+
+
+def _extract_all(method, model, dataset: VOCDataset, out_dir: Path, cam_cfg: CamConfig,
+                 device: str) -> StageReport:
+    from wsss.cams import localization_maps, save_maps
+
+    report, start = StageReport(), time.perf_counter()
+    todo = [i for i in dataset.ids if not (out_dir / f"{i}.npz").is_file()]
+    report.reused = len(dataset.ids) - len(todo)
+    fg = torch.tensor(dataset.info.fg_classes)
+    for batch in tqdm(_same_size_batches(dataset, todo, cam_cfg.batch_size, report),
+                      total=len(todo), unit="img", desc="maps", unit_scale=cam_cfg.batch_size,
+                      disable=None):
+        images = normalize(batch["images"].to(device))
+        labels = batch["labels"].to(device)
+        maps = localization_maps(method, model, images, labels, kind=_kind(cam_cfg),
+                                 layer=cam_cfg.layer, scales=cam_cfg.scales, flip=cam_cfg.flip)
+        for sample_id, sample_maps, present in zip(batch["ids"], maps.cpu(), labels.cpu() > 0):
+            save_maps(out_dir / f"{sample_id}.npz", sample_maps[present].numpy(),
+                      fg[present].tolist())
+        report.done += len(batch["ids"])
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _kind(cam_cfg: CamConfig) -> str | None:
+    return None if cam_cfg.kind == "auto" else cam_cfg.kind
+
+
+def _same_size_batches(dataset: VOCDataset, ids: list[str], batch_size: int,
+                       report: StageReport) -> Iterator[dict[str, Any]]:
+    """Group images of equal size into batches (uint8 [B,3,H,W], labels [B,C], ids)."""
+    buckets: dict[tuple[int, int], list[tuple[str, np.ndarray, torch.Tensor]]] = defaultdict(list)
+    for sample_id in ids:
+        try:
+            image = dataset.load_image(sample_id)
+            class_ids = dataset.class_ids(sample_id, dataset.load_mask(sample_id, image.shape[:2]))
+        except DatasetError as err:
+            report.failed.append((sample_id, str(err)))
+            continue
+        bucket = buckets[image.shape[:2]]
+        bucket.append((sample_id, image, dataset.info.multi_hot(class_ids)))
+        if len(bucket) == batch_size:
+            yield _stack(buckets.pop(image.shape[:2]))
+    for bucket in buckets.values():
+        yield _stack(bucket)
+
+
+def _stack(items: list[tuple[str, np.ndarray, torch.Tensor]]) -> dict[str, Any]:
+    return {"ids": [i for i, _, _ in items],
+            "images": torch.from_numpy(np.stack([im for _, im, _ in items])).permute(0, 3, 1, 2),
+            "labels": torch.stack([lab for _, _, lab in items])}
+
+
+# -- masks and scores -------------------------------------------------------------------------
+def run_eval(cams_dir: str | Path, data_root: str | Path, split: str,
+             mask_cfg: MaskConfig = MaskConfig(), masks_out: str | Path | None = None,
+             tracking_cfg: TrackingConfig = TrackingConfig()) -> tuple[Any, StageReport]:
+    """Turn maps into pseudo-masks and score them against ground truth (mIoU table)."""
+    from wsss import tracking
+    from wsss.metrics import ConfusionMatrix
+
+    dataset = VOCDataset(data_root, split)
+    info = dataset.info
+    confusion = ConfusionMatrix(info.num_classes)
+    report, start = StageReport(), time.perf_counter()
+    for sample_id in tqdm(dataset.ids, unit="img", desc="eval", disable=None):
+        try:
+            gt, pred = _mask_pair(dataset, Path(cams_dir), sample_id, mask_cfg, masks_out)
+        except (DatasetError, FileNotFoundError, ValueError) as err:
+            report.failed.append((sample_id, str(err)))
+            continue
+        confusion.update(pred, gt)
+        report.done += 1
+    report.seconds = time.perf_counter() - start
+    scores = confusion.compute(list(info.class_names), background=0 if info.has_background else None)
+    params = {"cams": str(cams_dir), "data": str(data_root), "split": split, "masks": mask_cfg}
+    with tracking.start_run(f"eval-{split}", experiment=tracking_cfg.experiment,
+                            uri=tracking_cfg.uri, params=_plain(params), tags={"stage": "eval"}):
+        tracking.log_metrics({**scores.summary(), "images_scored": report.done,
+                              "images_failed": len(report.failed)})
+        tracking.log_text(scores.table(), "scores.txt")
+    return scores, report
+
+
+def _mask_pair(dataset: VOCDataset, cams_dir: Path, sample_id: str, mask_cfg: MaskConfig,
+               masks_out: str | Path | None) -> tuple[np.ndarray, np.ndarray]:
+    from wsss.cams import load_maps
+    from wsss.refine import masks_from_maps
+
+    gt_path = dataset.mask_path(sample_id)
+    if gt_path is None:
+        raise DatasetError(f"no ground-truth mask for id '{sample_id}'")
+    maps, class_ids = load_maps(cams_dir / f"{sample_id}.npz")
+    gt = dataset.load_mask(sample_id, maps.shape[1:])
+    pred = masks_from_maps(maps, class_ids, dataset.info.has_background, mask_cfg.bg_threshold)
+    if masks_out is not None:
+        from wsss.viz import save_mask_png
+
+        save_mask_png(Path(masks_out) / f"{sample_id}.png", pred)
+    return gt, pred
+
+
+def _sample_grid(dataset: VOCDataset, cams_dir: Path, path: Path) -> Path | None:
+    """A PNG of a few images with their maps and pseudo-masks (for MLflow)."""
+    from wsss.cams import load_maps
+    from wsss.refine import masks_from_maps
+    from wsss.viz import overlay_grid
+
+    ids = [i for i in dataset.ids if (cams_dir / f"{i}.npz").is_file()][:GRID_SAMPLES]
+    if not ids:
+        return None
+    images, maps, masks = [], [], []
+    for sample_id in ids:
+        sample_maps, class_ids = load_maps(cams_dir / f"{sample_id}.npz")
+        images.append(dataset.load_image(sample_id))
+        maps.append(sample_maps)
+        masks.append(masks_from_maps(sample_maps, class_ids, dataset.info.has_background))
+    return overlay_grid(images, maps, masks, None, list(dataset.info.class_names), path)
+
+
+def _plain(params: dict[str, Any]) -> dict[str, Any]:
+    from wsss.config import to_dict
+
+    return to_dict(params)

@@ -1,0 +1,247 @@
+"""Classifier training on Ray Train (``TorchTrainer``), for every registered method.
+
+The driver scans the dataset once (bad files are listed, not trained on), then launches
+``train.num_workers`` workers (gloo on CPU, NCCL on GPU). Every epoch each worker reports its loss
+and the validation mAP (predictions gathered across workers); rank 0 writes a checkpoint and
+logs the epoch to MLflow. A restarted worker group resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from wsss.config import ExperimentConfig, from_dict
+from wsss.data.transforms import eval_transform, train_transform
+from wsss.data.voc import DatasetError, VOCDataset, read_info
+from wsss.methods import get_method
+from wsss.metrics import mean_average_precision
+from wsss.train.checkpoint import load_checkpoint_state, save_checkpoint
+
+MODEL_FILE = "model.pt"
+
+
+@dataclass
+class ClassifierResult:
+    """What a training run produced: the final checkpoint and its history."""
+
+    checkpoint: Path
+    metrics: dict[str, float]
+    history: list[dict[str, Any]]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack a list of dataset samples into images [B,3,H,W], labels [B,C] and ids."""
+    return {
+        "image": torch.stack([torch.as_tensor(s["image"]) for s in samples]),
+        "labels": torch.stack([s["labels"] for s in samples]),
+        "id": [s["id"] for s in samples],
+    }
+
+
+def scan_split(root: str, split: str, max_side: int) -> tuple[list[str], list[tuple[str, str]]]:
+    """Good ids of ``split`` and the (id, problem) list of bad ones; [] if the split is absent."""
+    try:
+        dataset = VOCDataset(root, split, max_image_side=max_side)
+    except DatasetError as err:
+        if "split file not found" in str(err):
+            return [], []
+        raise
+    return dataset.scan()
+
+
+def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, run_name: str,
+                     mlflow_run_id: str | None = None, tracking_uri: str | None = None,
+                     storage_path: str | None = None) -> ClassifierResult:
+    """Train ``cfg.method`` on ``cfg.data`` with Ray Train and copy the final model to ``out_dir``.
+
+    Args:
+        cfg: the experiment config (data, model, method, train sections are used).
+        out_dir: where ``model.pt`` of the final epoch is written.
+        run_name: Ray Train run name (re-using a name resumes that run).
+        mlflow_run_id / tracking_uri: where rank 0 logs per-epoch metrics (optional).
+        storage_path: Ray Train storage (local folder or s3://...); default ``out_dir/ray``.
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from wsss.ray_utils import gpus_available, init_ray
+
+    init_ray()
+    info = read_info(cfg.data.root)
+    if info.num_fg < 1:
+        raise DatasetError(f"{cfg.data.root}: no foreground classes to train on")
+    train_ids, skipped = scan_split(cfg.data.root, cfg.data.train_split, cfg.data.max_image_side)
+    val_ids, val_skipped = scan_split(cfg.data.root, cfg.data.val_split, cfg.data.max_image_side)
+    if not train_ids:
+        raise DatasetError(f"{cfg.data.root}: no readable training images in split "
+                           f"'{cfg.data.train_split}'")
+    use_gpu = gpus_available() if cfg.train.use_gpu is None else cfg.train.use_gpu
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    loop_config = {"cfg": cfg.to_dict(), "train_ids": train_ids, "val_ids": val_ids,
+                   "num_fg": info.num_fg, "class_names": list(info.class_names),
+                   "has_background": info.has_background,
+                   "mlflow_run_id": mlflow_run_id, "tracking_uri": tracking_uri}
+    trainer = TorchTrainer(
+        _train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=storage_path or str(out_dir / "ray"),
+            failure_config=ray.train.FailureConfig(max_failures=2),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    start = time.perf_counter()
+    result = trainer.fit()
+    seconds = time.perf_counter() - start
+    final = out_dir / MODEL_FILE
+    with result.checkpoint.as_directory() as ckpt_dir:
+        shutil.copyfile(Path(ckpt_dir) / MODEL_FILE, final.with_suffix(".tmp"))
+    final.with_suffix(".tmp").replace(final)
+    history = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None \
+        else [result.metrics]
+    return ClassifierResult(final, dict(result.metrics), history, skipped + val_skipped, seconds)
+
+
+def _train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker: build, (resume,) train and validate; report every epoch."""
+    import ray.train
+    import ray.train.torch
+
+    cfg: ExperimentConfig = from_dict(config["cfg"])
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    torch.manual_seed(cfg.train.seed + rank)
+    np.random.seed(cfg.train.seed + rank)
+    method = get_method(cfg.method.name)(config["num_fg"], cfg.method.params)
+    model = method.build_model(cfg.model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.train.lr, momentum=0.9,
+                                weight_decay=cfg.train.weight_decay, nesterov=True)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.train.epochs)
+    start_epoch = _resume(ray.train.get_checkpoint(), model, optimizer, scheduler)
+    model = ray.train.torch.prepare_model(model)
+    train_loader, val_loader = _loaders(cfg, config)
+    for epoch in range(start_epoch, cfg.train.epochs):
+        if hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)
+        loss, logs = _train_one_epoch(method, model, train_loader, optimizer, epoch)
+        scheduler.step()
+        metrics = {"epoch": epoch + 1, "loss": loss, **logs, "lr": scheduler.get_last_lr()[0]}
+        if val_loader is not None:
+            metrics["val_mAP"] = _validate(model, val_loader)
+        _report(metrics, epoch, rank, model, optimizer, scheduler, method, cfg, config)
+
+
+def _loaders(cfg: ExperimentConfig, config: dict[str, Any]) -> tuple[DataLoader, DataLoader | None]:
+    import ray.train.torch
+
+    train_ds = VOCDataset(cfg.data.root, ids=config["train_ids"],
+                          transform=train_transform(cfg.data.crop_size),
+                          max_image_side=cfg.data.max_image_side)
+    train_loader = DataLoader(train_ds, batch_size=cfg.train.batch_size, shuffle=True,
+                              collate_fn=collate, num_workers=cfg.data.loader_workers)
+    train_loader = ray.train.torch.prepare_data_loader(train_loader)
+    if not config["val_ids"]:
+        return train_loader, None
+    val_ds = VOCDataset(cfg.data.root, ids=config["val_ids"],
+                        transform=eval_transform(cfg.data.crop_size),
+                        max_image_side=cfg.data.max_image_side)
+    val_loader = DataLoader(val_ds, batch_size=cfg.train.batch_size, collate_fn=collate,
+                            num_workers=cfg.data.loader_workers)
+    return train_loader, ray.train.torch.prepare_data_loader(val_loader)
+
+
+def _train_one_epoch(method, model, loader, optimizer, epoch: int) -> tuple[float, dict[str, float]]:
+    """One pass over this worker's shard; returns the loss averaged over all workers."""
+    model.train()
+    total, count, logs_sum = 0.0, 0, {}
+    for batch in loader:
+        loss, logs = method.training_loss(model, batch["image"], batch["labels"], epoch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach())
+        count += 1
+        for key, value in logs.items():
+            logs_sum[key] = logs_sum.get(key, 0.0) + value
+    values = _all_reduce_mean([total / max(count, 1)] + [v / max(count, 1) for v in logs_sum.values()])
+    return values[0], dict(zip(logs_sum, values[1:]))
+
+
+@torch.no_grad()
+def _validate(model, loader) -> float:
+    """Validation mAP over all workers' predictions."""
+    model.eval()
+    scores, targets = [], []
+    for batch in loader:
+        scores.append(torch.sigmoid(model(batch["image"])).cpu())
+        targets.append(batch["labels"].cpu())
+    local = (torch.cat(scores).numpy(), torch.cat(targets).numpy())
+    gathered = _all_gather(local)
+    all_scores = np.concatenate([g[0] for g in gathered])
+    all_targets = np.concatenate([g[1] for g in gathered])
+    return float(mean_average_precision(all_scores, all_targets))
+
+
+def _report(metrics, epoch, rank, model, optimizer, scheduler, method, cfg, config) -> None:
+    """Rank 0 writes the checkpoint and logs to MLflow; every rank reports to Ray Train."""
+    import ray.train
+
+    from wsss.tracking import log_metrics
+
+    if rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    if config.get("mlflow_run_id"):
+        log_metrics(metrics, step=epoch + 1, run_id=config["mlflow_run_id"],
+                    uri=config.get("tracking_uri"))
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint(Path(tmp) / MODEL_FILE, model=getattr(model, "module", model),
+                        method=method, cfg=cfg, class_names=config["class_names"],
+                        has_background=config["has_background"], epoch=epoch + 1,
+                        optimizer=optimizer, scheduler=scheduler)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _resume(checkpoint, model, optimizer, scheduler) -> int:
+    """Load model/optimizer state from a Ray checkpoint; returns the epoch to start at."""
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as ckpt_dir:
+        state = load_checkpoint_state(Path(ckpt_dir) / MODEL_FILE)
+    model.load_state_dict(state["state_dict"])
+    if state.get("optimizer"):
+        optimizer.load_state_dict(state["optimizer"])
+    if state.get("scheduler"):
+        scheduler.load_state_dict(state["scheduler"])
+    return int(state["epoch"])
+
+
+def _all_reduce_mean(values: list[float]) -> list[float]:
+    if not torch.distributed.is_initialized():
+        return values
+    device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(tensor)
+    return (tensor / torch.distributed.get_world_size()).tolist()
+
+
+def _all_gather(obj: Any) -> list[Any]:
+    if not torch.distributed.is_initialized():
+        return [obj]
+    gathered: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
