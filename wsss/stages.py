@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -58,21 +59,58 @@ def write_json_atomic(path: Path, data: Any) -> Path:
 # -- train ------------------------------------------------------------------------------------
 def run_train_classifier(cfg: ExperimentConfig, out_dir: str | Path,
                          run_name: str | None = None, parent_run_id: str | None = None) -> Any:
-    """Train ``cfg.method`` with Ray Train inside an MLflow run; returns ``ClassifierResult``."""
+    """Train ``cfg.method`` with Ray Train inside an MLflow run; returns ``ClassifierResult``.
+
+    Multi-round methods (adversarial erasing) run one Ray Train run per round, each logged as a
+    child MLflow run of the method's run; each round starts from the previous round's model.
+    """
     from wsss import tracking
-    from wsss.train.classifier import train_classifier
 
     run_name = run_name or f"{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
+    rounds = _num_rounds(cfg)
     with tracking.start_run(run_name, experiment=cfg.tracking.experiment, uri=uri,
                             params=cfg.to_dict(), tags={"stage": "train-cls"},
                             parent_run_id=parent_run_id) as run:
-        result = train_classifier(cfg, Path(out_dir) / run_name, run_name,
-                                  mlflow_run_id=run.info.run_id, tracking_uri=uri)
+        result = _train_rounds(cfg, Path(out_dir) / run_name, run_name, run.info.run_id, uri,
+                               rounds)
         tracking.log_metrics({"train_seconds": result.seconds, "skipped": len(result.skipped)})
         tracking.log_text(str(result.checkpoint), "checkpoint_path.txt")
         if result.skipped:
             tracking.log_text(json.dumps(result.skipped, indent=2), "skipped.json")
+    return result
+
+
+def _num_rounds(cfg: ExperimentConfig) -> int:
+    from wsss.methods import get_method
+
+    return get_method(cfg.method.name)(1, cfg.method.params).num_rounds
+
+
+def _train_rounds(cfg: ExperimentConfig, out_dir: Path, run_name: str, run_id: str, uri: str,
+                  rounds: int) -> Any:
+    from wsss import tracking
+    from wsss.train.classifier import train_classifier
+
+    if rounds == 1:
+        return train_classifier(cfg, out_dir, run_name, mlflow_run_id=run_id, tracking_uri=uri)
+    previous, seconds, history = None, 0.0, []
+    for k in range(rounds):
+        name = f"{run_name}-round{k + 1}"
+        with tracking.start_run(name, experiment=cfg.tracking.experiment, uri=uri,
+                                params={"round": k + 1}, tags={"stage": "train-round"},
+                                parent_run_id=run_id) as child:
+            result = train_classifier(cfg, out_dir / f"round{k + 1}", name,
+                                      mlflow_run_id=child.info.run_id, tracking_uri=uri,
+                                      round_index=k, init_model=previous)
+        tracking.log_metrics({k2: v for k2, v in result.metrics.items() if k2 != "epoch"},
+                             step=k + 1)
+        previous, seconds = result.checkpoint, seconds + result.seconds
+        history += [{**h, "round": k + 1} for h in result.history]
+    final = out_dir / previous.name
+    shutil.copyfile(previous, final.with_suffix(".tmp"))
+    final.with_suffix(".tmp").replace(final)
+    result.checkpoint, result.seconds, result.history = final, seconds, history
     return result
 
 

@@ -57,6 +57,7 @@ class Method:
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
     default_map_kind: ClassVar[str] = "cam"
+    supported_map_kinds: ClassVar[tuple[str, ...]] = ("cam", "gradcam")
 
     def __init__(self, num_classes: int, params: Mapping[str, Any] | Any = None) -> None:
         self.num_classes = num_classes
@@ -86,6 +87,14 @@ class Method:
                              self.num_classes)
 
     # -- training ----------------------------------------------------------------------------
+    @property
+    def num_rounds(self) -> int:
+        """How many consecutive trainings the method's procedure needs (one Ray Train run each)."""
+        return 1
+
+    def prepare_round(self, model: nn.Module, round_index: int) -> None:
+        """Called on every worker before round ``round_index`` trains (freeze, switch heads...)."""
+
     def training_loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                       epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss for one batch. images [B, 3, H, W], labels multi-hot float [B, C]."""
@@ -99,8 +108,13 @@ class Method:
         """Backbone stage whose activations Grad-CAM weights."""
         return "layer4"
 
-    def class_maps(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        """Raw class maps [B, C, h, w] for images [B, 3, H, W] in eval mode."""
+    def class_maps(self, model: nn.Module, images: torch.Tensor,
+                   labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw class maps [B, C, h, w] for images [B, 3, H, W] in eval mode.
+
+        ``labels`` (multi-hot [B, C]) is there for methods whose maps depend on the classes
+        present (adversarial erasing mines only those); most methods ignore it.
+        """
         return _unwrap(model).class_maps(images)
 
 

@@ -8,6 +8,7 @@ logs the epoch to MLflow. A restarted worker group resumes from the last checkpo
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 import time
@@ -62,8 +63,9 @@ def scan_split(root: str, split: str, max_side: int) -> tuple[list[str], list[tu
 
 def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, run_name: str,
                      mlflow_run_id: str | None = None, tracking_uri: str | None = None,
-                     storage_path: str | None = None) -> ClassifierResult:
-    """Train ``cfg.method`` on ``cfg.data`` with Ray Train and copy the final model to ``out_dir``.
+                     storage_path: str | None = None, round_index: int = 0,
+                     init_model: str | Path | None = None) -> ClassifierResult:
+    """Train one round of ``cfg.method`` with Ray Train; copy the final model to ``out_dir``.
 
     Args:
         cfg: the experiment config (data, model, method, train sections are used).
@@ -71,6 +73,8 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, run_name: str,
         run_name: Ray Train run name (re-using a name resumes that run).
         mlflow_run_id / tracking_uri: where rank 0 logs per-epoch metrics (optional).
         storage_path: Ray Train storage (local folder or s3://...); default ``out_dir/ray``.
+        round_index: which round of a multi-round method (adversarial erasing) this is.
+        init_model: ``model.pt`` of the previous round, loaded before training starts.
     """
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -78,6 +82,9 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, run_name: str,
     from wsss.ray_utils import gpus_available, init_ray
 
     init_ray()
+    # Workers run in other folders (or on other nodes, which must see the same path).
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(
+        cfg.data, root=str(Path(cfg.data.root).resolve())))
     info = read_info(cfg.data.root)
     if info.num_fg < 1:
         raise DatasetError(f"{cfg.data.root}: no foreground classes to train on")
@@ -92,7 +99,8 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, run_name: str,
     loop_config = {"cfg": cfg.to_dict(), "train_ids": train_ids, "val_ids": val_ids,
                    "num_fg": info.num_fg, "class_names": list(info.class_names),
                    "has_background": info.has_background,
-                   "mlflow_run_id": mlflow_run_id, "tracking_uri": tracking_uri}
+                   "mlflow_run_id": mlflow_run_id, "tracking_uri": tracking_uri,
+                   "round": round_index, "init_model": str(init_model) if init_model else None}
     trainer = TorchTrainer(
         _train_loop_per_worker,
         train_loop_config=loop_config,
@@ -128,7 +136,11 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     np.random.seed(cfg.train.seed + rank)
     method = get_method(cfg.method.name)(config["num_fg"], cfg.method.params)
     model = method.build_model(cfg.model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.train.lr, momentum=0.9,
+    if config["init_model"]:
+        model.load_state_dict(load_checkpoint_state(config["init_model"])["state_dict"])
+    method.prepare_round(model, config["round"])
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=cfg.train.lr, momentum=0.9,
                                 weight_decay=cfg.train.weight_decay, nesterov=True)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.train.epochs)
     start_epoch = _resume(ray.train.get_checkpoint(), model, optimizer, scheduler)
