@@ -1,0 +1,46 @@
+"""Checkpoints: safe loading, round trip, and clear errors before any work."""
+
+import pytest
+import torch
+
+from wsss.config import ExperimentConfig
+from wsss.methods import get_method
+from wsss.train.checkpoint import (CheckpointError, load_checkpoint_state, load_classifier,
+                                   save_checkpoint)
+
+
+def _save(path, method_name="cam", num_classes=3):
+    method = get_method(method_name)(num_classes)
+    model = method.build_model(ExperimentConfig().model)
+    save_checkpoint(path, model=model, method=method, cfg=ExperimentConfig(),
+                    class_names=["background", "a", "b", "c"], has_background=True, epoch=4)
+    return model
+
+
+def test_round_trip_restores_weights_and_method(tmp_path):
+    model = _save(tmp_path / "m.pt", "gradcam")
+    method, loaded, state = load_classifier(tmp_path / "m.pt", expect_classes=3)
+    assert method.name == "gradcam" and state["epoch"] == 4 and not loaded.training
+    for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_wrong_class_count_fails_before_any_work(tmp_path):
+    _save(tmp_path / "m.pt", num_classes=3)
+    with pytest.raises(CheckpointError, match="trained for 3 classes but the dataset has 20"):
+        load_classifier(tmp_path / "m.pt", expect_classes=20)
+
+
+def test_unsafe_pickle_is_refused(tmp_path):
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "wsss.classifier/1", "payload": object()}, evil)
+    with pytest.raises(CheckpointError, match="weights_only"):
+        load_checkpoint_state(evil)
+
+
+def test_missing_and_foreign_checkpoints_are_named(tmp_path):
+    with pytest.raises(CheckpointError, match="checkpoint not found.*none.pt"):
+        load_checkpoint_state(tmp_path / "none.pt")
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="other.pt is not a wsss classifier checkpoint"):
+        load_checkpoint_state(tmp_path / "other.pt")

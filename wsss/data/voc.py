@@ -1,0 +1,271 @@
+"""Reader for datasets in the PASCAL VOC layout.
+
+    <root>/JPEGImages/<id>.jpg
+    <root>/SegmentationClass/<id>.png     palette or grayscale PNG, value = class, 255 = ignore
+    <root>/ImageSets/Segmentation/<split>.txt
+    <root>/classes.txt                    optional, one class name per line (default: VOC's 21)
+    <root>/labels.json                    optional, {id: [class names or indices]} for ids without masks
+
+The dataset says whether it has a background class: it does when class 0 is named
+``background`` (VOC 2012). MSRC-21 has none: every class is a real label and pseudo-masks are an
+argmax over the present classes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision import tv_tensors
+
+IGNORE_INDEX = 255
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
+    "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)
+IMAGE_DIR, MASK_DIR, SPLIT_DIR = "JPEGImages", "SegmentationClass", "ImageSets/Segmentation"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing or invalid; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Class names and whether class 0 is background.
+
+    The classifier predicts the *foreground* classes only: ``fg_classes[i]`` is the dataset class
+    index of classifier output ``i``.
+    """
+
+    root: str
+    class_names: tuple[str, ...]
+    has_background: bool
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def fg_classes(self) -> tuple[int, ...]:
+        start = 1 if self.has_background else 0
+        return tuple(range(start, self.num_classes))
+
+    @property
+    def num_fg(self) -> int:
+        return len(self.fg_classes)
+
+    def multi_hot(self, class_ids: Sequence[int]) -> torch.Tensor:
+        """Dataset class ids -> float multi-hot over foreground classes [num_fg]."""
+        target = torch.zeros(self.num_fg)
+        offset = 1 if self.has_background else 0
+        for c in class_ids:
+            if c >= offset:
+                target[c - offset] = 1.0
+        return target
+
+
+def read_info(root: str | Path) -> DatasetInfo:
+    """Read class names from ``classes.txt`` (or VOC's defaults) after checking the folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder not found: {root}")
+    names_file = root / "classes.txt"
+    if names_file.is_file():
+        names = tuple(line.strip() for line in names_file.read_text().splitlines() if line.strip())
+        if not names:
+            raise DatasetError(f"{names_file}: no class names")
+        if len(set(names)) != len(names):
+            raise DatasetError(f"{names_file}: duplicate class names")
+    else:
+        names = VOC_CLASSES
+    return DatasetInfo(str(root), names, names[0].lower() == "background")
+
+
+def read_split(root: str | Path, split: str) -> list[str]:
+    """Ids listed in ``ImageSets/Segmentation/<split>.txt`` (first column, blank lines skipped)."""
+    path = Path(root) / SPLIT_DIR / f"{split}.txt"
+    if not path.is_file():
+        available = sorted(p.stem for p in path.parent.glob("*.txt")) if path.parent.is_dir() else []
+        raise DatasetError(f"split file not found: {path} (available splits: "
+                           f"{', '.join(available) or 'none'})")
+    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise DatasetError(f"split file is empty: {path}")
+    for sample_id in ids:
+        if "/" in sample_id or "\\" in sample_id or sample_id.startswith(".."):
+            raise DatasetError(f"{path}: id '{sample_id}' is not a plain file name")
+    return ids
+
+
+@dataclass
+class VOCDataset(torch.utils.data.Dataset):
+    """Images, optional masks and image-level labels of one split.
+
+    ``dataset[i]`` is a dict: ``id`` (str), ``image`` (tv_tensors.Image uint8 [3, H, W], or what
+    ``transform`` makes of it), ``mask`` (tv_tensors.Mask int64 [H, W]; all 255 when the id has
+    no mask), ``labels`` (float multi-hot over foreground classes [num_fg]) and ``class_ids``
+    (list of dataset class indices present). Bad files raise ``DatasetError`` naming the file.
+
+    Args:
+        root: dataset folder.
+        split: name of a split file, or None together with ``ids``.
+        ids: explicit ids (overrides the split file).
+        transform: joint transform taking and returning ``(image, mask)``.
+        max_image_side: images larger than this are downscaled on load (memory bound).
+    """
+
+    root: str | Path
+    split: str | None = "train"
+    ids: Sequence[str] | None = None
+    transform: Callable[[Any, Any], tuple[Any, Any]] | None = None
+    max_image_side: int = 1024
+    info: DatasetInfo = field(init=False)
+    labels_file: dict[str, list[int]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        self.info = read_info(self.root)
+        if self.ids is None:
+            if self.split is None:
+                raise ValueError("give a split or explicit ids")
+            self.ids = read_split(self.root, self.split)
+        self.ids = list(self.ids)
+        self.labels_file = _read_labels_file(self.root / "labels.json", self.info)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def image_path(self, sample_id: str) -> Path:
+        """The image file of ``sample_id`` (any of .jpg/.jpeg/.png)."""
+        base = self.root / IMAGE_DIR
+        for suffix in IMAGE_SUFFIXES:
+            path = base / f"{sample_id}{suffix}"
+            if path.is_file():
+                return path
+        raise DatasetError(f"image not found for id '{sample_id}': {base / sample_id}.jpg")
+
+    def mask_path(self, sample_id: str) -> Path | None:
+        path = self.root / MASK_DIR / f"{sample_id}.png"
+        return path if path.is_file() else None
+
+    def load_image(self, sample_id: str) -> np.ndarray:
+        """RGB uint8 array [H, W, 3], downscaled to ``max_image_side``."""
+        return load_rgb(self.image_path(sample_id), self.max_image_side)
+
+    def load_mask(self, sample_id: str, size: tuple[int, int]) -> np.ndarray | None:
+        """Mask uint8 [H, W] checked against the image ``size`` (H, W) and the class range."""
+        path = self.mask_path(sample_id)
+        if path is None:
+            return None
+        return load_mask(path, size, self.info.num_classes, self.max_image_side)
+
+    def class_ids(self, sample_id: str, mask: np.ndarray | None) -> list[int]:
+        """Dataset class indices present: from the mask when there is one, else labels.json."""
+        if mask is not None:
+            values = np.unique(mask)
+            return [int(v) for v in values if v != IGNORE_INDEX]
+        if sample_id in self.labels_file:
+            return self.labels_file[sample_id]
+        raise DatasetError(f"no labels for id '{sample_id}': no mask at "
+                           f"{self.root / MASK_DIR / sample_id}.png and no entry in labels.json")
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample_id = self.ids[index]
+        image = self.load_image(sample_id)
+        mask = self.load_mask(sample_id, image.shape[:2])
+        class_ids = self.class_ids(sample_id, mask)
+        if mask is None:
+            mask = np.full(image.shape[:2], IGNORE_INDEX, dtype=np.uint8)
+        image_t = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))
+        mask_t = tv_tensors.Mask(torch.from_numpy(mask.astype(np.int64)))
+        if self.transform is not None:
+            image_t, mask_t = self.transform(image_t, mask_t)
+        return {"id": sample_id, "image": image_t, "mask": mask_t,
+                "labels": self.info.multi_hot(class_ids), "class_ids": class_ids}
+
+    def scan(self) -> tuple[list[str], list[tuple[str, str]]]:
+        """Read every sample once; returns (good ids, [(id, problem)]) without raising."""
+        good, bad = [], []
+        for sample_id in self.ids:
+            try:
+                image = self.load_image(sample_id)
+                self.class_ids(sample_id, self.load_mask(sample_id, image.shape[:2]))
+                good.append(sample_id)
+            except DatasetError as err:
+                bad.append((sample_id, str(err)))
+        return good, bad
+
+
+def load_rgb(path: Path, max_side: int = 1024) -> np.ndarray:
+    """Decode any image (gray, RGBA, CMYK, 16-bit, palette) to RGB uint8 [H, W, 3]."""
+    try:
+        with Image.open(path) as im:
+            im.draft("RGB", (max_side, max_side))
+            im.load()
+            if im.mode.startswith("I"):  # 16/32-bit grayscale: rescale to 8 bits
+                arr = np.asarray(im, dtype=np.float64)
+                arr = arr * (255.0 / max(arr.max(), 1.0))
+                im = Image.fromarray(arr.astype(np.uint8))
+            im = im.convert("RGB")
+            if max(im.size) > max_side:
+                im.thumbnail((max_side, max_side), Image.BILINEAR)
+            return np.asarray(im).copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DatasetError(f"cannot read image {path}: {err}") from err
+
+
+def load_mask(path: Path, size: tuple[int, int], num_classes: int,
+              max_side: int = 1024) -> np.ndarray:
+    """Decode a palette/grayscale mask PNG to uint8 [H, W] and validate it."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode not in ("P", "L"):
+                raise DatasetError(f"mask {path} has mode {im.mode}: expected a palette (P) or "
+                                   f"grayscale (L) PNG of class indices")
+            if max(im.size) > max_side:
+                scale = max_side / max(im.size)
+                im = im.resize((round(im.size[0] * scale), round(im.size[1] * scale)),
+                               Image.NEAREST)
+            mask = np.asarray(im).copy()
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise DatasetError(f"cannot read mask {path}: {err}") from err
+    if mask.shape != tuple(size):
+        raise DatasetError(f"mask {path} has size {mask.shape[1]}x{mask.shape[0]} but its image "
+                           f"is {size[1]}x{size[0]}")
+    bad = (mask >= num_classes) & (mask != IGNORE_INDEX)
+    if bad.any():
+        raise DatasetError(f"mask {path} has label value(s) {sorted(set(mask[bad].tolist()))} "
+                           f"outside 0..{num_classes - 1} (255 = ignore)")
+    return mask
+
+
+def _read_labels_file(path: Path, info: DatasetInfo) -> dict[str, list[int]]:
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{path}: not valid JSON ({err})") from err
+    index = {name: i for i, name in enumerate(info.class_names)}
+    labels: dict[str, list[int]] = {}
+    for sample_id, classes in raw.items():
+        ids = []
+        for c in classes:
+            if isinstance(c, int) and 0 <= c < info.num_classes:
+                ids.append(c)
+            elif isinstance(c, str) and c in index:
+                ids.append(index[c])
+            else:
+                raise DatasetError(f"{path}: id '{sample_id}' names unknown class {c!r}; "
+                                   f"valid: {', '.join(info.class_names)}")
+        labels[sample_id] = sorted(set(ids))
+    return labels
