@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from wsss.cams import gradcam_maps
+from wsss.cams import gradcam_maps, localization_maps
 from wsss.config import ConfigError, ModelConfig
 from wsss.methods import METHODS, Method
 from wsss.models import Backbone
@@ -75,9 +75,11 @@ def test_gradcam_contract(name: str) -> None:
     """Methods offering Grad-CAM expose ``backbone`` and ``maps_from_features`` whose spatial
     mean are the logits."""
     method, model = _build(name)
-    if "gradcam" not in getattr(method, "supported_map_kinds", ("cam", "gradcam")):
-        pytest.skip(f"{name} offers CAM maps only")
     images, labels = _batch()
+    if "gradcam" not in method.supported_map_kinds:  # refused with a clear error instead
+        with pytest.raises(ValueError, match=f"method '{name}' gives cam maps only"):
+            localization_maps(method, model, images, labels, kind="gradcam")
+        return
     model.eval()
     with torch.no_grad():
         raw = model.maps_from_features(model.backbone(images))
