@@ -76,7 +76,7 @@ def bench_method(name: str, root: Path, args: argparse.Namespace) -> dict:
     result = run_train_classifier(cfg, args.workdir / "runs", run_name=f"{name}-{root.name}")
     cams = args.workdir / "cams" / f"{name}-{root.name}"
     run_cams(result.checkpoint, root, cfg.data.train_split, cams, cfg.cams, cfg.tracking)
-    scores, _ = run_eval(cams, root, cfg.data.train_split, cfg.masks, tracking_cfg=cfg.tracking)
+    scores, _ = run_eval(cams, root, cfg.data.train_split, cfg.refine, tracking_cfg=cfg.tracking)
     row = {"method": name, "miou": scores.miou, "precision": _fg(scores, "precision"),
            "recall": _fg(scores, "recall"), "val_mAP": result.metrics.get("val_mAP", float("nan")),
            "minutes": (time.perf_counter() - start) / 60}

@@ -41,7 +41,8 @@ def test_unknown_method_param_lists_valid_params():
     ("cams.scales=[]", "cams.scales"),
     ("cams.kind=heatmap", "cams.kind"),
     ("model.backbone=vgg16", "model.backbone"),
-    ("masks.bg_threshold=1.5", "masks.bg_threshold"),
+    ("refine.bg_threshold=1.5", "refine.bg_threshold"),
+    ("refine.crf_iterations=0", "refine.crf_iterations"),
     ("method.params.layer=fc", "gradcam layer"),
 ])
 def test_out_of_range_values_are_refused(override, key):

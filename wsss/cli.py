@@ -4,6 +4,10 @@
     wsss train-cls --data data/synth --method cam --epochs 8
     wsss cam --checkpoint CKPT --data data/synth --split train --out cams/
     wsss eval --cams cams/ --data data/synth --split train
+    wsss refine --cams cams/ --data data/synth --split train --out masks/
+    wsss train-seg --pseudo-masks masks/ --data data/synth
+    wsss predict --checkpoint SEG_CKPT --data data/synth --split val --out pred/
+    wsss eval --masks pred/ --data data/synth --split val
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ import argparse
 import sys
 from typing import Sequence
 
-from wsss.config import BACKBONES, MAP_KINDS, ConfigError, ExperimentConfig, load_config
+from wsss.config import (BACKBONES, BG_MODES, MAP_KINDS, SEGMENTER_ARCHS, SEGMENTER_MODES,
+                         ConfigError, ExperimentConfig, load_config)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -89,26 +94,84 @@ def cmd_cam(args: argparse.Namespace) -> int:
     cfg = _config(args, extra)
     report = run_cams(args.checkpoint, args.data, args.split, args.out, cfg.cams, cfg.tracking,
                       device=args.device, max_image_side=cfg.data.max_image_side)
-    print(report.summary("maps"))
-    for sample_id, reason in report.failed:
-        print(f"  skipped {sample_id}: {reason}")
+    _print_report(report, "maps")
     print(f"maps in {args.out} (report: {args.out}/report.json)")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from wsss.stages import run_eval
+    from wsss.stages_segmentation import run_eval_masks
 
     extra: list[str] = []
-    _opt(extra, "masks.bg_threshold", args.bg_threshold)
+    _opt(extra, "refine.bg_threshold", args.bg_threshold)
     cfg = _config(args, extra)
-    scores, report = run_eval(args.cams, args.data, args.split, cfg.masks, args.masks_out,
-                              cfg.tracking)
+    if args.masks:
+        scores, report = run_eval_masks(args.masks, args.data, args.split, cfg.tracking)
+    else:
+        scores, report = run_eval(args.cams, args.data, args.split, cfg.refine, args.masks_out,
+                                  cfg.tracking)
     print(scores.table())
-    print(report.summary("scored"))
+    _print_report(report, "scored")
+    return 0
+
+
+def cmd_refine(args: argparse.Namespace) -> int:
+    from wsss.stages_segmentation import run_refine
+
+    extra: list[str] = []
+    for key, value in [("refine.bg_mode", args.bg_mode), ("refine.bg_threshold", args.bg_threshold),
+                       ("refine.bg_power", args.bg_power),
+                       ("refine.fg_confidence", args.fg_confidence),
+                       ("refine.bg_confidence", args.bg_confidence)]:
+        _opt(extra, key, value)
+    if args.no_crf:
+        extra.append("refine.crf=false")
+    cfg = _config(args, extra)
+    report = run_refine(args.cams, args.data, args.split, args.out, cfg.refine, cfg.tracking,
+                        max_image_side=cfg.data.max_image_side)
+    _print_report(report, "masks")
+    print(f"pseudo-masks in {args.out} (report: {args.out}/report.json)")
+    return 0
+
+
+def cmd_train_seg(args: argparse.Namespace) -> int:
+    from wsss.ray_utils import init_ray
+    from wsss.stages_segmentation import run_train_segmenter
+
+    extra: list[str] = []
+    for key, value in [("data.root", args.data), ("segmenter.arch", args.arch),
+                       ("segmenter.epochs", args.epochs), ("segmenter.num_workers", args.workers),
+                       ("segmenter.batch_size", args.batch_size), ("segmenter.lr", args.lr),
+                       ("segmenter.crop_size", args.crop_size), ("segmenter.mode", args.mode)]:
+        _opt(extra, key, value)
+    cfg = _config(args, extra)
+    init_ray(args.address)
+    result = run_train_segmenter(cfg, args.pseudo_masks, args.out, run_name=args.run_name)
+    last = result.history[-1] if result.history else {}
+    metrics = ", ".join(f"{k}={v:.4f}" for k, v in last.items() if isinstance(v, float))
+    print(f"\ntrained {cfg.segmenter.arch} ({cfg.segmenter.mode}) for {cfg.segmenter.epochs} "
+          f"epochs in {result.seconds:.0f}s: {metrics}")
+    print(f"checkpoint: {result.checkpoint}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from wsss.stages_segmentation import run_predict
+
+    cfg = _config(args, [])
+    report = run_predict(args.checkpoint, args.data, args.split, args.out, cfg.tracking,
+                         device=args.device, max_image_side=cfg.data.max_image_side)
+    _print_report(report, "predicted")
+    print(f"masks in {args.out}; score them with: wsss eval --masks {args.out} --data "
+          f"{args.data} --split {args.split}")
+    return 0
+
+
+def _print_report(report, what: str) -> None:
+    print(report.summary(what))
     for sample_id, reason in report.failed:
         print(f"  skipped {sample_id}: {reason}")
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,14 +221,57 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=cmd_cam)
 
-    p = sub.add_parser("eval", help="pseudo-masks from maps, scored against ground truth")
-    p.add_argument("--cams", required=True, help="folder written by `wsss cam`")
+    p = sub.add_parser("eval", help="score pseudo-masks (from maps) or mask PNGs against "
+                                     "ground truth")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--cams", help="folder written by `wsss cam` (masks made on the fly)")
+    source.add_argument("--masks", help="folder of palette PNG masks (`wsss refine` / `predict`)")
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="train")
     p.add_argument("--bg-threshold", type=float, help="background threshold (VOC-style data)")
-    p.add_argument("--masks-out", help="also write the pseudo-masks as palette PNGs here")
+    p.add_argument("--masks-out", help="with --cams: also write the masks as palette PNGs here")
     _add_common(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("refine", help="maps -> pseudo-masks (background score, dense CRF)")
+    p.add_argument("--cams", required=True, help="folder written by `wsss cam`")
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="train")
+    p.add_argument("--out", required=True, help="folder for the palette PNG masks")
+    p.add_argument("--no-crf", action="store_true", help="skip the dense CRF")
+    p.add_argument("--bg-mode", choices=BG_MODES)
+    p.add_argument("--bg-threshold", type=float)
+    p.add_argument("--bg-power", type=float, help="alpha of bg = (1 - max map)^alpha")
+    p.add_argument("--fg-confidence", type=float, help="foreground below this map value -> 255")
+    p.add_argument("--bg-confidence", type=float, help="background above this map value -> 255")
+    _add_common(p)
+    p.set_defaults(func=cmd_refine)
+
+    p = sub.add_parser("train-seg", help="train a DeepLabV3 segmenter on pseudo-masks "
+                                         "(Ray Train)")
+    p.add_argument("--pseudo-masks", required=True, help="folder written by `wsss refine`")
+    p.add_argument("--data", required=True, help="dataset (images; val ground truth)")
+    p.add_argument("--arch", choices=SEGMENTER_ARCHS)
+    p.add_argument("--mode", choices=SEGMENTER_MODES, help="ce (default) or sec losses")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--workers", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--crop-size", type=int)
+    p.add_argument("--out", default="runs/segmenter")
+    p.add_argument("--run-name")
+    p.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
+    _add_common(p)
+    p.set_defaults(func=cmd_train_seg)
+
+    p = sub.add_parser("predict", help="segmenter masks for a split")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="val")
+    p.add_argument("--out", required=True)
+    p.add_argument("--device")
+    _add_common(p)
+    p.set_defaults(func=cmd_predict)
     return parser
 
 

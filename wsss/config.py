@@ -106,22 +106,101 @@ class CamConfig:
 
 
 @dataclass(frozen=True)
-class MaskConfig:
-    """Maps -> pseudo-masks. ``bg_threshold`` applies only to datasets with a background class."""
-
-    bg_threshold: float = 0.25
-
-    def validate(self) -> None:
-        _check(0.0 <= self.bg_threshold <= 1.0, "masks.bg_threshold", self.bg_threshold,
-               "in [0, 1]")
-
-
-@dataclass(frozen=True)
 class TrackingConfig:
     """MLflow destination. ``uri=None`` means $MLFLOW_TRACKING_URI or the local default store."""
 
     uri: str | None = None
     experiment: str = "wsss"
+
+
+BG_MODES = ("threshold", "power")
+SEGMENTER_ARCHS = ("deeplabv3_resnet18", "deeplabv3_resnet50")
+SEGMENTER_MODES = ("ce", "sec")
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """Maps -> pseudo-masks: background score, dense CRF and confidence marking.
+
+    Background score (datasets with a background class): ``bg_mode="threshold"`` uses the
+    constant ``bg_threshold``; ``"power"`` uses ``(1 - max_c map) ** bg_power``. The CRF
+    (``crf_*``, pixel units for ``sxy``, RGB units for ``srgb``) runs over the present classes.
+    ``crf_min_prob`` clips probabilities before the unary ``-log p``. Pixels labelled
+    foreground whose max map is below ``fg_confidence``, or background whose max map is above
+    ``bg_confidence``, become 255 (ignored); the defaults mark nothing.
+    """
+
+    bg_mode: str = "threshold"
+    bg_threshold: float = 0.25
+    bg_power: float = 4.0
+    crf: bool = True
+    crf_gaussian_sxy: float = 3.0
+    crf_gaussian_compat: float = 3.0
+    crf_bilateral_sxy: float = 80.0
+    crf_bilateral_srgb: float = 13.0
+    crf_bilateral_compat: float = 10.0
+    crf_iterations: int = 10
+    crf_min_prob: float = 1e-5
+    fg_confidence: float = 0.0
+    bg_confidence: float = 1.0
+
+    def validate(self) -> None:
+        _check_choice("refine.bg_mode", self.bg_mode, BG_MODES)
+        _check(0.0 <= self.bg_threshold <= 1.0, "refine.bg_threshold", self.bg_threshold,
+               "in [0, 1]")
+        _check(self.bg_power > 0, "refine.bg_power", self.bg_power, "> 0")
+        for key in ("crf_gaussian_sxy", "crf_bilateral_sxy", "crf_bilateral_srgb"):
+            _check(getattr(self, key) > 0, f"refine.{key}", getattr(self, key), "> 0")
+        for key in ("crf_gaussian_compat", "crf_bilateral_compat"):
+            _check(getattr(self, key) >= 0, f"refine.{key}", getattr(self, key), ">= 0")
+        _check(self.crf_iterations >= 1, "refine.crf_iterations", self.crf_iterations, ">= 1")
+        _check(0.0 < self.crf_min_prob < 1.0, "refine.crf_min_prob", self.crf_min_prob,
+               "in (0, 1)")
+        for key in ("fg_confidence", "bg_confidence"):
+            _check(0.0 <= getattr(self, key) <= 1.0, f"refine.{key}", getattr(self, key),
+                   "in [0, 1]")
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    """DeepLabV3 trained on pseudo-masks with Ray Train (``use_gpu=None``: auto-detect).
+
+    ``mode="ce"``: cross-entropy on the pseudo-masks (255 ignored). ``mode="sec"``: the SEC
+    losses (seeding on the masks' labelled pixels, expansion by global weighted rank pooling with
+    ``sec_fg_decay`` / ``sec_bg_decay`` / ``sec_absent_decay``, constrain to the CRF of the
+    output), computed at 1/``sec_downscale`` of the crop.
+    """
+
+    arch: str = "deeplabv3_resnet18"
+    pretrained_backbone: str | None = None
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 0.01
+    weight_decay: float = 1e-4
+    crop_size: int = 112
+    num_workers: int = 2
+    use_gpu: bool | None = None
+    seed: int = 0
+    mode: str = "ce"
+    sec_downscale: int = 8
+    sec_fg_decay: float = 0.996
+    sec_bg_decay: float = 0.999
+    sec_absent_decay: float = 0.0
+
+    def validate(self) -> None:
+        _check_choice("segmenter.arch", self.arch, SEGMENTER_ARCHS)
+        _check_choice("segmenter.mode", self.mode, SEGMENTER_MODES)
+        _check(self.epochs >= 1, "segmenter.epochs", self.epochs, ">= 1")
+        _check(self.batch_size >= 1, "segmenter.batch_size", self.batch_size, ">= 1")
+        _check(self.lr > 0, "segmenter.lr", self.lr, "> 0")
+        _check(self.weight_decay >= 0, "segmenter.weight_decay", self.weight_decay, ">= 0")
+        _check(self.crop_size >= 32, "segmenter.crop_size", self.crop_size, ">= 32")
+        _check(self.num_workers >= 1, "segmenter.num_workers", self.num_workers, ">= 1")
+        _check(1 <= self.sec_downscale <= self.crop_size // 4, "segmenter.sec_downscale",
+               self.sec_downscale, "in [1, crop_size / 4]")
+        for key in ("sec_fg_decay", "sec_bg_decay", "sec_absent_decay"):
+            _check(0.0 <= getattr(self, key) <= 1.0, f"segmenter.{key}", getattr(self, key),
+                   "in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -133,8 +212,9 @@ class ExperimentConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     cams: CamConfig = field(default_factory=CamConfig)
-    masks: MaskConfig = field(default_factory=MaskConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
 
     def validate(self) -> "ExperimentConfig":
         for f in dataclasses.fields(self):

@@ -1,8 +1,15 @@
-"""Pseudo-masks from class activation maps.
+"""Pseudo-masks from class activation maps: background scores, dense CRF, confidence marking.
 
-``masks_from_maps`` turns the normalised maps of the classes present in an image into a label
-mask. Further refinement steps (e.g. dense CRF) belong in this module and take and return the
-same uint8 [H, W] masks.
+One path turns the normalised maps of the classes present in an image into a label mask:
+
+1. ``class_scores``: the maps [K, H, W] plus, where the dataset has a background class, a
+   background score (a constant threshold, or ``(1 - max_c map) ** alpha``);
+2. ``dense_crf`` (optional): a fully connected CRF over those K' classes only;
+3. arg-max, mapped to dataset class ids;
+4. ``mark_uncertain``: labels that the maps do not support confidently become 255.
+
+``pseudo_mask`` runs all four steps; ``masks_from_maps`` is the special case "constant
+threshold, no CRF, no confidence marking".
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from wsss.config import RefineConfig
 from wsss.data.voc import IGNORE_INDEX
 
 BACKGROUND = 0
@@ -31,17 +39,163 @@ def masks_from_maps(maps: np.ndarray | torch.Tensor, class_ids: Sequence[int],
     Ties go to the earlier entry of ``class_ids``. With K == 0 the mask is all background, or
     all ``IGNORE_INDEX`` when the dataset has no background class.
     """
+    cfg = RefineConfig(bg_mode="threshold", bg_threshold=bg_threshold, crf=False)
+    return pseudo_mask(None, maps, class_ids, has_background, cfg)
+
+
+def class_scores(maps: np.ndarray | torch.Tensor, class_ids: Sequence[int],
+                 has_background: bool, bg: RefineConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of the present classes plus background.
+
+    Args:
+        maps: float [K, H, W] in [0, 1], one map per present class.
+        class_ids: the K dataset class ids of ``maps``.
+        has_background: whether the dataset has a background class (index 0).
+        bg: ``bg_mode`` "threshold" (constant ``bg_threshold``) or "power"
+            (``(1 - max_k maps[k]) ** bg_power``); unused without a background class.
+
+    Returns:
+        scores float [K', H, W] (the maps' float dtype) and their dataset class ids int64
+        [K']. With a background class, K' = K + 1 and background is the *last* row, so an
+        arg-max tie between a class and the background goes to the class (a map equal to the
+        threshold is foreground).
+    """
     arr = maps.detach().cpu().numpy() if isinstance(maps, torch.Tensor) else np.asarray(maps)
+    if arr.dtype.kind != "f":
+        arr = arr.astype(np.float32)
     ids = np.asarray(class_ids, dtype=np.int64).reshape(-1)
     _check_inputs(arr, ids, has_background)
-    height, width = arr.shape[1:]
-    if ids.size == 0:
-        fill = BACKGROUND if has_background else IGNORE_INDEX
-        return np.full((height, width), fill, dtype=np.uint8)
-    mask = ids[arr.argmax(axis=0)].astype(np.uint8)
-    if has_background:
-        mask[arr.max(axis=0) < bg_threshold] = BACKGROUND
+    if not has_background:
+        return arr, ids
+    if bg.bg_mode == "threshold":
+        background = np.full(arr.shape[1:], bg.bg_threshold, dtype=arr.dtype)
+    elif bg.bg_mode == "power":
+        background = (1.0 - _evidence(arr)) ** bg.bg_power
+    else:
+        raise ValueError(f"unknown bg_mode '{bg.bg_mode}'; choose threshold or power")
+    return np.concatenate([arr, background[None]]), np.append(ids, BACKGROUND)
+
+
+def dense_crf(image: np.ndarray, probs: np.ndarray, params: RefineConfig) -> np.ndarray:
+    """Mean-field inference of a fully connected CRF (Kraehenbuehl & Koltun, 2011).
+
+    Unary ``-log(clip(probs, crf_min_prob, 1))``; a Gaussian kernel (``crf_gaussian_sxy``,
+    ``crf_gaussian_compat``) and a bilateral kernel (``crf_bilateral_sxy``,
+    ``crf_bilateral_srgb``, ``crf_bilateral_compat``) with Potts compatibility;
+    ``crf_iterations`` steps. Pass only the classes that may occur in the image.
+
+    Args:
+        image: RGB uint8 [H, W, 3] (any size, any memory layout).
+        probs: float [K, H, W] class probabilities (rows need not sum to 1).
+        params: the ``crf_*`` fields are used.
+
+    Returns:
+        float32 [K, H, W], per-pixel distributions (``probs`` itself when K <= 1).
+    """
+    params.validate()
+    probs = np.asarray(probs, dtype=np.float32)
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[:2] != probs.shape[1:]:
+        raise ValueError(f"image must be [H, W, 3] matching probs {probs.shape}, "
+                         f"got {image.shape}")
+    num, height, width = probs.shape
+    if num <= 1:
+        return probs
+    import pydensecrf.densecrf as dcrf
+
+    crf = dcrf.DenseCRF2D(width, height, num)
+    unary = -np.log(np.clip(probs, params.crf_min_prob, 1.0)).reshape(num, -1)
+    crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
+    crf.addPairwiseGaussian(sxy=params.crf_gaussian_sxy, compat=params.crf_gaussian_compat)
+    crf.addPairwiseBilateral(sxy=params.crf_bilateral_sxy, srgb=params.crf_bilateral_srgb,
+                             rgbim=np.ascontiguousarray(image, dtype=np.uint8),
+                             compat=params.crf_bilateral_compat)
+    refined = crf.inference(params.crf_iterations)
+    return np.asarray(refined, dtype=np.float32).reshape(num, height, width)
+
+
+def normalise_scores(scores: np.ndarray, eps: float = 1e-8) -> np.ndarray:
+    """Non-negative scores [K, H, W] -> per-pixel distributions [K, H, W] (uniform where all 0)."""
+    scores = np.clip(scores, 0.0, None) + eps
+    return scores / scores.sum(axis=0, keepdims=True)
+
+
+def mark_uncertain(mask: np.ndarray, maps: np.ndarray, has_background: bool,
+                   cfg: RefineConfig) -> np.ndarray:
+    """Set unconfident labels of ``mask`` uint8 [H, W] to 255 (in place; returns it).
+
+    The evidence of a pixel is ``max_k maps[k]`` (maps [K, H, W]). A class label with evidence
+    below ``cfg.fg_confidence`` is uncertain, and so is a background label with evidence above
+    ``cfg.bg_confidence``. The CRF can thus move a label only where the maps agree with it
+    confidently; elsewhere the pixel is ignored in training.
+    """
+    if cfg.fg_confidence <= 0.0 and cfg.bg_confidence >= 1.0:
+        return mask  # empty confidence band
+    evidence = _evidence(maps)
+    is_bg = (mask == BACKGROUND) if has_background else np.zeros(mask.shape, dtype=bool)
+    uncertain = ((~is_bg & (evidence < cfg.fg_confidence))
+                 | (is_bg & (evidence > cfg.bg_confidence)))
+    mask[uncertain & (mask != IGNORE_INDEX)] = IGNORE_INDEX
     return mask
+
+
+def pseudo_mask(image: np.ndarray | None, maps: np.ndarray | torch.Tensor,
+                class_ids: Sequence[int], has_background: bool,
+                cfg: RefineConfig) -> np.ndarray:
+    """Pseudo-mask uint8 [H, W] from maps float [K, H, W] of the present classes.
+
+    Scores (``class_scores``) -> CRF over the present classes (+ background) when ``cfg.crf``
+    (needs ``image`` RGB uint8 [H, W, 3]) -> arg-max -> ``mark_uncertain``. With K == 0 the
+    mask is all background, or all 255 without a background class.
+    """
+    scores, ids = class_scores(maps, class_ids, has_background, cfg)
+    present_maps = scores[:ids.size - int(has_background)]  # background is the last row
+    return mask_from_scores(image, scores, ids, present_maps, has_background, cfg)
+
+
+def saliency_scores(maps: np.ndarray, class_ids: Sequence[int], saliency: np.ndarray,
+                    threshold: float, fusion: str) -> tuple[np.ndarray, np.ndarray]:
+    """Scores [K+1, H, W] (background last) fusing class seeds with a saliency map [H, W].
+
+    The background score ``t (1 - s) / (1 - t)`` makes a pixel foreground exactly where the
+    saliency ``s`` exceeds ``threshold`` t (``fusion="best_seed"``: class = the arg-max seed,
+    scores ``s * map_k / max_k map``), or where ``s * max_k map`` exceeds it
+    (``fusion="product"``: salient *and* seeded).
+    """
+    arr = np.asarray(maps, dtype=np.float32)
+    ids = np.asarray(class_ids, dtype=np.int64).reshape(-1)
+    _check_inputs(arr, ids, True)
+    sal = np.clip(np.asarray(saliency, dtype=np.float32), 0.0, 1.0)
+    if fusion == "best_seed":
+        fg = sal * (arr + 1e-6) / (_evidence(arr) + 1e-6)  # seedless pixels: a tie, still fg
+    elif fusion == "product":
+        fg = sal * arr
+    else:
+        raise ValueError(f"unknown saliency fusion '{fusion}'; choose best_seed or product")
+    background = threshold * (1.0 - sal) / (1.0 - threshold)
+    return np.concatenate([fg, background[None]]), np.append(ids, BACKGROUND)
+
+
+def mask_from_scores(image: np.ndarray | None, scores: np.ndarray, ids: np.ndarray,
+                     present_maps: np.ndarray, has_background: bool,
+                     cfg: RefineConfig) -> np.ndarray:
+    """Optional CRF over ``scores`` [K', H, W] -> arg-max -> dataset ids ``ids`` [K'] ->
+    confidence marking against ``present_maps`` [K, H, W]; uint8 [H, W]."""
+    if ids.size == 0:
+        return np.full(scores.shape[1:], IGNORE_INDEX, dtype=np.uint8)
+    if cfg.crf and ids.size > 1:
+        if image is None:
+            raise ValueError("the CRF needs the image; pass it or set crf=False")
+        scores = dense_crf(image, normalise_scores(scores), cfg)
+    mask = ids[scores.argmax(axis=0)].astype(np.uint8)
+    return mark_uncertain(mask, present_maps, has_background, cfg)
+
+
+def _evidence(maps: np.ndarray) -> np.ndarray:
+    """Foreground evidence [H, W]: ``max_k maps[k]`` of maps float [K, H, W] (0 when K == 0)."""
+    if maps.shape[0] == 0:
+        return np.zeros(maps.shape[1:], dtype=maps.dtype)
+    return maps.max(axis=0)
 
 
 def _check_inputs(maps: np.ndarray, ids: np.ndarray, has_background: bool) -> None:

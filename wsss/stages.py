@@ -7,6 +7,7 @@ the files already written.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from wsss.config import CamConfig, ExperimentConfig, MaskConfig, TrackingConfig
+from wsss.config import CamConfig, ExperimentConfig, RefineConfig, TrackingConfig
 from wsss.data.transforms import normalize
 from wsss.data.voc import DatasetError, VOCDataset, read_info
 
@@ -45,8 +46,8 @@ class StageReport:
 
     def summary(self, what: str) -> str:
         rate = self.done / self.seconds if self.seconds > 0 else 0.0
-        return (f"{what}: {self.done} done ({rate:.1f}/s), {self.reused} already present, "
-                f"{len(self.failed)} failed")
+        reused = f", {self.reused} already present" if self.reused else ""
+        return f"{what}: {self.done} done ({rate:.1f}/s){reused}, {len(self.failed)} failed"
 
 
 def write_json_atomic(path: Path, data: Any) -> Path:
@@ -133,6 +134,7 @@ def run_cams(checkpoint: str | Path, data_root: str | Path, split: str, out_dir:
     with tracking.start_run(f"cam-{split}", experiment=tracking_cfg.experiment,
                             uri=tracking_cfg.uri, params=_plain(params), tags={"stage": "cam"}):
         report = _extract_all(method, model, dataset, out_dir, cam_cfg, device)
+        report.extra.update(method=state["method"], method_params=state["method_params"])
         report.write(out_dir)
         tracking.log_metrics({"maps_done": report.done, "maps_failed": len(report.failed),
                               "images_per_s": report.done / max(report.seconds, 1e-9)})
@@ -196,20 +198,51 @@ def _stack(items: list[tuple[str, np.ndarray, torch.Tensor]]) -> dict[str, Any]:
 
 
 # -- masks and scores -------------------------------------------------------------------------
+def maps_method(cams_dir: str | Path) -> Any:
+    """The method that made the maps in ``cams_dir`` (from its report.json; default ``cam``):
+    it decides how maps become masks (e.g. saliency guidance)."""
+    from wsss.methods import get_method
+
+    report = Path(cams_dir) / REPORT_FILE
+    info = json.loads(report.read_text()) if report.is_file() else {}
+    return get_method(info.get("method", "cam"))(0, info.get("method_params"))
+
+
+def make_pseudo_mask(method: Any, dataset: VOCDataset, sample_id: str, maps: np.ndarray,
+                     class_ids: list[int], cfg: RefineConfig) -> np.ndarray:
+    """``method``'s pseudo-mask of one image; the image is read only when the CRF or saliency
+    needs it."""
+    from wsss.saliency import saliency_for
+
+    image = dataset.load_image(sample_id) if (cfg.crf or method.masks_need_image) else None
+    if image is not None and image.shape[:2] != maps.shape[1:]:
+        raise ValueError(f"maps of '{sample_id}' are {maps.shape[2]}x{maps.shape[1]} but the "
+                         f"image is {image.shape[1]}x{image.shape[0]}")
+    return method.pseudo_mask(image, maps, class_ids, dataset.info.has_background, cfg,
+                              lambda source: saliency_for(dataset.root, sample_id, image, source))
+
+
 def run_eval(cams_dir: str | Path, data_root: str | Path, split: str,
-             mask_cfg: MaskConfig = MaskConfig(), masks_out: str | Path | None = None,
+             refine_cfg: RefineConfig = RefineConfig(), masks_out: str | Path | None = None,
              tracking_cfg: TrackingConfig = TrackingConfig()) -> tuple[Any, StageReport]:
-    """Turn maps into pseudo-masks and score them against ground truth (mIoU table)."""
+    """Turn maps into pseudo-masks and score them against ground truth (mIoU table).
+
+    Masks use ``refine_cfg``'s background score and confidence marking without the CRF
+    (``wsss refine`` adds the CRF and writes the masks for the segmenter).
+    """
     from wsss import tracking
     from wsss.metrics import ConfusionMatrix
 
     dataset = VOCDataset(data_root, split)
     info = dataset.info
+    method = maps_method(cams_dir)
+    refine_cfg = dataclasses.replace(refine_cfg, crf=False)
     confusion = ConfusionMatrix(info.num_classes)
     report, start = StageReport(), time.perf_counter()
     for sample_id in tqdm(dataset.ids, unit="img", desc="eval", disable=None):
         try:
-            gt, pred = _mask_pair(dataset, Path(cams_dir), sample_id, mask_cfg, masks_out)
+            gt, pred = _mask_pair(method, dataset, Path(cams_dir), sample_id, refine_cfg,
+                                  masks_out)
         except (DatasetError, FileNotFoundError, ValueError) as err:
             report.failed.append((sample_id, str(err)))
             continue
@@ -217,7 +250,7 @@ def run_eval(cams_dir: str | Path, data_root: str | Path, split: str,
         report.done += 1
     report.seconds = time.perf_counter() - start
     scores = confusion.compute(list(info.class_names), background=0 if info.has_background else None)
-    params = {"cams": str(cams_dir), "data": str(data_root), "split": split, "masks": mask_cfg}
+    params = {"cams": str(cams_dir), "data": str(data_root), "split": split, "refine": refine_cfg}
     with tracking.start_run(f"eval-{split}", experiment=tracking_cfg.experiment,
                             uri=tracking_cfg.uri, params=_plain(params), tags={"stage": "eval"}):
         tracking.log_metrics({**scores.summary(), "images_scored": report.done,
@@ -226,17 +259,17 @@ def run_eval(cams_dir: str | Path, data_root: str | Path, split: str,
     return scores, report
 
 
-def _mask_pair(dataset: VOCDataset, cams_dir: Path, sample_id: str, mask_cfg: MaskConfig,
+def _mask_pair(method: Any, dataset: VOCDataset, cams_dir: Path, sample_id: str,
+               refine_cfg: RefineConfig,
                masks_out: str | Path | None) -> tuple[np.ndarray, np.ndarray]:
     from wsss.cams import load_maps
-    from wsss.refine import masks_from_maps
 
     gt_path = dataset.mask_path(sample_id)
     if gt_path is None:
         raise DatasetError(f"no ground-truth mask for id '{sample_id}'")
     maps, class_ids = load_maps(cams_dir / f"{sample_id}.npz")
     gt = dataset.load_mask(sample_id, maps.shape[1:])
-    pred = masks_from_maps(maps, class_ids, dataset.info.has_background, mask_cfg.bg_threshold)
+    pred = make_pseudo_mask(method, dataset, sample_id, maps, class_ids, refine_cfg)
     if masks_out is not None:
         from wsss.viz import save_mask_png
 

@@ -43,6 +43,7 @@ def test_two_workers_learn_above_chance(ray_session, train_set, tmp_path):
                                   run_name="learn")
     learned, chance = _split_map(result.checkpoint, train_set)
     assert learned > chance + 0.15, (learned, chance)
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4, 5, 6]
     run = mlflow.MlflowClient(uri).search_runs(
         [mlflow.get_experiment_by_name("test-train").experiment_id])[0]
     assert run.data.params["train.num_workers"] == "2" and run.data.params["method.name"] == "cam"
@@ -65,6 +66,7 @@ def test_rerun_with_same_name_resumes_from_checkpoint(ray_session, train_set, tm
                               order_by=["attributes.start_time ASC"])
     steps = [[m.step for m in client.get_metric_history(r.info.run_id, "loss")] for r in runs]
     assert steps == [[1], [2]]
+    assert [h["epoch"] for h in second.history] == [1, 2]  # the history survives the resume
 
 
 def test_bad_training_images_are_skipped_and_listed(ray_session, broken_train_set, tmp_path):

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping, Sequence
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +60,7 @@ class Method:
     Params: ClassVar[type] = NoParams
     default_map_kind: ClassVar[str] = "cam"
     supported_map_kinds: ClassVar[tuple[str, ...]] = ("cam", "gradcam")
+    masks_need_image: ClassVar[bool] = False  # pseudo_mask reads the image even without CRF
 
     def __init__(self, num_classes: int, params: Mapping[str, Any] | Any = None) -> None:
         self.num_classes = num_classes
@@ -116,6 +119,19 @@ class Method:
         present (adversarial erasing mines only those); most methods ignore it.
         """
         return _unwrap(model).class_maps(images)
+
+    # -- masks -------------------------------------------------------------------------------
+    def pseudo_mask(self, image: np.ndarray | None, maps: np.ndarray, class_ids: Sequence[int],
+                    has_background: bool, cfg: Any,
+                    saliency: Callable[[str], np.ndarray] | None = None) -> np.ndarray:
+        """Pseudo-mask uint8 [H, W] from maps [K, H, W] of the present classes ``class_ids``.
+
+        ``cfg`` is a ``RefineConfig``; ``saliency(source)`` gives the image's saliency map
+        [H, W] for methods that use one (loaded lazily: most do not).
+        """
+        from wsss.refine import pseudo_mask
+
+        return pseudo_mask(image, maps, class_ids, has_background, cfg)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

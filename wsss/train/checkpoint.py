@@ -1,13 +1,16 @@
-"""Classifier checkpoints: one ``model.pt`` holding weights and what is needed to rebuild them.
+"""Checkpoints: one ``model.pt`` holding weights and what is needed to rebuild them.
 
 Files hold only tensors and plain Python values, so they load with ``weights_only=True``; a
-file that needs arbitrary unpickling is refused.
+file that needs arbitrary unpickling is refused. ``save_checkpoint`` / ``load_classifier`` serve
+classifiers; ``write_state`` / ``read_state`` / ``restore_training_state`` are the generic steps
+other models' checkpoints (``wsss.train.segmenter``) share.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +27,8 @@ class CheckpointError(ValueError):
 def save_checkpoint(path: str | Path, *, model: nn.Module, method: Any, cfg: Any,
                     class_names: list[str], has_background: bool, epoch: int,
                     optimizer: torch.optim.Optimizer | None = None,
-                    scheduler: Any = None) -> Path:
-    """Write a checkpoint atomically (temp file + rename)."""
-    path = Path(path)
+                    scheduler: Any = None, history: list[dict[str, float]] | None = None) -> Path:
+    """Write a checkpoint atomically (temp file + rename); ``history`` = per-epoch metrics."""
     state = {
         "format": FORMAT,
         "method": method.name,
@@ -39,15 +41,30 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, method: Any, cfg: Any
         "state_dict": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "history": list(history or []),
     }
+    return write_state(path, state)
+
+
+def load_checkpoint_state(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint dict safely (``weights_only=True``) and check its format."""
+    return read_state(path, FORMAT, "classifier")
+
+
+def write_state(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write a checkpoint dict (tensors and plain values only) atomically (temp file + rename)."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
     return path
 
 
-def load_checkpoint_state(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint dict safely (``weights_only=True``) and check its format."""
+def read_state(path: str | Path, fmt: str, kind: str) -> dict[str, Any]:
+    """Load a checkpoint dict with ``weights_only=True`` and check that its format is ``fmt``.
+
+    ``kind`` names the expected checkpoint in errors (e.g. "classifier").
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -56,9 +73,32 @@ def load_checkpoint_state(path: str | Path) -> dict[str, Any]:
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError...
         raise CheckpointError(f"cannot load checkpoint {path} safely (weights_only=True): "
                               f"{str(err).splitlines()[0]}") from err
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a wsss classifier checkpoint (format {FORMAT})")
+    if not isinstance(state, dict) or state.get("format") != fmt:
+        raise CheckpointError(f"{path} is not a wsss {kind} checkpoint (format {fmt})")
     return state
+
+
+def restore_training_state(state: dict[str, Any], model: nn.Module,
+                           optimizer: torch.optim.Optimizer | None = None,
+                           scheduler: Any = None) -> int:
+    """Load weights (and optimizer / scheduler state when saved) from ``state``; returns its
+    epoch (the number of epochs done)."""
+    model.load_state_dict(state["state_dict"])
+    if optimizer is not None and state.get("optimizer"):
+        optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler"):
+        scheduler.load_state_dict(state["scheduler"])
+    return int(state["epoch"])
+
+
+def copy_from_ray_checkpoint(checkpoint: Any, name: str, dest: str | Path) -> Path:
+    """Copy file ``name`` of a ``ray.train.Checkpoint`` to ``dest`` atomically."""
+    dest = Path(dest)
+    tmp = dest.with_name(dest.name + ".tmp")
+    with checkpoint.as_directory() as ckpt_dir:
+        shutil.copyfile(Path(ckpt_dir) / name, tmp)
+    os.replace(tmp, dest)
+    return dest
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu",

@@ -119,9 +119,8 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, run_name: str,
     with result.checkpoint.as_directory() as ckpt_dir:
         shutil.copyfile(Path(ckpt_dir) / MODEL_FILE, final.with_suffix(".tmp"))
     final.with_suffix(".tmp").replace(final)
-    history = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None \
-        else [result.metrics]
-    return ClassifierResult(final, dict(result.metrics), history, skipped + val_skipped, seconds)
+    history = load_checkpoint_state(final)["history"]
+    return ClassifierResult(final, dict(history[-1]), history, skipped + val_skipped, seconds)
 
 
 def _train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -143,7 +142,7 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     optimizer = torch.optim.SGD(trainable, lr=cfg.train.lr, momentum=0.9,
                                 weight_decay=cfg.train.weight_decay, nesterov=True)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.train.epochs)
-    start_epoch = _resume(ray.train.get_checkpoint(), model, optimizer, scheduler)
+    start_epoch, history = _resume(ray.train.get_checkpoint(), model, optimizer, scheduler)
     model = ray.train.torch.prepare_model(model)
     train_loader, val_loader = _loaders(cfg, config)
     for epoch in range(start_epoch, cfg.train.epochs):
@@ -154,7 +153,8 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = {"epoch": epoch + 1, "loss": loss, **logs, "lr": scheduler.get_last_lr()[0]}
         if val_loader is not None:
             metrics["val_mAP"] = _validate(model, val_loader)
-        _report(metrics, epoch, rank, model, optimizer, scheduler, method, cfg, config)
+        history.append(metrics)
+        _report(history, rank, model, optimizer, scheduler, method, cfg, config)
 
 
 def _loaders(cfg: ExperimentConfig, config: dict[str, Any]) -> tuple[DataLoader, DataLoader | None]:
@@ -208,12 +208,13 @@ def _validate(model, loader) -> float:
     return float(mean_average_precision(all_scores, all_targets))
 
 
-def _report(metrics, epoch, rank, model, optimizer, scheduler, method, cfg, config) -> None:
+def _report(history, rank, model, optimizer, scheduler, method, cfg, config) -> None:
     """Rank 0 writes the checkpoint and logs to MLflow; every rank reports to Ray Train."""
     import ray.train
 
     from wsss.tracking import log_metrics
 
+    metrics, epoch = history[-1], len(history) - 1
     if rank != 0:
         ray.train.report(metrics, checkpoint=None)
         return
@@ -224,14 +225,14 @@ def _report(metrics, epoch, rank, model, optimizer, scheduler, method, cfg, conf
         save_checkpoint(Path(tmp) / MODEL_FILE, model=getattr(model, "module", model),
                         method=method, cfg=cfg, class_names=config["class_names"],
                         has_background=config["has_background"], epoch=epoch + 1,
-                        optimizer=optimizer, scheduler=scheduler)
+                        optimizer=optimizer, scheduler=scheduler, history=history)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def _resume(checkpoint, model, optimizer, scheduler) -> int:
-    """Load model/optimizer state from a Ray checkpoint; returns the epoch to start at."""
+def _resume(checkpoint, model, optimizer, scheduler) -> tuple[int, list[dict[str, Any]]]:
+    """Load model/optimizer state from a Ray checkpoint; returns (epoch to start at, history)."""
     if checkpoint is None:
-        return 0
+        return 0, []
     with checkpoint.as_directory() as ckpt_dir:
         state = load_checkpoint_state(Path(ckpt_dir) / MODEL_FILE)
     model.load_state_dict(state["state_dict"])
@@ -239,7 +240,7 @@ def _resume(checkpoint, model, optimizer, scheduler) -> int:
         optimizer.load_state_dict(state["optimizer"])
     if state.get("scheduler"):
         scheduler.load_state_dict(state["scheduler"])
-    return int(state["epoch"])
+    return int(state["epoch"]), list(state.get("history", []))
 
 
 def _all_reduce_mean(values: list[float]) -> list[float]:

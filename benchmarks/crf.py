@@ -1,0 +1,216 @@
+"""Dense CRF over the present classes only vs over all classes (absent ones scored 0).
+
+Both variants refine the same CAM-like maps of the same images in one process: labels are
+compared pixel by pixel and the two are timed image by image in alternating order, so
+background load affects them alike. The maps imitate upsampled class activation maps: the
+one-hot ground truth of the present classes, average-pooled by 16 and bilinearly upsampled.
+Images are MSRC-21 photographs (about 320x213, 2-3 of 21 classes present) when the dataset is
+found, else synthetic images of that size.
+
+Example::
+
+    python benchmarks/crf.py --images 24 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cams import cpu_model  # benchmarks/cams.py (this folder is on sys.path as a script)
+from wsss.config import RefineConfig
+from wsss.refine import dense_crf, normalise_scores
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "crf.md"
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "msrc21"
+Case = tuple[np.ndarray, np.ndarray, np.ndarray]  # image [H,W,3], maps [K,H,W], ids [K]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                        help="VOC-layout dataset (default: MSRC-21 when present)")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--images", type=int, default=24)
+    parser.add_argument("--num-classes", type=int, default=21, help="for synthetic images")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke-test", action="store_true",
+                        help="2 images, 1 repeat; writes only with --out")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"markdown results file (default {DEFAULT_OUT})")
+    args = parser.parse_args(argv)
+    if args.smoke_test:
+        args.images, args.repeats = 2, 1
+    elif args.out is None:
+        args.out = DEFAULT_OUT
+    return args
+
+
+def cam_like(labels: np.ndarray, ids: np.ndarray, stride: int = 16) -> np.ndarray:
+    """Blurred maps float32 [K, H, W] in [0, 1] of classes ``ids`` in labels [H, W]."""
+    one_hot = torch.from_numpy(labels[None] == ids[:, None, None]).float()[None]
+    height, width = labels.shape
+    small = F.adaptive_avg_pool2d(one_hot, (max(1, height // stride), max(1, width // stride)))
+    maps = F.interpolate(small, size=(height, width), mode="bilinear", align_corners=False)[0]
+    return (maps / maps.amax(dim=(1, 2), keepdim=True).clamp_min(1e-5)).numpy()
+
+
+def dataset_cases(args: argparse.Namespace) -> tuple[list[Case], int, str]:
+    """Cases from the dataset's images with 2-3 classes; (cases, class count, description)."""
+    from wsss.data.voc import VOCDataset
+
+    dataset = VOCDataset(args.data, args.split)
+    cases: list[Case] = []
+    for sample_id in dataset.ids:
+        image = dataset.load_image(sample_id)
+        mask = dataset.load_mask(sample_id, image.shape[:2])
+        ids = np.array([c for c in np.unique(mask) if c != 255]) if mask is not None else []
+        if 2 <= len(ids) <= 3:
+            cases.append((image, cam_like(mask, ids), ids))
+        if len(cases) == args.images:
+            break
+    return cases, dataset.info.num_classes, f"{args.data.name} `{args.split}` images"
+
+
+def synthetic_cases(args: argparse.Namespace) -> tuple[list[Case], int, str]:
+    """Synthetic 320x320 renders cropped to 213 rows, their classes spread over 21 ids."""
+    from wsss.data.synthetic import render_sample
+
+    rng = np.random.default_rng(args.seed)
+    cases: list[Case] = []
+    index = 0
+    while len(cases) < args.images:
+        sample = render_sample(args.seed, index, image_size=320)
+        index += 1
+        mask = sample.mask[:213]
+        present = np.array([c for c in np.unique(mask) if c != 255])
+        if not 2 <= len(present) <= 3:
+            continue
+        ids = np.sort(rng.choice(args.num_classes, len(present), replace=False))
+        relabelled = np.full(mask.shape, 255)
+        for old, new in zip(present, ids):
+            relabelled[mask == old] = new
+        cases.append((sample.image[:213], cam_like(relabelled, ids), ids))
+    return cases, args.num_classes, "synthetic images 320x213"
+
+
+def refine_present(image: np.ndarray, maps: np.ndarray, ids: np.ndarray, num_classes: int,
+                   cfg: RefineConfig) -> np.ndarray:
+    """Labels [H, W] of the CRF over the K present classes only."""
+    return ids[dense_crf(image, normalise_scores(maps), cfg).argmax(axis=0)]
+
+
+def refine_all(image: np.ndarray, maps: np.ndarray, ids: np.ndarray, num_classes: int,
+               cfg: RefineConfig) -> np.ndarray:
+    """Labels [H, W] of the CRF over all classes: the same probabilities, absent classes 0."""
+    full = np.zeros((num_classes,) + maps.shape[1:], dtype=np.float32)
+    full[ids] = normalise_scores(maps)
+    return dense_crf(image, full, cfg).argmax(axis=0)
+
+
+VARIANTS = {"present classes only": refine_present, "all classes": refine_all}
+
+
+def run(cases: list[Case], num_classes: int, repeats: int) -> tuple[dict, dict, tuple]:
+    """Per variant: total wall and CPU seconds per repeat; plus label agreement counts."""
+    cfg = RefineConfig()
+    wall = {name: [] for name in VARIANTS}
+    cpu = {name: [] for name in VARIANTS}
+    same_pixels = same_images = total = 0
+    for refine in VARIANTS.values():  # warm-up: imports, first allocations
+        refine(*cases[0], num_classes, cfg)
+    for repeat in range(repeats):
+        spent = {name: [0.0, 0.0] for name in VARIANTS}
+        for index, (image, maps, ids) in enumerate(cases):
+            names = list(VARIANTS)[::1 if (index + repeat) % 2 == 0 else -1]
+            labels = {}
+            for name in names:
+                start, start_cpu = time.perf_counter(), time.process_time()
+                labels[name] = VARIANTS[name](image, maps, ids, num_classes, cfg)
+                spent[name][0] += time.perf_counter() - start
+                spent[name][1] += time.process_time() - start_cpu
+            if repeat == 0:
+                equal = labels["present classes only"] == labels["all classes"]
+                same_pixels, total = same_pixels + int(equal.sum()), total + equal.size
+                same_images += int(equal.all())
+        for name, (w, c) in spent.items():
+            wall[name].append(w)
+            cpu[name].append(c)
+        print(f"repeat {repeat}: " + ", ".join(f"{k} {w:.2f}s" for k, (w, _) in spent.items()),
+              file=sys.stderr, flush=True)
+    return wall, cpu, (same_pixels, total, same_images)
+
+
+def machine_lines(command: str, load: tuple[tuple[float, ...], tuple[float, ...]]) -> list[str]:
+    """Markdown 'Command' and 'Machine' sections (shared by the segmentation benchmark)."""
+    return ["## Command", "", "```", command, "```", "", "## Machine", "",
+            f"- nproc: {len(os.sched_getaffinity(0))}", f"- CPU: {cpu_model()}",
+            f"- torch {torch.__version__}, Python {platform.python_version()}",
+            f"- load average (1, 5, 15 min) at start: {', '.join(f'{v:.2f}' for v in load[0])};"
+            f" at end: {', '.join(f'{v:.2f}' for v in load[1])}"]
+
+
+def render(description: str, cases: list[Case], num_classes: int, results: tuple,
+           command: str, load: tuple) -> str:
+    wall, cpu, (same_pixels, total, same_images) = results
+    med = {k: statistics.median(v) for k, v in wall.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
+    present = np.mean([len(ids) for _, _, ids in cases])
+    cfg = RefineConfig()
+    lines = [
+        "# Dense CRF: present classes only vs all classes", "",
+        f"{len(cases)} {description} ({cases[0][0].shape[1]}x{cases[0][0].shape[0]} first), "
+        f"{num_classes} classes, {present:.1f} present per image on average; CAM-like maps "
+        f"(ground truth average-pooled by 16, bilinearly upsampled). CRF: gaussian "
+        f"{cfg.crf_gaussian_sxy:g}/{cfg.crf_gaussian_compat:g}, bilateral "
+        f"{cfg.crf_bilateral_sxy:g}/{cfg.crf_bilateral_srgb:g}/{cfg.crf_bilateral_compat:g}, "
+        f"{cfg.crf_iterations} iterations; {len(next(iter(wall.values())))} repeat(s).", "",
+        "| variant | median wall s | min wall s | median CPU s | ms / image (median) |",
+        "|---|---:|---:|---:|---:|"]
+    for name in VARIANTS:
+        lines.append(f"| {name} | {med[name]:.2f} | {min(wall[name]):.2f} | "
+                     f"{med_cpu[name]:.2f} | {1000 * med[name] / len(cases):.1f} |")
+    ratio = med["all classes"] / med["present classes only"]
+    ratio_cpu = med_cpu["all classes"] / med_cpu["present classes only"]
+    lines += ["", f"- identical labels: **{same_pixels} / {total} pixels "
+              f"({100.0 * same_pixels / total:.4f} %)**, {same_images} / {len(cases)} images "
+              "fully identical",
+              f"- speed-up of present-only over all classes: **{ratio:.2f}x** wall (median), "
+              f"{ratio_cpu:.2f}x CPU", ""]
+    return "\n".join(lines + machine_lines(command, load)) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    command = shlex.join([Path(sys.executable).name, *sys.argv])
+    load_start = os.getloadavg()
+    has_data = (args.data / "ImageSets").is_dir()
+    cases, num_classes, description = dataset_cases(args) if has_data else synthetic_cases(args)
+    results = run(cases, num_classes, args.repeats)
+    publish(render(description, cases, num_classes, results, command,
+                   (load_start, os.getloadavg())), args.out)
+
+
+def publish(report: str, out: Path | None) -> None:
+    """Print the markdown ``report``; also write it to ``out`` unless that is None."""
+    print(report)
+    if out is None:
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report)
+    print(f"wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""The `wsss` command end to end: synth -> train-cls -> cam -> eval, as a user runs it."""
+
+import json
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pytest
+
+from wsss.cams import load_maps
+from wsss.cli import main
+
+
+@pytest.mark.parametrize("sub", [[], ["data", "synth"], ["train-cls"], ["cam"], ["eval"],
+                                 ["refine"], ["train-seg"], ["predict"]])
+def test_every_subcommand_has_help(sub):
+    out = subprocess.run([sys.executable, "-m", "wsss.cli", *sub, "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    assert "usage: wsss" in out
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
+    code = main(["eval", "--cams", str(tmp_path), "--data", str(tmp_path / "nope")])
+    assert code == 2
+    assert "dataset folder not found" in capsys.readouterr().err
+
+
+def test_unknown_config_key_lists_valid_ones(tmp_path, capsys):
+    code = main(["eval", "--cams", str(tmp_path), "--data", str(tmp_path),
+                 "--set", "refine.threshold=0.3"])
+    assert code == 2 and "unknown config key(s) refine.threshold" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_pipeline_end_to_end(ray_session, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "synth", "--out", "synth", "--n", "24", "--image-size", "64"]) == 0
+    assert main(["train-cls", "--data", "synth", "--epochs", "1", "--crop-size", "64",
+                 "--run-name", "e2e"]) == 0
+    ckpt = tmp_path / "runs/classifier/e2e/model.pt"
+    assert f"checkpoint: {ckpt}" in capsys.readouterr().out
+    assert main(["cam", "--checkpoint", str(ckpt), "--data", "synth", "--out", "cams",
+                 "--kind", "gradcam", "--scales", "1", "0.5", "--flip"]) == 0
+    ids = (tmp_path / "synth/ImageSets/Segmentation/train.txt").read_text().split()
+    report = json.loads((tmp_path / "cams/report.json").read_text())
+    assert report["done"] == len(ids) and report["failed"] == []
+    maps, class_ids = load_maps(tmp_path / f"cams/{ids[0]}.npz")
+    assert maps.shape[0] == len(class_ids) and maps.shape[1:] == (64, 64)
+    assert np.isclose(maps.max(axis=(1, 2)), 1.0, atol=1e-2).all()
+    # a re-run reuses every map already written
+    capsys.readouterr()
+    assert main(["cam", "--checkpoint", str(ckpt), "--data", "synth", "--out", "cams"]) == 0
+    assert f"0 done" in capsys.readouterr().out
+    assert main(["eval", "--cams", "cams", "--data", "synth", "--masks-out", "masks"]) == 0
+    out = capsys.readouterr().out
+    assert "mIoU" in out and f"{len(ids)} done" in out
+    assert len(list((tmp_path / "masks").glob("synth_*.png"))) == len(ids)
+    assert main(["refine", "--cams", "cams", "--data", "synth", "--out", "refined"]) == 0
+    assert len(list((tmp_path / "refined").glob("synth_*.png"))) == len(ids)
+    assert main(["train-seg", "--pseudo-masks", "refined", "--data", "synth", "--epochs", "1",
+                 "--crop-size", "64", "--run-name", "seg"]) == 0
+    seg = tmp_path / "runs/segmenter/seg/model.pt"
+    assert main(["predict", "--checkpoint", str(seg), "--data", "synth", "--split", "val",
+                 "--out", "pred"]) == 0
+    val_ids = (tmp_path / "synth/ImageSets/Segmentation/val.txt").read_text().split()
+    assert len(list((tmp_path / "pred").glob("synth_*.png"))) == len(val_ids)
+    capsys.readouterr()
+    assert main(["eval", "--masks", "pred", "--data", "synth", "--split", "val"]) == 0
+    assert f"{len(val_ids)} done" in capsys.readouterr().out
+    runs = mlflow.search_runs(experiment_names=["wsss"],
+                              filter_string="attributes.status = 'FINISHED'")
+    assert sorted(runs["tags.stage"]) == ["cam", "cam", "eval", "eval", "predict", "refine",
+                                          "train-cls", "train-seg"]

@@ -1,0 +1,79 @@
+"""DeepLabV3 segmenters: torchvision's ResNet-50 model and a light ResNet-18 variant.
+
+Both are wrapped in :class:`Segmenter`, whose forward maps images [B, 3, H, W] to logits
+[B, K, H, W] at the input size, so training and inference code serve either.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.segmentation.deeplabv3 import DeepLabHead
+
+from wsss.config import SEGMENTER_ARCHS as ARCHS
+from wsss.models.backbones import _load_local_weights, build_backbone
+
+# DeepLabV3's ASPP rates for output stride 16 (the ResNet-18 trunk); torchvision's ResNet-50
+# model runs at output stride 8 with its own rates (12, 24, 36).
+OS16_RATES = (6, 12, 18)
+
+
+class Segmenter(nn.Module):
+    """Trunk -> DeepLab head -> bilinear upsampling.
+
+    ``trunk`` maps images [B, 3, H, W] to features [B, F, h, w] (or a dict with ``"out"``, as
+    torchvision's backbones return); ``head`` maps them to logits [B, K, h, w].
+    """
+
+    def __init__(self, trunk: nn.Module, head: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.head = head
+        self.num_classes = num_classes
+
+    def low_res_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits [B, K, h, w] at the head's resolution (h = H / output stride)."""
+        features = self.trunk(images)
+        if isinstance(features, dict):
+            features = features["out"]
+        return self.head(features)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits [B, K, H, W] for images [B, 3, H, W]."""
+        logits = self.low_res_logits(images)
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear",
+                             align_corners=False)
+
+
+def build_segmenter(arch: str, num_classes: int,
+                    pretrained_backbone: str | None = None) -> Segmenter:
+    """Build a DeepLabV3 segmenter for ``num_classes`` dataset classes.
+
+    Args:
+        arch: ``deeplabv3_resnet50`` (torchvision's model, output stride 8) or
+            ``deeplabv3_resnet18`` (the project's ResNet-18 trunk at output stride 16 with
+            torchvision's ``DeepLabHead`` on its 512 channels).
+        num_classes: output channels K (all dataset classes, background included).
+        pretrained_backbone: None (random init), ``"imagenet"`` (torchvision weights; must be
+            cached or reachable) or a path to a local torchvision ResNet state dict.
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if arch == "deeplabv3_resnet18":
+        trunk = build_backbone("resnet18", pretrained_backbone)
+        head = DeepLabHead(trunk.out_channels, num_classes, atrous_rates=OS16_RATES)
+        return Segmenter(trunk, head, num_classes)
+    if arch == "deeplabv3_resnet50":
+        from torchvision.models import ResNet50_Weights
+        from torchvision.models.segmentation import deeplabv3_resnet50
+
+        weights = ResNet50_Weights.IMAGENET1K_V1 if pretrained_backbone == "imagenet" else None
+        model = deeplabv3_resnet50(weights=None, weights_backbone=weights,
+                                   num_classes=num_classes, aux_loss=False)
+        if pretrained_backbone not in (None, "imagenet"):
+            _load_local_weights(model.backbone, Path(pretrained_backbone))
+        return Segmenter(model.backbone, model.classifier, num_classes)
+    raise ValueError(f"unknown segmenter '{arch}'; choose one of: {', '.join(ARCHS)}")

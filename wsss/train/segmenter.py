@@ -1,0 +1,319 @@
+"""Segmenter (DeepLabV3) training on pseudo-masks with Ray Train (``TorchTrainer``).
+
+The training split's images are paired with ``<pseudo_dir>/<id>.png`` (palette PNGs written by
+the refine stage; 255 = ignore); ids without a pseudo-mask are listed, not trained on. Random
+resized crops and flips move image and mask together (``tv_tensors.Mask``). Two modes:
+
+* ``ce``: pixel-wise cross-entropy on the pseudo-masks, 255 ignored;
+* ``sec``: SEC's seed / expand / constrain losses (``wsss.sec``). The seeds are the same
+  pseudo-masks: their labelled pixels are the seeds and the 255 band is unseeded, so write them
+  with a confidence band (``refine.fg_confidence`` / ``refine.bg_confidence``) for SEC.
+
+Every epoch each worker scores its share of the validation split against ground truth; the
+confusion matrices are merged for the val mIoU. Rank 0 writes the checkpoint and logs MLflow
+metrics; a restarted worker group resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2
+
+from wsss.config import ExperimentConfig, from_dict
+from wsss.data.transforms import normalize
+from wsss.data.voc import IGNORE_INDEX, DatasetError, VOCDataset, load_mask, read_info
+from wsss.metrics import ConfusionMatrix
+from wsss.models.segmenter import Segmenter, build_segmenter
+from wsss.train.checkpoint import (copy_from_ray_checkpoint, read_state, restore_training_state,
+                                   write_state)
+from wsss.train.classifier import MODEL_FILE, _all_gather, _all_reduce_mean, scan_split
+from wsss.train.classifier import ClassifierResult as TrainResult
+
+FORMAT = "wsss.segmenter/1"
+
+
+@dataclass
+class PseudoMaskDataset(VOCDataset):
+    """A split whose ``mask`` is the pseudo-mask ``<pseudo_dir>/<id>.png``.
+
+    ``labels`` / ``class_ids`` stay the image-level labels (the dataset's own mask or
+    labels.json; the pseudo-mask's classes only when neither exists).
+    """
+
+    pseudo_dir: str | Path = ""
+
+    def mask_path(self, sample_id: str) -> Path | None:
+        path = Path(self.pseudo_dir) / f"{sample_id}.png"
+        return path if path.is_file() else None
+
+    def class_ids(self, sample_id: str, mask: np.ndarray | None) -> list[int]:
+        """Image-level labels of ``sample_id``; ``mask`` uint8 [H, W] is its pseudo-mask."""
+        if mask is None:
+            raise DatasetError(f"no pseudo-mask for id '{sample_id}' in {self.pseudo_dir}")
+        gt_path = super().mask_path(sample_id)
+        gt = None if gt_path is None else load_mask(gt_path, mask.shape, self.info.num_classes,
+                                                    self.max_image_side)
+        if gt is None and sample_id not in self.labels_file:
+            gt = mask
+        return super().class_ids(sample_id, gt)
+
+
+def joint_train_transform(crop_size: int) -> v2.Compose:
+    """Random resized crop + horizontal flip of (uint8 image [3, H, W], mask [H, W]) together."""
+    return v2.Compose([v2.RandomResizedCrop(crop_size, scale=(0.5, 1.0), antialias=True),
+                       v2.RandomHorizontalFlip()])
+
+
+def collate(samples: list[dict[str, Any]], num_classes: int,
+            has_background: bool) -> dict[str, Any]:
+    """Stack samples: image uint8 [B, 3, H, W], mask long [B, H, W], present bool [B, K]."""
+    present = torch.zeros(len(samples), num_classes, dtype=torch.bool)
+    for row, sample in enumerate(samples):
+        present[row, sample["class_ids"]] = True
+    if has_background:
+        present[:, 0] = True
+    return {"image": torch.stack([torch.as_tensor(s["image"]) for s in samples]),
+            "mask": torch.stack([torch.as_tensor(s["mask"]) for s in samples]).long(),
+            "present": present, "id": [s["id"] for s in samples]}
+
+
+@torch.no_grad()
+def predict_labels(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Class indices long [B, H, W] for RGB uint8 images [B, 3, H, W] (model in eval mode)."""
+    return model(normalize(images)).argmax(dim=1)
+
+
+def save_segmenter(path: str | Path, *, model: nn.Module, cfg: ExperimentConfig,
+                   class_names: list[str], has_background: bool,
+                   history: list[dict[str, Any]], optimizer: torch.optim.Optimizer | None = None,
+                   scheduler: Any = None) -> Path:
+    """Write a segmenter checkpoint (loads with ``weights_only=True``) atomically.
+
+    ``history`` holds one dict of plain numbers per epoch done; its length is the epoch.
+    """
+    history = [{k: v if isinstance(v, int) else float(v) for k, v in h.items()} for h in history]
+    return write_state(path, {
+        "format": FORMAT, "arch": cfg.segmenter.arch, "num_classes": len(class_names),
+        "class_names": list(class_names), "has_background": bool(has_background),
+        "config": cfg.to_dict(), "epoch": len(history), "history": history,
+        "state_dict": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None})
+
+
+def load_segmenter(path: str | Path,
+                   device: str | torch.device = "cpu") -> tuple[Segmenter, dict[str, Any]]:
+    """Rebuild ``(model in eval mode, checkpoint state)`` from a segmenter checkpoint."""
+    state = read_state(path, FORMAT, "segmenter")
+    model = build_segmenter(state["arch"], state["num_classes"])
+    restore_training_state(state, model)
+    return model.to(device).eval(), state
+
+
+def train_segmenter(cfg: ExperimentConfig, pseudo_dir: str | Path, out_dir: str | Path,
+                    run_name: str, mlflow_run_id: str | None = None,
+                    tracking_uri: str | None = None,
+                    storage_path: str | None = None) -> TrainResult:
+    """Train ``cfg.segmenter`` on the pseudo-masks with Ray Train; copy the final model.
+
+    Args:
+        cfg: the experiment config (data, segmenter and, for SEC, refine sections are used).
+        pseudo_dir: folder of ``<id>.png`` pseudo-masks for ``cfg.data.train_split``.
+        out_dir: where ``model.pt`` of the final epoch is written.
+        run_name: Ray Train run name (re-using a name resumes that run).
+        mlflow_run_id / tracking_uri: where rank 0 logs per-epoch metrics (optional).
+        storage_path: Ray Train storage (local folder or s3://...); default ``out_dir/ray``.
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from wsss.ray_utils import gpus_available, init_ray
+
+    init_ray()
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(
+        cfg.data, root=str(Path(cfg.data.root).resolve())))
+    loop_config, skipped = _loop_config(cfg, Path(pseudo_dir).resolve())
+    loop_config.update(mlflow_run_id=mlflow_run_id, tracking_uri=tracking_uri)
+    seg = cfg.segmenter
+    use_gpu = gpus_available() if seg.use_gpu is None else seg.use_gpu
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trainer = TorchTrainer(
+        _train_loop_per_worker, train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=seg.num_workers, use_gpu=use_gpu),
+        run_config=ray.train.RunConfig(
+            name=run_name, storage_path=storage_path or str(out_dir / "ray"),
+            failure_config=ray.train.FailureConfig(max_failures=2),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)))
+    start = time.perf_counter()
+    result = trainer.fit()
+    seconds = time.perf_counter() - start
+    final = copy_from_ray_checkpoint(result.checkpoint, MODEL_FILE, out_dir / MODEL_FILE)
+    history = read_state(final, FORMAT, "segmenter")["history"]
+    return TrainResult(final, dict(history[-1]), history, skipped, seconds)
+
+
+def _loop_config(cfg: ExperimentConfig,
+                 pseudo_dir: Path) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """Scan the splits once: the workers' config and the (id, problem) list of bad samples."""
+    info = read_info(cfg.data.root)
+    train_ids, skipped = PseudoMaskDataset(
+        cfg.data.root, cfg.data.train_split, max_image_side=cfg.data.max_image_side,
+        pseudo_dir=str(pseudo_dir)).scan()
+    if not train_ids:
+        raise DatasetError(f"no training image of split '{cfg.data.train_split}' has a "
+                           f"readable pseudo-mask in {pseudo_dir}")
+    val_ids, val_skipped = scan_split(cfg.data.root, cfg.data.val_split, cfg.data.max_image_side)
+    return {"cfg": cfg.to_dict(), "train_ids": train_ids, "val_ids": val_ids,
+            "pseudo_dir": str(pseudo_dir), "class_names": list(info.class_names),
+            "has_background": info.has_background}, skipped + val_skipped
+
+
+def _train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker: build, (resume,) train and validate; report every epoch."""
+    import ray.train
+    import ray.train.torch
+
+    cfg: ExperimentConfig = from_dict(config["cfg"])
+    seg = cfg.segmenter
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.manual_seed(seg.seed + rank)
+    np.random.seed(seg.seed + rank)
+    model = build_segmenter(seg.arch, len(config["class_names"]), seg.pretrained_backbone)
+    optimizer = torch.optim.SGD(model.parameters(), lr=seg.lr, momentum=0.9,
+                                weight_decay=seg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=seg.epochs,
+                                                      power=0.9)
+    history = _resume(ray.train.get_checkpoint(), model, optimizer, scheduler)
+    model = ray.train.torch.prepare_model(model)
+    loader = _train_loader(cfg, config)
+    val_ds = VOCDataset(cfg.data.root, ids=config["val_ids"][rank::world],
+                        max_image_side=cfg.data.max_image_side)
+    for epoch in range(len(history), seg.epochs):
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        losses = _train_one_epoch(model, loader, optimizer, cfg, config["has_background"])
+        scheduler.step()
+        metrics = {"epoch": epoch + 1, **losses, "lr": scheduler.get_last_lr()[0]}
+        if config["val_ids"]:
+            metrics.update(_validate(getattr(model, "module", model), val_ds,
+                                     len(config["class_names"])))
+        history.append(metrics)
+        _report(history, rank, model, optimizer, scheduler, cfg, config)
+
+
+def _train_loader(cfg: ExperimentConfig, config: dict[str, Any]) -> DataLoader:
+    import ray.train.torch
+
+    dataset = PseudoMaskDataset(cfg.data.root, ids=config["train_ids"],
+                                transform=joint_train_transform(cfg.segmenter.crop_size),
+                                max_image_side=cfg.data.max_image_side,
+                                pseudo_dir=config["pseudo_dir"])
+    loader = DataLoader(dataset, batch_size=cfg.segmenter.batch_size, shuffle=True,
+                        collate_fn=functools.partial(collate,
+                                                     num_classes=len(config["class_names"]),
+                                                     has_background=config["has_background"]),
+                        num_workers=cfg.data.loader_workers)
+    return ray.train.torch.prepare_data_loader(loader)
+
+
+def _batch_losses(model: nn.Module, batch: dict[str, Any], cfg: ExperimentConfig,
+                  has_background: bool) -> dict[str, torch.Tensor]:
+    """The loss terms of one batch (their sum is optimised)."""
+    device = next(model.parameters()).device
+    images, masks = batch["image"].to(device), batch["mask"].to(device)
+    logits = model(normalize(images))
+    if cfg.segmenter.mode == "sec":
+        from wsss.sec import sec_losses
+
+        return sec_losses(logits, images, masks, batch["present"].to(device), has_background,
+                          cfg.segmenter, cfg.refine)
+    labelled = (masks != IGNORE_INDEX).sum().clamp_min(1)
+    ce = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX, reduction="sum") / labelled
+    return {"ce": ce}
+
+
+def _train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                     cfg: ExperimentConfig, has_background: bool) -> dict[str, float]:
+    """One pass over this worker's shard; the loss terms averaged over batches and workers."""
+    model.train()
+    sums: dict[str, float] = {}
+    count = 0
+    for batch in loader:
+        if batch["image"].shape[0] < 2:
+            # ASPP's pooled batch norm needs two samples; shards are equal on every worker,
+            # so all workers skip the same step.
+            continue
+        terms = _batch_losses(model, batch, cfg, has_background)
+        loss = sum(terms.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        count += 1
+        for key, value in {"loss": loss, **terms}.items():
+            sums[key] = sums.get(key, 0.0) + float(value.detach())
+    keys = sorted(sums) if sums else ["loss"]
+    means = _all_reduce_mean([sums.get(k, 0.0) / max(count, 1) for k in keys])
+    return {(k if k == "loss" else f"loss_{k}"): v for k, v in zip(keys, means)}
+
+
+@torch.no_grad()
+def _validate(model: nn.Module, dataset: VOCDataset, num_classes: int) -> dict[str, float]:
+    """Val mIoU / pixel accuracy from every worker's images (confusion matrices merged)."""
+    model.eval()
+    device = next(model.parameters()).device
+    confusion = ConfusionMatrix(num_classes)
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        image = torch.as_tensor(sample["image"])[None].to(device)
+        confusion.update(predict_labels(model, image)[0].cpu(), torch.as_tensor(sample["mask"]))
+    scores = sum(_all_gather(confusion)).compute()
+    return {"val_miou": scores.miou, "val_pixel_accuracy": scores.pixel_accuracy}
+
+
+def _report(history: list[dict[str, Any]], rank: int, model: nn.Module,
+            optimizer: torch.optim.Optimizer, scheduler: Any, cfg: ExperimentConfig,
+            config: dict[str, Any]) -> None:
+    """Rank 0 writes the checkpoint (with the metrics of every epoch so far) and logs the last
+    epoch to MLflow; every rank reports it to Ray Train."""
+    import ray.train
+
+    from wsss.tracking import log_metrics
+
+    metrics = history[-1]
+    if rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    if config.get("mlflow_run_id"):
+        log_metrics(metrics, step=metrics["epoch"], run_id=config["mlflow_run_id"],
+                    uri=config.get("tracking_uri"))
+    with tempfile.TemporaryDirectory() as tmp:
+        save_segmenter(Path(tmp) / MODEL_FILE, model=getattr(model, "module", model), cfg=cfg,
+                       class_names=config["class_names"],
+                       has_background=config["has_background"], history=history,
+                       optimizer=optimizer, scheduler=scheduler)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _resume(checkpoint: Any, model: nn.Module, optimizer: torch.optim.Optimizer,
+            scheduler: Any) -> list[dict[str, Any]]:
+    """Restore from a Ray checkpoint; returns the metrics of the epochs done ([] without one)."""
+    if checkpoint is None:
+        return []
+    with checkpoint.as_directory() as ckpt_dir:
+        state = read_state(Path(ckpt_dir) / MODEL_FILE, FORMAT, "segmenter")
+    restore_training_state(state, model, optimizer, scheduler)
+    return list(state["history"])
