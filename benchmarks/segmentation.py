@@ -47,6 +47,7 @@ class Row:
     cls_val_map: float = float("nan")
     mask_miou: dict[str, float] = field(default_factory=dict)
     seg_history: list[float] = field(default_factory=list)
+    seg_history_no_crf: list[float] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -69,6 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for --data only")
     parser.add_argument("--no-segmenter", action="store_true", help="stop after the masks")
+    parser.add_argument("--segmenter-without-crf", action="store_true",
+                        help="also train a segmenter on the masks without CRF (comparison)")
     parser.add_argument("--work", type=Path, default=Path("runs/bench-segmentation"))
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     return parser.parse_args(argv)
@@ -105,8 +108,11 @@ def refine_variants(ref: RefineConfig) -> dict[str, RefineConfig]:
 
 
 def _timed(row: Row, stage: str, fn, *a, **kw):
+    """Run a stage, recording its time (a stage that found all its outputs is marked)."""
     start = time.perf_counter()
     out = fn(*a, **kw)
+    if getattr(out, "reused", 0) and not getattr(out, "done", 1):
+        stage += " (reused)"
     row.seconds[stage] = time.perf_counter() - start
     print(f"[{row.name}] {stage}: {row.seconds[stage]:.0f}s", file=sys.stderr, flush=True)
     return out
@@ -119,7 +125,8 @@ def _classifier(row: Row, cfg: ExperimentConfig, work: Path) -> Path:
     cache = work / "classifier.json"
     if cache.is_file():
         saved = json.loads(cache.read_text())
-        row.cls_val_map, row.seconds["classifier"] = saved["val_mAP"], saved["seconds"]
+        row.cls_val_map = saved["val_mAP"]
+        row.seconds["classifier (earlier invocation)"] = saved["seconds"]
         return Path(saved["checkpoint"])
     cls = _timed(row, "classifier", run_train_classifier, cfg, work / "cls", f"{row.name}-cls")
     row.cls_val_map = float(cls.metrics.get("val_mAP", float("nan")))
@@ -148,23 +155,27 @@ def run_dataset(name: str, root: Path, crop: int, args: argparse.Namespace,
                         cfg.data.max_image_side)
         row.mask_miou[label] = report.extra["miou"]
     if not args.no_segmenter:
-        row.seg_history = _segmenter(row, cfg, work)
+        row.seg_history = _segmenter(row, cfg, work, cfg.refine, "segmenter")
+    if args.segmenter_without_crf:
+        plain = refine_variants(cfg.refine)["no CRF"]
+        row.seg_history_no_crf = _segmenter(row, cfg, work, plain, "segmenter (no CRF)")
     return row
 
 
-def _segmenter(row: Row, cfg: ExperimentConfig, work: Path) -> list[float]:
-    """Train (or reuse) the segmenter on the configured masks; its val mIoU per epoch."""
+def _segmenter(row: Row, cfg: ExperimentConfig, work: Path, ref: RefineConfig,
+               stage: str) -> list[float]:
+    """Train (or reuse) the segmenter on the masks of ``ref``; its val mIoU per epoch."""
     from wsss.stages_segmentation import run_train_segmenter
     from wsss.train.checkpoint import read_state
     from wsss.train.segmenter import FORMAT
 
-    seg_name = f"{row.name}-seg-{_key(cfg.refine)}-{_key(cfg.segmenter)}"
+    seg_name = f"{row.name}-seg-{_key(ref)}-{_key(cfg.segmenter)}"
     final = work / "seg" / seg_name / "model.pt"
     if final.is_file():
         history = read_state(final, FORMAT, "segmenter")["history"]
     else:
-        history = _timed(row, "segmenter", run_train_segmenter, cfg,
-                         work / f"masks-{_key(cfg.refine)}", work / "seg", seg_name).history
+        history = _timed(row, stage, run_train_segmenter, cfg, work / f"masks-{_key(ref)}",
+                         work / "seg", seg_name).history
     return [h["val_miou"] for h in history]
 
 
@@ -181,16 +192,18 @@ def render(rows: list[Row], args: argparse.Namespace, command: str, load: tuple)
         f"CAM classifier ResNet-18 ({args.cls_epochs} epochs, Ray Train, 2 workers); maps of "
         "`train` at scale 1; pseudo-masks (background threshold 0.25 on datasets with one) "
         f"scored against `train` ground truth; {seg.arch} ({args.seg_epochs} epochs, 2 "
-        "workers, CE) trained on the masks of the last CRF column and scored on `val`. "
+        "workers, CE) trained on the CRF masks (the \"this run\" CRF where given, else the "
+        "defaults) and scored on `val`. "
         "mIoU in %.", "",
         "| dataset | train / val | cls. val mAP | masks, no CRF | masks, CRF defaults "
-        "| masks, CRF this run | CRF this run | segmenter val mIoU (last / best) |",
-        "|---|---:|---:|---:|---:|---:|---|---:|"]
+        "| masks, CRF this run | CRF this run | segmenter val mIoU, last / best epoch "
+        "| same, trained on the masks without CRF |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
     for r in rows:
         mious = [r.mask_miou.get(k) for k in ("no CRF", "CRF, defaults", "CRF, this run")]
         cells = " | ".join("-" if v is None else f"{100 * v:.1f}" for v in mious)
-        seg = (f"{100 * r.seg_history[-1]:.1f} / {100 * max(r.seg_history):.1f}"
-               if r.seg_history else "-")
+        seg = " | ".join(f"{100 * h[-1]:.1f} / {100 * max(h):.1f}" if h else "-"
+                         for h in (r.seg_history, r.seg_history_no_crf))
         lines.append(f"| {r.name} | {r.train_images} / {r.val_images} | "
                      f"{100 * r.cls_val_map:.1f} | {cells} | {r.crf} | {seg} |")
     lines += ["", "Stage times (s): " + "; ".join(

@@ -117,3 +117,33 @@ def test_pseudo_mask_with_crf_follows_the_edge() -> None:
     assert (refined == truth_ids).mean() > (plain == truth_ids).mean() + 0.05
     with pytest.raises(ValueError, match="needs the image"):
         pseudo_mask(None, maps, [3], True, cfg)
+
+
+def test_refine_stage_writes_resumes_and_lists_bad_maps(tmp_path) -> None:
+    """run_refine: palette PNG per image, mIoU vs ground truth, missing maps listed, resume."""
+    from wsss.cams import save_maps
+    from wsss.config import TrackingConfig
+    from wsss.data.synthetic import generate_dataset
+    from wsss.data.voc import VOCDataset, load_mask
+    from wsss.stages_segmentation import run_refine
+
+    root = tmp_path / "synth"
+    generate_dataset(root, n=6, seed=0, image_size=48, val_fraction=0.2)
+    dataset = VOCDataset(root, "train")
+    for sample in list(dataset)[1:]:  # the first id gets no map file
+        mask = sample["mask"].numpy()
+        ids = [c for c in np.unique(mask) if c not in (0, 255)]
+        save_maps(tmp_path / "cams" / f"{sample['id']}.npz",
+                  np.stack([(mask == c).astype(np.float32) for c in ids]), ids)
+    tracking = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="refine")
+    out = tmp_path / "masks"
+    small = RefineConfig(crf_gaussian_sxy=1, crf_bilateral_sxy=10, crf_bilateral_srgb=8)
+    report = run_refine(tmp_path / "cams", root, "train", out, small, tracking)
+    assert report.done == len(dataset) - 1 and report.reused == 0
+    assert [i for i, _ in report.failed] == dataset.ids[:1]
+    assert "map file not found" in report.failed[0][1]
+    assert report.extra["miou"] > 0.8, report.extra  # maps are the ground truth
+    mask = load_mask(out / f"{dataset.ids[1]}.png", (48, 48), dataset.info.num_classes)
+    assert mask.dtype == np.uint8 and (out / "report.json").is_file()
+    again = run_refine(tmp_path / "cams", root, "train", out, small, tracking)
+    assert again.done == 0 and again.reused == len(dataset) - 1

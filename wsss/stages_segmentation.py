@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -167,7 +167,8 @@ def score_masks(dataset: VOCDataset, masks_dir: Path,
 
 
 # -- shared steps -----------------------------------------------------------------------------
-def write_masks(dataset: VOCDataset, out_dir: Path, make: Any, what: str) -> StageReport:
+def write_masks(dataset: VOCDataset, out_dir: Path, make: Callable[[str], np.ndarray],
+                what: str) -> StageReport:
     """Write ``make(id)`` (uint8 [H, W]) as ``<out_dir>/<id>.png`` for ids not yet written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     report, start = StageReport(), time.perf_counter()

@@ -1,15 +1,17 @@
 """A synthetic weakly supervised segmentation dataset in the PASCAL VOC layout.
 
-Every image holds 1-3 objects on a cluttered, smoothly textured background. All objects share one
-body: a rounded, wobbly superellipse with fine oriented stripes in a common grey-tan colour
-distribution. A class is told apart *only* by a small part (10-15 % of the object area) in a
-class-specific colour and pattern, placed at a random spot on the body. A classifier therefore
+Every image holds 1-3 objects (fewer objects are drawn larger) on a cluttered, smoothly textured
+background. All objects share one body: a rounded, wobbly superellipse with fine oriented stripes
+in a common grey-tan colour distribution. A class is told apart *only* by a small disk (about
+10-15 % of the object area) in a class-specific colour and pattern, placed at a random spot on
+the body. A classifier therefore
 needs nothing but the part, and its class activation maps cover the part and miss the body: the
 failure that seed-expansion methods (adversarial erasing, Hide-and-Seek, ACoL, ...) address. The
 body still differs from the background (fine stripes vs. smooth texture), so it can be recovered.
 
 ``render_sample`` draws one sample (image, mask, part map) from ``(seed, index)``;
-``generate_dataset`` writes a whole dataset, byte-identical for the same seed.
+``generate_dataset`` writes a whole dataset, byte-identical for the same seed. Sample ``i``
+does not depend on ``n``, so a larger ``n`` extends a smaller dataset.
 """
 
 from __future__ import annotations
@@ -36,13 +38,14 @@ PART_COLOURS = np.array([
     [[175, 55, 225], [250, 235, 250]],
 ], dtype=np.float64)
 BODY_COLOUR = np.array([150.0, 136.0, 116.0])
-PART_FRACTION = (0.10, 0.13)
+PART_FRACTION = (0.10, 0.13)  # part area / object area when drawn (later overlaps raise it)
 # Objects per image, their probabilities, and the major semi-axis range (x image size) by count:
 # fewer objects are drawn larger, so the body reaches well beyond the part.
-OBJECT_COUNTS, COUNT_PROBS = (1, 2, 3), (0.55, 0.3, 0.15)
+OBJECT_COUNTS, COUNT_PROBS = (1, 2, 3), (0.6, 0.27, 0.13)
 SIZE_RANGES = {1: (0.5, 0.7), 2: (0.4, 0.54), 3: (0.32, 0.44)}
 ASPECT = (0.45, 0.85)  # minor / major semi-axis
 WOBBLE = 0.06  # relative amplitude of the boundary wobble
+SHRINK = 0.97  # size factor per failed placement attempt
 MAX_OVERLAP = 0.25  # largest share of a new object allowed to cover earlier objects
 JPEG_QUALITY = 95
 
@@ -51,8 +54,8 @@ JPEG_QUALITY = 95
 class Sample:
     """One rendered sample.
 
-    ``image`` RGB uint8 [H, W, 3]; ``mask`` uint8 [H, W] (class index, 255 on a 1 px band around
-    object boundaries); ``parts`` uint8 [H, W] (class index on the distinctive-part pixels, 0
+    ``image`` RGB uint8 [H, W, 3]; ``mask`` uint8 [H, W] (class index; 255 on the pixel either
+    side of every object boundary); ``parts`` uint8 [H, W] (class index on the distinctive-part pixels, 0
     elsewhere); ``instances`` uint8 [H, W] (object number 1..k, 0 = background, no void band);
     ``classes`` the class index of each object, in drawing order.
     """
@@ -102,8 +105,9 @@ def generate_dataset(out: str | Path, n: int = 300, seed: int = 0, image_size: i
                      val_fraction: float = 0.2) -> DatasetInfo:
     """Write ``n`` samples to ``out`` in the VOC layout and return its ``DatasetInfo``.
 
-    Splits: a seeded shuffle puts ``round(n * val_fraction)`` ids (at least one) in ``val`` and
-    the rest in ``train``; ``trainval`` lists all. Every file is written atomically.
+    Splits: a seeded shuffle puts ``round(n * val_fraction)`` ids (at least one, at most n - 1)
+    in ``val`` and the rest in ``train``; ``trainval`` lists all. Every file is written
+    atomically; files of ids >= n from an earlier, larger run are left alone but unlisted.
     """
     if n < 2:
         raise ValueError(f"n={n}: need at least 2 samples (one train, one val)")
@@ -118,7 +122,7 @@ def generate_dataset(out: str | Path, n: int = 300, seed: int = 0, image_size: i
         sample = render_sample(seed, index, image_size)
         name = sample_id(index)
         _write_image(root / IMAGE_DIR / f"{name}.jpg", Image.fromarray(sample.image), "JPEG",
-                     quality=JPEG_QUALITY)
+                     quality=JPEG_QUALITY, subsampling=0)  # 4:4:4 keeps the part patterns
         save_mask_png(root / MASK_DIR / f"{name}.png", sample.mask)
     order = np.random.default_rng([seed, n, 1]).permutation(n)
     n_val = min(max(1, round(n * val_fraction)), n - 1)
@@ -190,9 +194,10 @@ def _place_object(rng: np.random.Generator, size: int, xx: np.ndarray, yy: np.nd
                   instances: np.ndarray, parts: np.ndarray, semi_axis: tuple[float, float],
                   tries: int = 40) -> _Shape | None:
     """A wobbly superellipse (major semi-axis ``semi_axis`` x image size) that overlaps
-    earlier objects little and hides none of their parts, or None when none fits in ``tries``."""
-    for _ in range(tries):
-        a = rng.uniform(*semi_axis) * size
+    earlier objects little and hides none of their parts, or None when none fits in ``tries``.
+    Each failed attempt shrinks the next one, so crowded images keep their object count."""
+    for attempt in range(tries):
+        a = rng.uniform(*semi_axis) * size * SHRINK ** attempt
         b = a * rng.uniform(*ASPECT)
         low = min(max(0.12 * size, 0.55 * a), size / 2)  # keep most of the object in view
         cx, cy = rng.uniform(low, size - low, 2)
@@ -213,7 +218,7 @@ def _place_object(rng: np.random.Generator, size: int, xx: np.ndarray, yy: np.nd
 
 
 def _part_mask(rng: np.random.Generator, shape: _Shape) -> np.ndarray:
-    """A disk [H, W] bool covering 10-15 % of the object, centred at a random spot where the
+    """A disk [H, W] bool covering 10-13 % of the object, centred at a random spot where the
     whole disk fits on the object and in the image (the object centre when none does)."""
     area = float(shape.inside.sum())
     r_part = np.sqrt(rng.uniform(*PART_FRACTION) * area / np.pi)
@@ -262,7 +267,7 @@ def _part_texture(rng: np.random.Generator, cls: int, u: np.ndarray,
         pick = (np.floor(u / 3.0) + np.floor(v / 3.0)) % 2 == 0
     elif cls == 4:  # dots
         pick = (np.abs((u % 5.0) - 2.5) < 1.0) & (np.abs((v % 5.0) - 2.5) < 1.0)
-    else:  # concentric rings around the object centre
+    else:  # rings centred on the object centre (arcs across the part)
         pick = np.sin(2 * np.pi * np.hypot(u, v) / 4.0) > 0.3
     texture = np.where(pick[..., None], second, main)
     return texture + rng.normal(0.0, 6.0, u.shape + (1,))
