@@ -44,3 +44,12 @@ def test_missing_and_foreign_checkpoints_are_named(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="other.pt is not a wsss classifier checkpoint"):
         load_checkpoint_state(tmp_path / "other.pt")
+
+
+def test_checkpoint_from_an_older_config_layout_still_loads(tmp_path):
+    _save(tmp_path / "m.pt")
+    state = torch.load(tmp_path / "m.pt", weights_only=True)
+    state["config"]["masks"] = {"bg_threshold": 0.3}  # a section that no longer exists
+    torch.save(state, tmp_path / "old.pt")
+    method, model, _ = load_classifier(tmp_path / "old.pt", expect_classes=3)
+    assert method.name == "cam" and model.head.out_channels == 3
