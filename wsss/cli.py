@@ -39,9 +39,9 @@ def _config(args: argparse.Namespace, extra: list[str]) -> ExperimentConfig:
     return load_config(args.config, overrides + list(args.overrides))
 
 
-def _opt(overrides: list[str], key: str, value: object) -> None:
-    if value is not None:
-        overrides.append(f"{key}={value}")
+def _opts(pairs: list[tuple[str, object]]) -> list[str]:
+    """``key=value`` overrides for the options the user gave (None = not given)."""
+    return [f"{key}={value}" for key, value in pairs if value is not None]
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -58,13 +58,11 @@ def cmd_train_cls(args: argparse.Namespace) -> int:
     from wsss.ray_utils import init_ray
     from wsss.stages import run_train_classifier
 
-    extra: list[str] = []
-    for key, value in [("data.root", args.data), ("method.name", args.method),
-                       ("train.epochs", args.epochs), ("train.num_workers", args.workers),
-                       ("train.batch_size", args.batch_size), ("train.lr", args.lr),
-                       ("model.backbone", args.backbone), ("model.pretrained", args.pretrained),
-                       ("data.crop_size", args.crop_size), ("train.seed", args.seed)]:
-        _opt(extra, key, value)
+    extra = _opts([("data.root", args.data), ("method.name", args.method),
+                   ("train.epochs", args.epochs), ("train.num_workers", args.workers),
+                   ("train.batch_size", args.batch_size), ("train.lr", args.lr),
+                   ("model.backbone", args.backbone), ("model.pretrained", args.pretrained),
+                   ("data.crop_size", args.crop_size), ("train.seed", args.seed)])
     cfg = _config(args, extra)
     init_ray(args.address)
     result = run_train_classifier(cfg, args.out, run_name=args.run_name)
@@ -83,10 +81,8 @@ def cmd_train_cls(args: argparse.Namespace) -> int:
 def cmd_cam(args: argparse.Namespace) -> int:
     from wsss.stages import run_cams
 
-    extra: list[str] = []
-    _opt(extra, "cams.kind", args.kind)
-    _opt(extra, "cams.layer", args.layer)
-    _opt(extra, "cams.batch_size", args.batch_size)
+    extra = _opts([("cams.kind", args.kind), ("cams.layer", args.layer),
+                   ("cams.batch_size", args.batch_size)])
     if args.scales:
         extra.append(f"cams.scales=[{', '.join(map(str, args.scales))}]")
     if args.flip:
@@ -103,8 +99,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from wsss.stages import run_eval
     from wsss.stages_segmentation import run_eval_masks
 
-    extra: list[str] = []
-    _opt(extra, "refine.bg_threshold", args.bg_threshold)
+    extra = _opts([("refine.bg_threshold", args.bg_threshold)])
     cfg = _config(args, extra)
     if args.masks:
         scores, report = run_eval_masks(args.masks, args.data, args.split, cfg.tracking)
@@ -119,12 +114,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_refine(args: argparse.Namespace) -> int:
     from wsss.stages_segmentation import run_refine
 
-    extra: list[str] = []
-    for key, value in [("refine.bg_mode", args.bg_mode), ("refine.bg_threshold", args.bg_threshold),
-                       ("refine.bg_power", args.bg_power),
-                       ("refine.fg_confidence", args.fg_confidence),
-                       ("refine.bg_confidence", args.bg_confidence)]:
-        _opt(extra, key, value)
+    extra = _opts([("refine.bg_mode", args.bg_mode), ("refine.bg_threshold", args.bg_threshold),
+                   ("refine.bg_power", args.bg_power), ("refine.fg_confidence", args.fg_confidence),
+                   ("refine.bg_confidence", args.bg_confidence)])
     if args.no_crf:
         extra.append("refine.crf=false")
     cfg = _config(args, extra)
@@ -139,12 +131,10 @@ def cmd_train_seg(args: argparse.Namespace) -> int:
     from wsss.ray_utils import init_ray
     from wsss.stages_segmentation import run_train_segmenter
 
-    extra: list[str] = []
-    for key, value in [("data.root", args.data), ("segmenter.arch", args.arch),
-                       ("segmenter.epochs", args.epochs), ("segmenter.num_workers", args.workers),
-                       ("segmenter.batch_size", args.batch_size), ("segmenter.lr", args.lr),
-                       ("segmenter.crop_size", args.crop_size), ("segmenter.mode", args.mode)]:
-        _opt(extra, key, value)
+    extra = _opts([("data.root", args.data), ("segmenter.arch", args.arch),
+                   ("segmenter.epochs", args.epochs), ("segmenter.num_workers", args.workers),
+                   ("segmenter.batch_size", args.batch_size), ("segmenter.lr", args.lr),
+                   ("segmenter.crop_size", args.crop_size), ("segmenter.mode", args.mode)])
     cfg = _config(args, extra)
     init_ray(args.address)
     result = run_train_segmenter(cfg, args.pseudo_masks, args.out, run_name=args.run_name)
