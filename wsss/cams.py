@@ -26,16 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsss.methods.base import _unwrap
+from wsss.models.heads import NORM_EPS
+
 if TYPE_CHECKING:
     from wsss.methods.base import Method
 
 MAP_KINDS = ("cam", "gradcam")
-_NORM_EPS = 1e-5
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel wrapper, or the module itself."""
-    return getattr(model, "module", model)
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -231,7 +228,7 @@ def localization_maps(method: Method, model: nn.Module, images: torch.Tensor,
         total = sum(_scale_maps(method, model, _resize(images, scale), labels, kind, layer, flip,
                                 size) for scale in scales)
     total = torch.relu(total)
-    total = total / (total.amax(dim=(1, 2), keepdim=True) + _NORM_EPS)
+    total = total / (total.amax(dim=(1, 2), keepdim=True) + NORM_EPS)
     out = total.new_zeros((*labels.shape, *size))
     out[labels > 0.5] = total
     return out

@@ -30,6 +30,18 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment", help="MLflow experiment name (default: wsss)")
 
 
+def _add_training(p: argparse.ArgumentParser, out_default: str) -> None:
+    """Options every Ray Train command takes."""
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--workers", type=int, help="Ray Train workers (default 2)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--crop-size", type=int)
+    p.add_argument("--out", default=out_default, help="folder for checkpoints")
+    p.add_argument("--run-name", help="run name (re-using one resumes its Ray Train run)")
+    p.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
+
+
 def _config(args: argparse.Namespace, extra: list[str]) -> ExperimentConfig:
     overrides = list(extra)
     if args.tracking_uri:
@@ -183,17 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-cls", help="train a classifier with Ray Train")
     p.add_argument("--data", help="dataset folder (VOC layout)")
     p.add_argument("--method", choices=sorted(METHODS))
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--workers", type=int, help="Ray Train workers (default 2)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    _add_training(p, "runs/classifier")
     p.add_argument("--seed", type=int)
-    p.add_argument("--crop-size", type=int)
     p.add_argument("--backbone", choices=BACKBONES)
     p.add_argument("--pretrained", help="'imagenet' or a local ResNet state-dict file")
-    p.add_argument("--out", default="runs/classifier", help="folder for checkpoints")
-    p.add_argument("--run-name", help="run name (re-using one resumes its Ray Train run)")
-    p.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
     _add_common(p)
     p.set_defaults(func=cmd_train_cls)
 
@@ -243,14 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset (images; val ground truth)")
     p.add_argument("--arch", choices=SEGMENTER_ARCHS)
     p.add_argument("--mode", choices=SEGMENTER_MODES, help="ce (default) or sec losses")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--workers", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--crop-size", type=int)
-    p.add_argument("--out", default="runs/segmenter")
-    p.add_argument("--run-name")
-    p.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
+    _add_training(p, "runs/segmenter")
     _add_common(p)
     p.set_defaults(func=cmd_train_seg)
 

@@ -7,7 +7,8 @@ import torch
 
 from wsss.config import ConfigError, ModelConfig
 from wsss.methods import get_method
-from wsss.methods.acol import erase_features, max_normalise
+from wsss.methods.acol import erase_features
+from wsss.models.heads import max_normalise
 
 
 def test_erasing_hits_exactly_the_salient_regions_of_true_classes() -> None:

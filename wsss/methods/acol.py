@@ -23,17 +23,8 @@ from torch import nn
 
 from wsss.config import ModelConfig, _check
 from wsss.methods.base import Method, _unwrap, register_method
-from wsss.methods.mdc import conv_class_head
 from wsss.models import Backbone, build_backbone
-
-NORM_EPS = 1e-5
-
-
-def max_normalise(maps: torch.Tensor) -> torch.Tensor:
-    """ReLU, then divide each map by its spatial maximum (+1e-5): [B, C, h, w] -> [0, 1)."""
-    maps = torch.relu(maps)
-    return maps / (maps.amax(dim=(2, 3), keepdim=True) + NORM_EPS)
-
+from wsss.models.heads import conv_class_head, max_normalise
 
 @dataclass(frozen=True)
 class AcolParams:

@@ -22,6 +22,7 @@ from torch import nn
 from wsss.config import ConfigError, ModelConfig
 from wsss.methods.base import Method, _unwrap, register_method
 from wsss.models import CamClassifier, build_backbone
+from wsss.models.heads import max_normalise
 
 ERASE_FILL = 0.0  # the dataset (ImageNet) mean in normalised space
 RECOGNISED = 0.5
@@ -73,18 +74,12 @@ class ErasingClassifier(nn.Module):
             raw = classifier.class_maps(erased)
             if k > 0:  # per-class early stop: mine only what this round still recognises
                 present = present & (torch.sigmoid(raw.mean(dim=(2, 3))) > RECOGNISED)
-            maps = _normalise(raw) * present[:, :, None, None]
+            maps = max_normalise(raw) * present[:, :, None, None]
             union = maps if union is None else torch.maximum(union, maps)
             mined = F.interpolate(maps, size=images.shape[-2:], mode="bilinear",
                                   align_corners=False).amax(dim=1, keepdim=True) > threshold
             erased = erased.masked_fill(mined, ERASE_FILL)
         return union, erased
-
-
-def _normalise(raw: torch.Tensor) -> torch.Tensor:
-    """ReLU and per-image, per-class max normalisation of maps [B, C, h, w]."""
-    maps = torch.relu(raw)
-    return maps / (maps.amax(dim=(2, 3), keepdim=True) + 1e-5)
 
 
 @register_method("adversarial_erasing")

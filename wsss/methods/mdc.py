@@ -21,24 +21,8 @@ from torch import nn
 
 from wsss.config import ModelConfig, _check
 from wsss.methods.base import Method, register_method
+from wsss.models.heads import conv_class_head
 from wsss.models import Backbone, build_backbone
-
-HEAD_CHANNELS = 256
-
-
-def conv_class_head(in_channels: int, num_classes: int, dilation: int = 1,
-                    hidden: int = HEAD_CHANNELS) -> nn.Sequential:
-    """3x3 conv (``dilation``, same size) + ReLU + bias-free 1x1 class conv.
-
-    Maps features [B, in_channels, h, w] to class maps [B, num_classes, h, w]; the last layer is
-    linear, so the spatial mean of its output equals the classifier applied to pooled features.
-    """
-    return nn.Sequential(
-        nn.Conv2d(in_channels, hidden, kernel_size=3, padding=dilation, dilation=dilation),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(hidden, num_classes, kernel_size=1, bias=False),
-    )
-
 
 @dataclass(frozen=True)
 class MdcParams:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsss.config import ModelConfig, _check
-from wsss.methods.acol import NORM_EPS, max_normalise
+from wsss.models.heads import NORM_EPS, max_normalise
 from wsss.methods.base import Method, register_method
 from wsss.models import Backbone, build_backbone
 
