@@ -2,12 +2,16 @@
 
 Every image holds 1-3 objects (fewer objects are drawn larger) on a cluttered, smoothly textured
 background. All objects share one body: a rounded, wobbly superellipse with fine oriented stripes
-in a common grey-tan colour distribution. A class is told apart *only* by a small disk (about
-10-15 % of the object area) in a class-specific colour and pattern, placed at a random spot on
-the body. A classifier therefore
-needs nothing but the part, and its class activation maps cover the part and miss the body: the
-failure that seed-expansion methods (adversarial erasing, Hide-and-Seek, ACoL, ...) address. The
-body still differs from the background (fine stripes vs. smooth texture), so it can be recovered.
+in a grey-tan colour distribution. A class is told apart reliably by a small disk (about 10-15 %
+of the object area) in a class-specific saturated colour and pattern, placed at a random spot on
+the body, and only weakly by the body: each class tints its body slightly (``BODY_TINTS``, about
+the size of the per-object colour noise, so body colour alone is an unreliable cue). As with real
+objects (a cow's head vs. its hide), the part suffices to classify: a classifier's activation
+maps cover the part and miss most of the body, the failure that seed-expansion methods
+(adversarial erasing, Hide-and-Seek, ACoL, ...) address by making the weaker body cue count.
+Without any class cue in the body no classifier could be pushed to it; with a strong one plain
+CAM would already cover it. The body also differs from the background (fine stripes vs. smooth
+texture).
 
 ``render_sample`` draws one sample (image, mask, part map) from ``(seed, index)``;
 ``generate_dataset`` writes a whole dataset, byte-identical for the same seed. Sample ``i``
@@ -38,6 +42,15 @@ PART_COLOURS = np.array([
     [[175, 55, 225], [250, 235, 250]],
 ], dtype=np.float64)
 BODY_COLOUR = np.array([150.0, 136.0, 116.0])
+# Per foreground class: RGB offset of the body colour, towards the part's hue. Norm ~13, against
+# per-object noise of sd 10 per channel plus sd 12 in brightness: a weak, overlapping class cue.
+BODY_TINTS = np.array([
+    [11.0, -5.0, -5.0],
+    [-5.0, -2.0, 11.0],
+    [-5.0, 11.0, -5.0],
+    [7.0, 7.0, -10.0],
+    [7.0, -9.0, 7.0],
+])
 PART_FRACTION = (0.10, 0.13)  # part area / object area when drawn (later overlaps raise it)
 # Objects per image, their probabilities, and the major semi-axis range (x image size) by count:
 # fewer objects are drawn larger, so the body reaches well beyond the part.
@@ -88,7 +101,8 @@ def render_sample(seed: int, index: int, image_size: int = 112) -> Sample:
         if shape is None:
             continue
         part = _part_mask(rng, shape)
-        image[shape.inside] = _body_texture(rng, shape.u, shape.v, shape.radius)[shape.inside]
+        body = _body_texture(rng, cls, shape.u, shape.v, shape.radius)
+        image[shape.inside] = body[shape.inside]
         image[part] = _part_texture(rng, cls, shape.u, shape.v)[part]
         instances[shape.inside] = len(classes) + 1
         parts[part] = cls
@@ -244,10 +258,11 @@ def _disk_fits(inside: np.ndarray, radius: float) -> np.ndarray:
     return hits[2 * k:2 * k + h, 2 * k:2 * k + w] < 0.5
 
 
-def _body_texture(rng: np.random.Generator, u: np.ndarray, v: np.ndarray,
+def _body_texture(rng: np.random.Generator, cls: int, u: np.ndarray, v: np.ndarray,
                   radius: np.ndarray) -> np.ndarray:
-    """Shared body look [H, W, 3]: common colour, fine oriented stripes, speckle, shading."""
-    base = BODY_COLOUR + rng.normal(0.0, 10.0, 3) + rng.normal(0.0, 12.0)
+    """Body look [H, W, 3]: common colour with a weak class tint, fine oriented stripes,
+    speckle, shading."""
+    base = BODY_COLOUR + BODY_TINTS[cls - 1] + rng.normal(0.0, 10.0, 3) + rng.normal(0.0, 12.0)
     angle, period = rng.uniform(0, np.pi), rng.uniform(3.0, 4.5)
     stripes = np.sin(2 * np.pi * (u * np.cos(angle) + v * np.sin(angle)) / period)
     shading = 1.0 - 0.25 * np.clip(radius, 0.0, 1.0) ** 2
