@@ -45,7 +45,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n", type=int, default=300, help="synthetic images")
     p.add_argument("--set", dest="overrides", action="append", default=[],
-                   help="extra config override applied to every method, e.g. method.params.x=1")
+                   help="extra config override applied to every method, e.g. train.lr=0.1")
+    p.add_argument("--param", dest="params", action="append", default=[],
+                   help="a method knob, METHOD.KEY=VALUE, e.g. mdc.dilations=[1,2,3]")
     p.add_argument("--workdir", type=Path, default=Path("outputs/bench_methods"))
     p.add_argument("--tag", default=None, help="results file suffix (default: dataset name)")
     p.add_argument("--smoke-test", action="store_true", help="2 methods, 1 epoch, 24 images")
@@ -70,8 +72,7 @@ def bench_method(name: str, root: Path, args: argparse.Namespace) -> dict:
                  f"data.crop_size={args.crop_size}", f"train.batch_size={args.batch_size}",
                  f"train.lr={args.lr}", f"train.num_workers={args.workers}",
                  f"train.seed={args.seed}", "tracking.experiment=bench-methods"]
-    cfg = load_config(None, overrides + [o for o in args.overrides
-                                         if not o.startswith("method.params") or name in o])
+    cfg = load_config(None, overrides + args.overrides + method_params(name, args.params))
     start = time.perf_counter()
     result = run_train_classifier(cfg, args.workdir / "runs", run_name=f"{name}-{root.name}")
     cams = args.workdir / "cams" / f"{name}-{root.name}"
@@ -82,6 +83,12 @@ def bench_method(name: str, root: Path, args: argparse.Namespace) -> dict:
            "minutes": (time.perf_counter() - start) / 60}
     print(json.dumps(row), flush=True)
     return row
+
+
+def method_params(name: str, params: list[str]) -> list[str]:
+    """The ``METHOD.KEY=VALUE`` items of ``name`` as ``method.params.KEY=VALUE`` overrides."""
+    prefix = f"{name}."
+    return [f"method.params.{p[len(prefix):]}" for p in params if p.startswith(prefix)]
 
 
 def _fg(scores, what: str) -> float:
