@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from wsss.config import ConfigError, RefineConfig, load_config
-from wsss.refine import dense_crf, normalise_scores, pseudo_mask
+from wsss.refine import crf_probs, dense_crf, label_probs, normalise_scores, pseudo_mask
 
 CFG = RefineConfig()
 
@@ -48,6 +48,24 @@ def test_crf_moves_a_blurred_mask_to_the_edge() -> None:
     assert np.allclose(refined.sum(axis=0), 1.0, atol=1e-4)
     assert after > before + 0.05, (before, after)
     assert after > 0.95
+
+
+def test_label_probs_put_the_confidence_on_the_label() -> None:
+    labels = np.array([[0, 2], [1, 2]])
+    probs = label_probs(labels, 3, 0.7)
+    assert probs.shape == (3, 2, 2) and np.allclose(probs.sum(axis=0), 1.0)
+    assert (probs.argmax(axis=0) == labels).all()
+    assert np.allclose(probs.max(axis=0), 0.7) and np.allclose(np.sort(probs, 0)[0], 0.15)
+
+
+def test_label_unary_crf_moves_a_shifted_mask_to_the_edge() -> None:
+    """From labels alone (no score magnitudes) the CRF still snaps the boundary to the edge."""
+    image, truth = _two_regions(seed=2)
+    cfg = RefineConfig(crf_unary="labels", crf_label_confidence=0.7)
+    probs = crf_probs(_blurred_probs(truth), cfg)
+    before = _iou_mean(probs.argmax(axis=0), truth)
+    after = _iou_mean(dense_crf(image, probs, cfg).argmax(axis=0), truth)
+    assert after > before + 0.05 and after > 0.95, (before, after)
 
 
 def test_crf_keeps_a_perfect_mask() -> None:

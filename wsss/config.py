@@ -114,6 +114,7 @@ class TrackingConfig:
 
 
 BG_MODES = ("threshold", "power")
+CRF_UNARIES = ("scores", "labels")
 SEGMENTER_ARCHS = ("deeplabv3_resnet18", "deeplabv3_resnet50")
 SEGMENTER_MODES = ("ce", "sec")
 
@@ -125,7 +126,10 @@ class RefineConfig:
     Background score (datasets with a background class): ``bg_mode="threshold"`` uses the
     constant ``bg_threshold``; ``"power"`` uses ``(1 - max_c map) ** bg_power``. The CRF
     (``crf_*``, pixel units for ``sxy``, RGB units for ``srgb``) runs over the present classes.
-    ``crf_min_prob`` clips probabilities before the unary ``-log p``. Pixels labelled
+    ``crf_min_prob`` clips probabilities before the unary ``-log p``. ``crf_unary="scores"``
+    takes ``p`` from the normalised scores; ``"labels"`` from their arg-max label alone, which
+    gets probability ``crf_label_confidence`` (the rest share the remainder), so the CRF moves
+    labels by image evidence without trusting the maps' poorly calibrated magnitudes. Pixels labelled
     foreground whose max map is below ``fg_confidence``, or background whose max map is above
     ``bg_confidence``, become 255 (ignored); the defaults mark nothing.
     """
@@ -141,6 +145,8 @@ class RefineConfig:
     crf_bilateral_compat: float = 10.0
     crf_iterations: int = 10
     crf_min_prob: float = 1e-5
+    crf_unary: str = "scores"
+    crf_label_confidence: float = 0.7
     fg_confidence: float = 0.0
     bg_confidence: float = 1.0
 
@@ -156,6 +162,9 @@ class RefineConfig:
         _check(self.crf_iterations >= 1, "refine.crf_iterations", self.crf_iterations, ">= 1")
         _check(0.0 < self.crf_min_prob < 1.0, "refine.crf_min_prob", self.crf_min_prob,
                "in (0, 1)")
+        _check_choice("refine.crf_unary", self.crf_unary, CRF_UNARIES)
+        _check(0.0 < self.crf_label_confidence < 1.0, "refine.crf_label_confidence",
+               self.crf_label_confidence, "in (0, 1)")
         for key in ("fg_confidence", "bg_confidence"):
             _check(0.0 <= getattr(self, key) <= 1.0, f"refine.{key}", getattr(self, key),
                    "in [0, 1]")

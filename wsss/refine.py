@@ -120,6 +120,22 @@ def normalise_scores(scores: np.ndarray, eps: float = 1e-8) -> np.ndarray:
     return scores / scores.sum(axis=0, keepdims=True)
 
 
+def label_probs(labels: np.ndarray, num: int, confidence: float) -> np.ndarray:
+    """Distributions float32 [num, H, W] putting ``confidence`` on ``labels`` int [H, W] (values
+    in 0..num-1) and spreading the rest evenly over the other ``num - 1`` rows."""
+    rest = (1.0 - confidence) / max(num - 1, 1)
+    probs = np.full((num,) + labels.shape, rest, dtype=np.float32)
+    np.put_along_axis(probs, labels[None].astype(np.int64), confidence, axis=0)
+    return probs
+
+
+def crf_probs(scores: np.ndarray, cfg: RefineConfig) -> np.ndarray:
+    """The CRF's input distributions [K, H, W] from scores [K, H, W], by ``cfg.crf_unary``."""
+    if cfg.crf_unary == "labels":
+        return label_probs(scores.argmax(axis=0), scores.shape[0], cfg.crf_label_confidence)
+    return normalise_scores(scores)
+
+
 def mark_uncertain(mask: np.ndarray, maps: np.ndarray, has_background: bool,
                    cfg: RefineConfig) -> np.ndarray:
     """Set unconfident labels of ``mask`` uint8 [H, W] to 255 (in place; returns it).
@@ -186,7 +202,7 @@ def mask_from_scores(image: np.ndarray | None, scores: np.ndarray, ids: np.ndarr
     if cfg.crf and ids.size > 1:
         if image is None:
             raise ValueError("the CRF needs the image; pass it or set crf=False")
-        scores = dense_crf(image, normalise_scores(scores), cfg)
+        scores = dense_crf(image, crf_probs(scores, cfg), cfg)
     mask = ids[scores.argmax(axis=0)].astype(np.uint8)
     return mark_uncertain(mask, present_maps, has_background, cfg)
 
