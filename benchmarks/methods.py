@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -36,7 +37,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", default="synth",
                    help="'synth' (generated here), 'msrc21' (../shared/data/msrc21) or a "
                         "VOC-layout folder (default: synth)")
-    p.add_argument("--methods", nargs="+", default=sorted(METHODS))
+    p.add_argument("--methods", nargs="+", default=sorted(METHODS),
+                   help="method names, each optionally with knobs: NAME:KEY=VALUE[;KEY=VALUE], "
+                        "e.g. 'mdc:dilations=[1,2,3]' (default: every registered method)")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--crop-size", type=int, default=112)
     p.add_argument("--batch-size", type=int, default=16)
@@ -46,8 +49,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=300, help="synthetic images")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    help="extra config override applied to every method, e.g. train.lr=0.1")
-    p.add_argument("--param", dest="params", action="append", default=[],
-                   help="a method knob, METHOD.KEY=VALUE, e.g. mdc.dilations=[1,2,3]")
     p.add_argument("--workdir", type=Path, default=Path("outputs/bench_methods"))
     p.add_argument("--tag", default=None, help="results file suffix (default: dataset name)")
     p.add_argument("--smoke-test", action="store_true", help="2 methods, 1 epoch, 24 images")
@@ -66,29 +67,31 @@ def dataset_root(args: argparse.Namespace) -> Path:
     return root
 
 
-def bench_method(name: str, root: Path, args: argparse.Namespace) -> dict:
-    """Train, map and score one method; returns its row of the table."""
+def bench_method(spec: str, root: Path, args: argparse.Namespace) -> dict:
+    """Train, map and score one method spec (``NAME[:KEY=VALUE;...]``); returns its table row."""
+    name, knobs = parse_spec(spec)
     overrides = [f"data.root={root}", f"method.name={name}", f"train.epochs={args.epochs}",
                  f"data.crop_size={args.crop_size}", f"train.batch_size={args.batch_size}",
                  f"train.lr={args.lr}", f"train.num_workers={args.workers}",
                  f"train.seed={args.seed}", "tracking.experiment=bench-methods"]
-    cfg = load_config(None, overrides + args.overrides + method_params(name, args.params))
+    cfg = load_config(None, overrides + args.overrides + knobs)
     start = time.perf_counter()
-    result = run_train_classifier(cfg, args.workdir / "runs", run_name=f"{name}-{root.name}")
-    cams = args.workdir / "cams" / f"{name}-{root.name}"
+    label = re.sub(r"[^A-Za-z0-9_.=-]+", "_", spec)
+    result = run_train_classifier(cfg, args.workdir / "runs", run_name=f"{label}-{root.name}")
+    cams = args.workdir / "cams" / f"{label}-{root.name}"
     run_cams(result.checkpoint, root, cfg.data.train_split, cams, cfg.cams, cfg.tracking)
     scores, _ = run_eval(cams, root, cfg.data.train_split, cfg.refine, tracking_cfg=cfg.tracking)
-    row = {"method": name, "miou": scores.miou, "precision": _fg(scores, "precision"),
+    row = {"method": spec, "miou": scores.miou, "precision": _fg(scores, "precision"),
            "recall": _fg(scores, "recall"), "val_mAP": result.metrics.get("val_mAP", float("nan")),
            "minutes": (time.perf_counter() - start) / 60}
     print(json.dumps(row), flush=True)
     return row
 
 
-def method_params(name: str, params: list[str]) -> list[str]:
-    """The ``METHOD.KEY=VALUE`` items of ``name`` as ``method.params.KEY=VALUE`` overrides."""
-    prefix = f"{name}."
-    return [f"method.params.{p[len(prefix):]}" for p in params if p.startswith(prefix)]
+def parse_spec(spec: str) -> tuple[str, list[str]]:
+    """``"mdc:dilations=[1,2,3];x=1"`` -> ``("mdc", ["method.params.dilations=[1,2,3]", ...])``."""
+    name, _, knobs = spec.partition(":")
+    return name, [f"method.params.{kv}" for kv in knobs.split(";") if kv]
 
 
 def _fg(scores, what: str) -> float:

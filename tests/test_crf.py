@@ -68,6 +68,12 @@ def test_label_unary_crf_moves_a_shifted_mask_to_the_edge() -> None:
     assert after > before + 0.05 and after > 0.95, (before, after)
 
 
+def test_label_confidence_must_keep_the_label_ahead_of_the_rest() -> None:
+    """At 0.5 a two-class unary is uniform and the CRF would return a single class."""
+    with pytest.raises(ConfigError, match="crf_label_confidence"):
+        RefineConfig(crf_unary="labels", crf_label_confidence=0.5).validate()
+
+
 def test_crf_keeps_a_perfect_mask() -> None:
     image, truth = _two_regions(seed=1)
     probs = np.stack([truth == 0, truth == 1]).astype(np.float32) * 0.9 + 0.05

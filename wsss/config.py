@@ -128,7 +128,7 @@ class RefineConfig:
     (``crf_*``, pixel units for ``sxy``, RGB units for ``srgb``) runs over the present classes.
     ``crf_min_prob`` clips probabilities before the unary ``-log p``. ``crf_unary="scores"``
     takes ``p`` from the normalised scores; ``"labels"`` from their arg-max label alone, which
-    gets probability ``crf_label_confidence`` (the rest share the remainder), so the CRF moves
+    gets probability ``crf_label_confidence`` > 0.5 (the rest share the remainder), so the CRF moves
     labels by image evidence without trusting the maps' poorly calibrated magnitudes. Pixels labelled
     foreground whose max map is below ``fg_confidence``, or background whose max map is above
     ``bg_confidence``, become 255 (ignored); the defaults mark nothing.
@@ -163,8 +163,9 @@ class RefineConfig:
         _check(0.0 < self.crf_min_prob < 1.0, "refine.crf_min_prob", self.crf_min_prob,
                "in (0, 1)")
         _check_choice("refine.crf_unary", self.crf_unary, CRF_UNARIES)
-        _check(0.0 < self.crf_label_confidence < 1.0, "refine.crf_label_confidence",
-               self.crf_label_confidence, "in (0, 1)")
+        # <= 0.5 would let a two-class image start from a uniform unary and come out one class
+        _check(0.5 < self.crf_label_confidence < 1.0, "refine.crf_label_confidence",
+               self.crf_label_confidence, "in (0.5, 1)")
         for key in ("fg_confidence", "bg_confidence"):
             _check(0.0 <= getattr(self, key) <= 1.0, f"refine.{key}", getattr(self, key),
                    "in [0, 1]")
