@@ -93,7 +93,8 @@ def make_config(root: Path, crop: int, args: argparse.Namespace,
 def crf_text(ref: RefineConfig) -> str:
     return (f"gaussian {ref.crf_gaussian_sxy:g}/{ref.crf_gaussian_compat:g}, bilateral "
             f"{ref.crf_bilateral_sxy:g}/{ref.crf_bilateral_srgb:g}/"
-            f"{ref.crf_bilateral_compat:g}, {ref.crf_iterations} it.")
+            f"{ref.crf_bilateral_compat:g}, {ref.crf_iterations} it."
+            + (f", label unary {ref.crf_label_confidence:g}" if ref.crf_unary == "labels" else ""))
 
 
 def refine_variants(ref: RefineConfig) -> dict[str, RefineConfig]:
