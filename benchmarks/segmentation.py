@@ -230,9 +230,13 @@ def main(argv: list[str] | None = None) -> None:
             generate_dataset(synth, n=args.synthetic_n, seed=0, image_size=args.synthetic_size)
         rows.append(run_dataset("synthetic", synth.resolve(), args.synthetic_size, args,
                                 args.synthetic_set))
-    if not args.skip_data and (args.data / "ImageSets").is_dir():
-        rows.append(run_dataset(args.data.name, args.data.resolve(), args.data_crop, args,
-                                args.data_set))
+    if not args.skip_data:
+        if (args.data / "ImageSets").is_dir():
+            rows.append(run_dataset(args.data.name, args.data.resolve(), args.data_crop, args,
+                                    args.data_set))
+        else:
+            print(f"{args.data}: no VOC-layout dataset there (no ImageSets/); skipped",
+                  file=sys.stderr)
     publish(render(rows, args, command, (load_start, os.getloadavg())), args.out)
 
 
