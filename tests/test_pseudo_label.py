@@ -21,6 +21,7 @@ from wsss.methods import get_method
 from wsss.pseudo_label import PipelineOptions, WorkerPlan, plan_workers, run_pseudo_label
 from wsss.stages import run_cams
 from wsss.stages_segmentation import run_refine
+from wsss.storage import Location
 from wsss.train.checkpoint import save_checkpoint
 
 CAM = CamConfig(kind="gradcam", scales=(1.0, 0.5), flip=True, batch_size=4)
@@ -61,6 +62,23 @@ def reference(tmp_path_factory, synth_root, checkpoint) -> tuple[Path, Path, dic
     report = run_refine(base / "cams", synth_root, "train", base / "masks", RefineConfig(),
                         tracking)
     return base / "cams", base / "masks", report.extra
+
+
+@pytest.mark.parametrize("kind", ["path", "file-uri", "fsspec-memory"])
+def test_locations_read_write_list_and_clean_up(tmp_path, kind):
+    uri = {"path": str(tmp_path), "file-uri": tmp_path.as_uri(),
+           "fsspec-memory": f"memory://{tmp_path.name}"}[kind]
+    loc = Location.parse(uri)
+    assert loc.is_local == (kind != "fsspec-memory")
+    loc.write_bytes(b"mask", "sub", "a.png")
+    loc.write_bytes(b"half", "sub", ".a.png.x1.tmp")  # what a killed local writer leaves
+    assert loc.read_bytes("sub", "a.png") == b"mask" and loc.is_file("sub", "a.png")
+    assert loc.list_files("sub") == [".a.png.x1.tmp", "a.png"] and loc.list_files("no") == []
+    assert loc.remove_temp_files("sub") == 1 and loc.list_files("sub") == ["a.png"]
+    with pytest.raises(FileNotFoundError, match=r"file not found: .*sub/b\.png"):
+        loc.read_bytes("sub", "b.png")
+    if loc.is_local:
+        assert loc.local_path("sub", "a.png") == tmp_path / "sub" / "a.png"
 
 
 def test_plan_keeps_cpus_for_the_tasks():
@@ -167,3 +185,64 @@ def test_bad_images_are_listed_and_the_rest_done(ray_session, broken_train_set, 
     assert "image not found for id 'missing_image'" in reasons["missing_image"]
     good = [i for i in _ids(broken_train_set) if i not in reasons]
     assert report.done == len(good) and sorted(_masks(out)) == sorted(good)
+
+
+# -- a simulated two-node cluster -------------------------------------------------------------
+def _map_actor_pids() -> list[int]:
+    """Pids of this test's map actors (descendants of this process: the cluster's raylets)."""
+    import psutil
+
+    pids = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if "CamExtractor" in " ".join(proc.cmdline()):
+                pids.append(proc.pid)
+        except psutil.Error:
+            continue
+    return pids
+
+
+def _kill_a_map_actor_midway(out: Path, total: int, killed: list) -> None:
+    """Once the first mask exists, SIGKILL one map actor; records (pid, masks written)."""
+    import signal
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        written = len(list(out.glob("*.png")))
+        pids = _map_actor_pids()
+        if written and pids:
+            import os
+
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append((pids[0], written))
+            return
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_two_nodes_share_the_work_and_a_killed_actor_loses_nothing(two_node_cluster, synth_root,
+                                                                   checkpoint, tmp_path):
+    import ray
+
+    nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert len(nodes) == 2
+    ids, cam = _ids(synth_root), CamConfig(batch_size=2)
+    options = PipelineOptions(cam_workers=2)
+    clean = run_pseudo_label(checkpoint, synth_root, "train", tmp_path / "clean", cam,
+                             RefineConfig(), _tracking(tmp_path), options)
+    assert clean.done == len(ids) and clean.failed == []
+    assert set(clean.nodes["cam"]) == nodes, clean.nodes  # a map actor on each node
+    assert set(clean.nodes["cam"]) | set(clean.nodes["refine"]) == nodes
+
+    out, killed = tmp_path / "killed", []
+    out.mkdir()
+    killer = threading.Thread(target=_kill_a_map_actor_midway, args=(out, len(ids), killed))
+    killer.start()
+    report = run_pseudo_label(checkpoint, synth_root, "train", out, cam, RefineConfig(),
+                              _tracking(tmp_path), options)
+    killer.join()
+    assert killed and killed[0][1] < len(ids), f"no actor was killed mid-run: {killed}"
+    assert report.done == len(ids) and report.failed == []  # each image reported once
+    got, expected = _masks(out), _masks(tmp_path / "clean")
+    assert sorted(got) == sorted(expected) == sorted(ids)
+    assert all(np.array_equal(got[i], expected[i]) for i in ids)

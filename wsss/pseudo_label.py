@@ -37,9 +37,7 @@ from wsss.stages import GRID_SAMPLES, REPORT_FILE, StageReport
 from wsss.storage import Location
 
 RESERVED_TASK_CPUS = 1.0
-# Decoding waits on storage reads much of the time; a request unlike the map actors' also keeps
-# Ray Data from fusing decode into the actors, so the actors only compute maps.
-DECODE_CPUS = 0.5
+DECODERS_PER_WORKER = 2  # concurrent decode tasks per map actor: enough to keep it fed
 
 
 @dataclass(frozen=True)
@@ -142,8 +140,11 @@ def build_dataset(rows: list[dict], job: Job, state: Any, plan: WorkerPlan) -> A
 
     batch = job.cam.batch_size
     ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / batch)))
+    # A bounded decode pool (its size differs from the actor pool's) also keeps Ray Data from
+    # fusing decoding into the map actors: they only compute maps.
+    decoders = ray.data.TaskPoolStrategy(size=DECODERS_PER_WORKER * plan.workers)
     ds = ds.map_batches(decode_batch, fn_kwargs={"job": job}, batch_size=batch,
-                        num_cpus=DECODE_CPUS)
+                        compute=decoders, num_cpus=1)
     ds = ds.map_batches(CamExtractor, batch_size=batch,
                         compute=ray.data.ActorPoolStrategy(size=plan.workers),
                         fn_constructor_kwargs={"state": state, "job": job,

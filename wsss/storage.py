@@ -30,6 +30,7 @@ class Location:
     @classmethod
     def parse(cls, uri_or_path: str | os.PathLike) -> "Location":
         """Resolve a path or URI; local paths become absolute (Ray workers have another cwd)."""
+        import pyarrow as pa
         import pyarrow.fs as pafs
 
         text = str(uri_or_path)
@@ -37,7 +38,7 @@ class Location:
             return cls(pafs.LocalFileSystem(), str(Path(text).expanduser().resolve()), text)
         try:
             filesystem, root = pafs.FileSystem.from_uri(text)
-        except (pafs.ArrowInvalid, ValueError) as err:
+        except (pa.ArrowInvalid, ValueError) as err:
             filesystem, root = _fsspec_filesystem(text, err)
         return cls(filesystem, root.rstrip("/") or "/", text)
 
