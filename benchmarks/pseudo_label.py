@@ -2,7 +2,8 @@
 
 All variants run in one process on the same images and the same (random-init) classifier and
 write the same masks (checked): the plain loop calls the pipeline's own stage functions one
-after the other (decode -> maps -> CRF + PNG write); the pipeline runs with 1 and 2 CPU map
+after the other (decode -> maps -> CRF + PNG write), once with torch on every core and once on
+one thread, and the faster of the two is the baseline; the pipeline runs with 1 and 2 CPU map
 workers on a local Ray with every CPU of the machine. A bare forward pass of the backbone
 (logits only, same images, batch size and torch threads as one map worker) gives the floor
 for the map stage.
@@ -22,6 +23,7 @@ import argparse
 import os
 import shlex
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -38,6 +40,8 @@ from wsss.storage import Location
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "pseudo_label.md"
 WARMUP_IMAGES = 4
+# plain loops: torch threads = every core (torch's default), or one (like one map worker)
+PLAIN = {"plain loop, all cores": len(os.sched_getaffinity(0)), "plain loop, 1 thread": 1}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,16 +49,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help="VOC-layout dataset (default: MSRC-21 when present, else synthetic)")
     parser.add_argument("--split", default="train")
-    parser.add_argument("--images", type=int, default=96)
+    parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--backbone", default="resnet50")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2, help="repeats of every variant")
     parser.add_argument("--smoke-test", action="store_true",
                         help="tiny run (synthetic, 8 images, resnet18); writes only with --out")
     parser.add_argument("--out", type=Path, default=None,
                         help=f"markdown results file (default {DEFAULT_OUT})")
     args = parser.parse_args(argv)
     if args.smoke_test:
-        args.data, args.images, args.backbone = Path("/nonexistent"), 8, "resnet18"
+        args.data, args.images, args.backbone, args.rounds = Path("/nonexistent"), 8, "resnet18", 1
     elif args.out is None:
         args.out = DEFAULT_OUT
     return args
@@ -93,22 +98,25 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Path, str, Path]:
     return view, what, ckpt
 
 
-def plain_loop(view: Path, ckpt: Path, out: Path, cam: CamConfig) -> float:
+def plain_loop(view: Path, ckpt: Path, out: Path, cam: CamConfig, threads: int) -> float:
     """Seconds of decode -> maps -> CRF -> PNG for every image, one process, no Ray."""
     from wsss.train.checkpoint import load_checkpoint_state
 
+    previous = torch.get_num_threads()
     state = load_checkpoint_state(ckpt)
     start = time.perf_counter()
     info, labels, rows = read_rows(Location.parse(view), "bench")
     job = Job(Location.parse(view), Location.parse(out), info, state["method"],
               state["method_params"], cam, RefineConfig(), labels)
-    extractor = CamExtractor(state, job)  # torch keeps its default threads (every core)
+    extractor = CamExtractor(state, job, threads=threads)
     for first in range(0, len(rows), cam.batch_size):
         chunk = rows[first:first + cam.batch_size]
         batch = {key: np.asarray([r[key] for r in chunk]) for key in chunk[0]}
         done = refine_and_write(extractor(decode_batch(batch, job)), job)
         assert (done["status"] == "done").all(), done["reason"]
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    torch.set_num_threads(previous)
+    return seconds
 
 
 def pipeline(view: Path, ckpt: Path, out: Path, cam: CamConfig, workers: int,
@@ -155,25 +163,57 @@ def same_masks(a: Path, b: Path) -> bool:
         for n in names)
 
 
-def render(args: argparse.Namespace, what: str, times: dict[str, float], busy: float,
-           identical: bool, command: str, load: tuple) -> str:
+def render(args: argparse.Namespace, what: str, times: dict[str, list[float]],
+           busy: list[float], identical: dict[str, bool], command: str, load: tuple) -> str:
     n = args.images
-    rate = {k: n / v for k, v in times.items()}
-    plain, one, forward = rate["plain loop"], rate["pipeline, 1 worker"], rate["bare forward"]
-    cam_rate = n / busy
+    rate = {k: n / statistics.median(v) for k, v in times.items()}
+    plain_name = max(PLAIN, key=rate.get)  # the faster plain loop is the baseline
+    plain, one, forward = rate[plain_name], rate["pipeline, 1 worker"], rate["bare forward"]
+    cam_rate = n / statistics.median(busy)
+    same = ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in identical.items())
     lines = ["# Pseudo-labelling throughput: plain loop vs Ray Data pipeline", "",
              f"{n} images of {what}, {args.backbone} CAM classifier (random init), CAM maps "
              f"(scale 1, no flip), dense CRF (defaults), palette PNG written per image; batch "
-             f"size {args.batch_size}. Masks of every variant identical: **{identical}**.", "",
-             "| variant | wall s | images/s | vs plain loop |", "|---|---:|---:|---:|"]
-    for name in ("plain loop", "pipeline, 1 worker", "pipeline, 2 workers"):
-        lines.append(f"| {name} | {times[name]:.2f} | {rate[name]:.2f} | "
-                     f"{rate[name] / plain:.2f}x |")
+             f"size {args.batch_size}; {args.rounds} round(s), variants in a rotating order "
+             f"each round, medians reported. Masks identical to the 1-thread plain loop's: "
+             f"{same}. Baseline: the faster plain loop ({plain_name}).", "",
+             "| variant | median wall s | images/s | vs baseline | wall s per round |",
+             "|---|---:|---:|---:|---|"]
+    for name in (*PLAIN, "pipeline, 1 worker", "pipeline, 2 workers", "bare forward"):
+        lines.append(f"| {name} | {statistics.median(times[name]):.2f} | {rate[name]:.2f} | "
+                     f"{rate[name] / plain:.2f}x | "
+                     f"{', '.join(f'{t:.1f}' for t in times[name])} |")
     lines += ["", "| ratio | value | target |", "|---|---:|---:|",
-              f"| pipeline (1 worker) / plain loop, images/s | {one / plain:.2f}x | >= 0.9x |",
+              f"| pipeline (1 worker) / {plain_name}, images/s | {one / plain:.2f}x | >= 0.9x |",
               f"| map stage (1 worker: images / actor busy s = {cam_rate:.2f}) / bare forward "
               f"({forward:.2f} images/s, 1 thread) | {cam_rate / forward:.2f}x | >= 0.8x |", ""]
     return "\n".join(lines + machine_lines(command, load)) + "\n"
+
+
+def run_rounds(args: argparse.Namespace, view: Path, ckpt: Path,
+               work: Path) -> tuple[dict[str, list[float]], list[float], dict[str, bool]]:
+    """Every variant once per round, the order rotating; returns times, actor busy seconds
+    and whether each variant's masks equal the 1-thread plain loop's."""
+    cam = CamConfig(batch_size=args.batch_size)
+    tracking = TrackingConfig(uri=f"sqlite:///{work / 'mlflow.db'}")
+    runs = {"bare forward": lambda out: (bare_forward(view, ckpt, cam, 1), None),
+            "pipeline, 1 worker": lambda out: pipeline(view, ckpt, out, cam, 1, tracking),
+            "pipeline, 2 workers": lambda out: pipeline(view, ckpt, out, cam, 2, tracking)}
+    for name, threads in PLAIN.items():
+        runs[name] = lambda out, t=threads: (plain_loop(view, ckpt, out, cam, t), None)
+    names = list(runs)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    busy: list[float] = []
+    for k in range(args.rounds):
+        for name in names[k % len(names):] + names[:k % len(names)]:
+            seconds, cam_busy = runs[name](work / f"{k}-{name.replace(' ', '_')}")
+            times[name].append(seconds)
+            busy += [cam_busy] if name == "pipeline, 1 worker" else []
+            print(f"round {k}: {name} {seconds:.1f}s", file=sys.stderr, flush=True)
+    reference = work / "0-plain_loop,_1_thread"
+    identical = {n: same_masks(reference, work / f"0-{n.replace(' ', '_')}")
+                 for n in names if n not in ("bare forward", "plain loop, 1 thread")}
+    return times, busy, identical
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -185,16 +225,9 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="wsss-bench-pl-"))
     try:
         view, what, ckpt = prepare(args, work)
-        cam = CamConfig(batch_size=args.batch_size)
-        tracking = TrackingConfig(uri=f"sqlite:///{work / 'mlflow.db'}")
-        times = {"bare forward": bare_forward(view, ckpt, cam, threads=1),
-                 "plain loop": plain_loop(view, ckpt, work / "plain", cam)}
         ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False,
                  log_to_driver=False)
-        times["pipeline, 1 worker"], busy = pipeline(view, ckpt, work / "one", cam, 1, tracking)
-        times["pipeline, 2 workers"], _ = pipeline(view, ckpt, work / "two", cam, 2, tracking)
-        identical = same_masks(work / "plain", work / "one") and same_masks(work / "plain",
-                                                                            work / "two")
+        times, busy, identical = run_rounds(args, view, ckpt, work)
         publish(render(args, what, times, busy, identical, command,
                        (load_start, os.getloadavg())), args.out)
     finally:

@@ -180,15 +180,6 @@ def _count(nodes: dict[str, dict[str, int]], stage: str, node: str) -> None:
     per_stage[node] = per_stage.get(node, 0) + 1
 
 
-def configure_data_context() -> None:
-    """Progress bars on; the result order does not matter (lets blocks stream out of order)."""
-    import ray
-
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True
-    ctx.execution_options.preserve_order = False
-
-
 def run_pseudo_label(checkpoint: str | Path, data: str | Path, split: str, out: str | Path,
                      cam_cfg: CamConfig = CamConfig(), refine_cfg: RefineConfig = RefineConfig(),
                      tracking_cfg: TrackingConfig = TrackingConfig(),
@@ -218,8 +209,7 @@ def run_pseudo_label(checkpoint: str | Path, data: str | Path, split: str, out: 
                             uri=tracking_cfg.uri, params=params,
                             tags={"stage": "pseudo-label"}):
         start = time.perf_counter()
-        if todo:
-            configure_data_context()
+        if todo:  # Ray Data shows its own progress bars per stage
             consume(build_dataset(todo, job, ray.put(state), plan), job, report)
         report.seconds = time.perf_counter() - start
         _finish(report, job, plan, [r["id"] for r in todo])
