@@ -159,7 +159,11 @@ def consume(ds: Any, job: Job, report: PseudoLabelReport) -> None:
     from wsss.metrics import ConfusionMatrix
 
     report.confusion = ConfusionMatrix(job.info.num_classes) if job.evaluate else None
+    start = time.perf_counter()
     for block in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        if "first_block_s" not in report.extra:  # start-up: planning, actors, first batch
+            report.extra.update(first_block_s=time.perf_counter() - start,
+                                first_block_images=len(block["id"]))
         for sample_id, status, reason, cam_node, refine_node in zip(
                 block["id"], block["status"], block["reason"], block["cam_node"],
                 block["refine_node"]):
@@ -251,6 +255,10 @@ def _finish(report: PseudoLabelReport, job: Job, plan: WorkerPlan, todo: list[st
 
     rate = report.done / max(report.seconds, 1e-9)
     cam_busy = report.extra.get("cam_seconds", 0.0)
+    if report.extra.get("first_block_s") and report.done > report.extra["first_block_images"]:
+        after = report.seconds - report.extra["first_block_s"]  # once the pipeline is full
+        report.extra["steady_images_per_s"] = round(
+            (report.done - report.extra["first_block_images"]) / max(after, 1e-9), 3)
     report.extra.update(images_per_s=round(rate, 3), workers=plan.workers,
                         cam_images_per_busy_s=round(report.done / cam_busy, 3) if cam_busy else 0,
                         nodes=report.nodes)
