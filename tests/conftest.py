@@ -52,6 +52,10 @@ def broken_train_set(tmp_path) -> Path:
     return root
 
 
+RAY_TEST_ARGS = {"include_dashboard": False, "log_to_driver": False,
+                 "runtime_env": {"env_vars": {"OMP_NUM_THREADS": "1"}}}
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray (2 CPUs) shared by every test that needs it."""
@@ -59,8 +63,29 @@ def ray_session():
 
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+        ray.init(num_cpus=2, **RAY_TEST_ARGS)
     yield
     if started:
         ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def two_node_cluster():
+    """A simulated two-node Ray cluster (2 CPUs per node) for the tests of one module.
+
+    The session's local Ray, if running, is stopped for the module and started again after.
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    was_running = ray.is_initialized()
+    ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, **RAY_TEST_ARGS)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+    if was_running:
+        ray.init(num_cpus=2, **RAY_TEST_ARGS)

@@ -14,8 +14,8 @@ class of every image) on the same retained graph.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -242,25 +242,25 @@ def save_maps(path: str | os.PathLike, maps: np.ndarray | torch.Tensor,
     The file is written to a temporary name in the same directory and moved into place, so a
     reader never sees a partial file.
     """
+    from wsss.viz import write_atomic
+
+    write_atomic(Path(path), maps_npz_bytes(maps, class_ids, str(path)))
+
+
+def maps_npz_bytes(maps: np.ndarray | torch.Tensor, class_ids: Sequence[int],
+                   name: str = "maps") -> bytes:
+    """Maps [K, H, W] (as float16) and their K dataset class ids encoded as an .npz file;
+    ``name`` names the destination in errors."""
     if isinstance(maps, torch.Tensor):
         maps = maps.detach().cpu().numpy()
     maps = np.asarray(maps)
     ids = np.asarray(list(class_ids), dtype=np.int64)
     if maps.ndim != 3 or maps.shape[0] != ids.shape[0]:
-        raise ValueError(f"{path}: expected maps [K, H, W] with K == len(class_ids) "
+        raise ValueError(f"{name}: expected maps [K, H, W] with K == len(class_ids) "
                          f"({ids.shape[0]}), got shape {tuple(maps.shape)}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, maps=maps.astype(np.float16), class_ids=ids)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, maps=maps.astype(np.float16), class_ids=ids)
+    return buffer.getvalue()
 
 
 def load_maps(path: str | os.PathLike) -> tuple[np.ndarray, list[int]]:

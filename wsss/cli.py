@@ -5,6 +5,7 @@
     wsss cam --checkpoint CKPT --data data/synth --split train --out cams/
     wsss eval --cams cams/ --data data/synth --split train
     wsss refine --cams cams/ --data data/synth --split train --out masks/
+    wsss pseudo-label --checkpoint CKPT --data data/synth --split train --out masks/
     wsss train-seg --pseudo-masks masks/ --data data/synth
     wsss predict --checkpoint SEG_CKPT --data data/synth --split val --out pred/
     wsss eval --masks pred/ --data data/synth --split val
@@ -56,6 +57,44 @@ def _opts(pairs: list[tuple[str, object]]) -> list[str]:
     return [f"{key}={value}" for key, value in pairs if value is not None]
 
 
+def _add_cam_options(p: argparse.ArgumentParser) -> None:
+    """Map-extraction options (``cam`` and ``pseudo-label``)."""
+    p.add_argument("--kind", choices=MAP_KINDS, help="default: the method's own (auto)")
+    p.add_argument("--layer", help="Grad-CAM layer (layer1..layer4)")
+    p.add_argument("--scales", type=float, nargs="+", help="test-time scales, e.g. 0.5 1 1.5 2")
+    p.add_argument("--flip", action="store_true", help="also average the flipped image")
+    p.add_argument("--batch-size", type=int)
+
+
+def _cam_overrides(args: argparse.Namespace) -> list[str]:
+    extra = _opts([("cams.kind", args.kind), ("cams.layer", args.layer),
+                   ("cams.batch_size", args.batch_size)])
+    if args.scales:
+        extra.append(f"cams.scales=[{', '.join(map(str, args.scales))}]")
+    if args.flip:
+        extra.append("cams.flip=true")
+    return extra
+
+
+def _add_refine_options(p: argparse.ArgumentParser) -> None:
+    """Maps -> masks options (``refine`` and ``pseudo-label``); CRF kernels via --set."""
+    p.add_argument("--no-crf", action="store_true", help="skip the dense CRF")
+    p.add_argument("--bg-mode", choices=BG_MODES)
+    p.add_argument("--bg-threshold", type=float)
+    p.add_argument("--bg-power", type=float, help="alpha of bg = (1 - max map)^alpha")
+    p.add_argument("--fg-confidence", type=float, help="foreground below this map value -> 255")
+    p.add_argument("--bg-confidence", type=float, help="background above this map value -> 255")
+
+
+def _refine_overrides(args: argparse.Namespace) -> list[str]:
+    extra = _opts([("refine.bg_mode", args.bg_mode), ("refine.bg_threshold", args.bg_threshold),
+                   ("refine.bg_power", args.bg_power), ("refine.fg_confidence", args.fg_confidence),
+                   ("refine.bg_confidence", args.bg_confidence)])
+    if args.no_crf:
+        extra.append("refine.crf=false")
+    return extra
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from wsss.data.synthetic import generate_dataset
 
@@ -93,13 +132,7 @@ def cmd_train_cls(args: argparse.Namespace) -> int:
 def cmd_cam(args: argparse.Namespace) -> int:
     from wsss.stages import run_cams
 
-    extra = _opts([("cams.kind", args.kind), ("cams.layer", args.layer),
-                   ("cams.batch_size", args.batch_size)])
-    if args.scales:
-        extra.append(f"cams.scales=[{', '.join(map(str, args.scales))}]")
-    if args.flip:
-        extra.append("cams.flip=true")
-    cfg = _config(args, extra)
+    cfg = _config(args, _cam_overrides(args))
     report = run_cams(args.checkpoint, args.data, args.split, args.out, cfg.cams, cfg.tracking,
                       device=args.device, max_image_side=cfg.data.max_image_side)
     _print_report(report, "maps")
@@ -126,14 +159,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_refine(args: argparse.Namespace) -> int:
     from wsss.stages_segmentation import run_refine
 
-    extra = _opts([("refine.bg_mode", args.bg_mode), ("refine.bg_threshold", args.bg_threshold),
-                   ("refine.bg_power", args.bg_power), ("refine.fg_confidence", args.fg_confidence),
-                   ("refine.bg_confidence", args.bg_confidence)])
-    if args.no_crf:
-        extra.append("refine.crf=false")
-    cfg = _config(args, extra)
+    cfg = _config(args, _refine_overrides(args))
     report = run_refine(args.cams, args.data, args.split, args.out, cfg.refine, cfg.tracking,
                         max_image_side=cfg.data.max_image_side)
+    _print_report(report, "masks")
+    print(f"pseudo-masks in {args.out} (report: {args.out}/report.json)")
+    return 0
+
+
+def cmd_pseudo_label(args: argparse.Namespace) -> int:
+    from wsss.pseudo_label import PipelineOptions, run_pseudo_label
+    from wsss.ray_utils import init_ray
+
+    cfg = _config(args, _cam_overrides(args) + _refine_overrides(args))
+    options = PipelineOptions(cam_workers=args.cam_workers, gpus_per_worker=args.gpus_per_worker,
+                              save_maps=args.save_maps, evaluate=args.eval,
+                              max_image_side=cfg.data.max_image_side)
+    init_ray(args.address)
+    report = run_pseudo_label(args.checkpoint, args.data, args.split, args.out, cfg.cams,
+                              cfg.refine, cfg.tracking, options)
+    if report.scores is not None:
+        print(report.scores.table())
     _print_report(report, "masks")
     print(f"pseudo-masks in {args.out} (report: {args.out}/report.json)")
     return 0
@@ -207,11 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="train")
     p.add_argument("--out", required=True)
-    p.add_argument("--kind", choices=MAP_KINDS, help="default: the method's own (auto)")
-    p.add_argument("--layer", help="Grad-CAM layer (layer1..layer4)")
-    p.add_argument("--scales", type=float, nargs="+", help="test-time scales, e.g. 0.5 1 1.5 2")
-    p.add_argument("--flip", action="store_true", help="also average the flipped image")
-    p.add_argument("--batch-size", type=int)
+    _add_cam_options(p)
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     _add_common(p)
     p.set_defaults(func=cmd_cam)
@@ -233,14 +275,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="train")
     p.add_argument("--out", required=True, help="folder for the palette PNG masks")
-    p.add_argument("--no-crf", action="store_true", help="skip the dense CRF")
-    p.add_argument("--bg-mode", choices=BG_MODES)
-    p.add_argument("--bg-threshold", type=float)
-    p.add_argument("--bg-power", type=float, help="alpha of bg = (1 - max map)^alpha")
-    p.add_argument("--fg-confidence", type=float, help="foreground below this map value -> 255")
-    p.add_argument("--bg-confidence", type=float, help="background above this map value -> 255")
+    _add_refine_options(p)
     _add_common(p)
     p.set_defaults(func=cmd_refine)
+
+    p = sub.add_parser("pseudo-label", help="checkpoint + images -> pseudo-masks on a Ray "
+                                            "cluster (Ray Data: decode, maps, CRF, write)")
+    p.add_argument("--checkpoint", required=True, help="classifier checkpoint (path or URI)")
+    p.add_argument("--data", required=True, help="dataset folder or URI (VOC layout; s3://, "
+                                                 "gs://, file://)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--out", required=True, help="folder or URI for <id>.png masks")
+    p.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
+    p.add_argument("--cam-workers", type=int, help="map actors (default: one per GPU, or "
+                                                    "half the CPUs)")
+    p.add_argument("--gpus-per-worker", type=float, default=1.0,
+                   help="GPUs per map actor when the cluster has GPUs (0: CPU only)")
+    p.add_argument("--save-maps", action="store_true", help="also write OUT/maps/<id>.npz")
+    p.add_argument("--eval", action="store_true", help="score the masks against ground truth")
+    _add_cam_options(p)
+    _add_refine_options(p)
+    _add_common(p)
+    p.set_defaults(func=cmd_pseudo_label)
 
     p = sub.add_parser("train-seg", help="train a DeepLabV3 segmenter on pseudo-masks "
                                          "(Ray Train)")

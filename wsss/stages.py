@@ -39,10 +39,13 @@ class StageReport:
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def write(self, out_dir: Path) -> Path:
-        data = {"done": self.done, "reused": self.reused, "seconds": round(self.seconds, 3),
+    def to_dict(self) -> dict[str, Any]:
+        """The content of ``report.json``."""
+        return {"done": self.done, "reused": self.reused, "seconds": round(self.seconds, 3),
                 "failed": [{"id": i, "reason": r} for i, r in self.failed], **self.extra}
-        return write_json_atomic(Path(out_dir) / REPORT_FILE, data)
+
+    def write(self, out_dir: Path) -> Path:
+        return write_json_atomic(Path(out_dir) / REPORT_FILE, self.to_dict())
 
     def summary(self, what: str) -> str:
         rate = self.done / self.seconds if self.seconds > 0 else 0.0

@@ -54,6 +54,7 @@ def write_atomic(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; the file is meant to be shared
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)
@@ -171,6 +172,11 @@ def save_mask_png(path: str | Path, mask: np.ndarray) -> Path:
 
     The file reads back (``wsss.data.voc.load_mask``) to the same indices, 255 included.
     """
+    return write_atomic(Path(path), mask_png_bytes(mask))
+
+
+def mask_png_bytes(mask: np.ndarray) -> bytes:
+    """A class-index mask uint8 [H, W] encoded as a VOC-palette PNG file."""
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"mask must be [H, W], got shape {mask.shape}")
@@ -182,7 +188,7 @@ def save_mask_png(path: str | Path, mask: np.ndarray) -> Path:
     image.putpalette(_palette().reshape(-1).tobytes())
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    return write_atomic(Path(path), buffer.getvalue())
+    return buffer.getvalue()
 
 
 def _save_figure(fig: Figure, path: Path) -> Path:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, BinaryIO, Callable, Sequence
 
 import numpy as np
 import torch
@@ -78,15 +78,22 @@ def read_info(root: str | Path) -> DatasetInfo:
     if not root.is_dir():
         raise DatasetError(f"dataset folder not found: {root}")
     names_file = root / "classes.txt"
-    if names_file.is_file():
-        names = tuple(line.strip() for line in names_file.read_text().splitlines() if line.strip())
-        if not names:
-            raise DatasetError(f"{names_file}: no class names")
-        if len(set(names)) != len(names):
-            raise DatasetError(f"{names_file}: duplicate class names")
-    else:
+    text = names_file.read_text() if names_file.is_file() else None
+    return info_from_text(str(root), text, str(names_file))
+
+
+def info_from_text(root: str, classes_text: str | None, source: str) -> DatasetInfo:
+    """``DatasetInfo`` from the content of ``classes.txt`` (None: VOC's classes); ``source``
+    names the file in errors."""
+    if classes_text is None:
         names = VOC_CLASSES
-    return DatasetInfo(str(root), names, names[0].lower() == "background")
+    else:
+        names = tuple(line.strip() for line in classes_text.splitlines() if line.strip())
+        if not names:
+            raise DatasetError(f"{source}: no class names")
+        if len(set(names)) != len(names):
+            raise DatasetError(f"{source}: duplicate class names")
+    return DatasetInfo(root, names, names[0].lower() == "background")
 
 
 def read_split(root: str | Path, split: str) -> list[str]:
@@ -96,12 +103,18 @@ def read_split(root: str | Path, split: str) -> list[str]:
         available = sorted(p.stem for p in path.parent.glob("*.txt")) if path.parent.is_dir() else []
         raise DatasetError(f"split file not found: {path} (available splits: "
                            f"{', '.join(available) or 'none'})")
-    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    return split_from_text(path.read_text(), str(path))
+
+
+def split_from_text(text: str, source: str) -> list[str]:
+    """Ids of a split file's content (first column, blank lines skipped); ``source`` names the
+    file in errors."""
+    ids = [line.split()[0] for line in text.splitlines() if line.strip()]
     if not ids:
-        raise DatasetError(f"split file is empty: {path}")
+        raise DatasetError(f"split file is empty: {source}")
     for sample_id in ids:
         if "/" in sample_id or "\\" in sample_id or sample_id.startswith(".."):
-            raise DatasetError(f"{path}: id '{sample_id}' is not a plain file name")
+            raise DatasetError(f"{source}: id '{sample_id}' is not a plain file name")
     return ids
 
 
@@ -169,13 +182,7 @@ class VOCDataset(torch.utils.data.Dataset):
 
     def class_ids(self, sample_id: str, mask: np.ndarray | None) -> list[int]:
         """Dataset class indices present: from the mask when there is one, else labels.json."""
-        if mask is not None:
-            values = np.unique(mask)
-            return [int(v) for v in values if v != IGNORE_INDEX]
-        if sample_id in self.labels_file:
-            return self.labels_file[sample_id]
-        raise DatasetError(f"no labels for id '{sample_id}': no mask at "
-                           f"{self.root / MASK_DIR / sample_id}.png and no entry in labels.json")
+        return image_class_ids(sample_id, mask, self.labels_file, str(self.root))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample_id = self.ids[index]
@@ -204,8 +211,24 @@ class VOCDataset(torch.utils.data.Dataset):
         return good, bad
 
 
-def load_rgb(path: Path, max_side: int = 1024) -> np.ndarray:
-    """Decode any image (gray, RGBA, CMYK, 16-bit, palette) to RGB uint8 [H, W, 3]."""
+def image_class_ids(sample_id: str, mask: np.ndarray | None, labels_file: dict[str, list[int]],
+                    root: str) -> list[int]:
+    """Dataset class indices present in an image: from its mask [H, W] when there is one,
+    else from ``labels_file`` (labels.json); DatasetError when neither knows the id."""
+    if mask is not None:
+        values = np.unique(mask)
+        return [int(v) for v in values if v != IGNORE_INDEX]
+    if sample_id in labels_file:
+        return labels_file[sample_id]
+    raise DatasetError(f"no labels for id '{sample_id}': no mask at "
+                       f"{root}/{MASK_DIR}/{sample_id}.png and no entry in labels.json")
+
+
+def load_rgb(path: Path | BinaryIO, max_side: int = 1024) -> np.ndarray:
+    """Decode any image (gray, RGBA, CMYK, 16-bit, palette) to RGB uint8 [H, W, 3].
+
+    ``path`` may be an open binary file; its ``name`` attribute then names it in errors.
+    """
     try:
         with Image.open(path) as im:
             im.draft("RGB", (max_side, max_side))
@@ -219,17 +242,19 @@ def load_rgb(path: Path, max_side: int = 1024) -> np.ndarray:
                 im.thumbnail((max_side, max_side), Image.BILINEAR)
             return np.asarray(im).copy()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DatasetError(f"cannot read image {path}: {err}") from err
+        raise DatasetError(f"cannot read image {_name(path)}: {err}") from err
 
 
-def load_mask(path: Path, size: tuple[int, int], num_classes: int,
+def load_mask(path: Path | BinaryIO, size: tuple[int, int], num_classes: int,
               max_side: int = 1024) -> np.ndarray:
-    """Decode a palette/grayscale mask PNG to uint8 [H, W] and validate it."""
+    """Decode a palette/grayscale mask PNG to uint8 [H, W] and validate it (``path`` may be an
+    open binary file with a ``name``)."""
+    name = _name(path)
     try:
         with Image.open(path) as im:
             im.load()
             if im.mode not in ("P", "L"):
-                raise DatasetError(f"mask {path} has mode {im.mode}: expected a palette (P) or "
+                raise DatasetError(f"mask {name} has mode {im.mode}: expected a palette (P) or "
                                    f"grayscale (L) PNG of class indices")
             if max(im.size) > max_side:
                 scale = max_side / max(im.size)
@@ -237,13 +262,13 @@ def load_mask(path: Path, size: tuple[int, int], num_classes: int,
                                Image.NEAREST)
             mask = np.asarray(im).copy()
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise DatasetError(f"cannot read mask {path}: {err}") from err
+        raise DatasetError(f"cannot read mask {name}: {err}") from err
     if mask.shape != tuple(size):
-        raise DatasetError(f"mask {path} has size {mask.shape[1]}x{mask.shape[0]} but its image "
+        raise DatasetError(f"mask {name} has size {mask.shape[1]}x{mask.shape[0]} but its image "
                            f"is {size[1]}x{size[0]}")
     bad = (mask >= num_classes) & (mask != IGNORE_INDEX)
     if bad.any():
-        raise DatasetError(f"mask {path} has label value(s) {sorted(set(mask[bad].tolist()))} "
+        raise DatasetError(f"mask {name} has label value(s) {sorted(set(mask[bad].tolist()))} "
                            f"outside 0..{num_classes - 1} (255 = ignore)")
     return mask
 
@@ -251,8 +276,19 @@ def load_mask(path: Path, size: tuple[int, int], num_classes: int,
 def _read_labels_file(path: Path, info: DatasetInfo) -> dict[str, list[int]]:
     if not path.is_file():
         return {}
+    return labels_from_text(path.read_text(), str(path), info)
+
+
+def _name(path: Any) -> str:
+    """A path as text, or the ``name`` of an open file."""
+    return str(path if isinstance(path, (str, Path)) else getattr(path, "name", path))
+
+
+def labels_from_text(text: str, source: str, info: DatasetInfo) -> dict[str, list[int]]:
+    """Parse labels.json content ``{id: [class names or indices]}``; ``source`` names the file."""
+    path = source
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(text)
     except json.JSONDecodeError as err:
         raise DatasetError(f"{path}: not valid JSON ({err})") from err
     index = {name: i for i, name in enumerate(info.class_names)}

@@ -107,16 +107,28 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu",
 
     ``expect_classes`` (the dataset's foreground class count) is checked before any work.
     """
-    from wsss.config import ModelConfig, from_dict
-    from wsss.methods import get_method
-
     state = load_checkpoint_state(path)
+    check_classes(state, expect_classes, path)
+    method, model = classifier_from_state(state, device)
+    return method, model, state
+
+
+def check_classes(state: dict[str, Any], expect_classes: int | None, path: str | Path) -> None:
+    """CheckpointError unless the checkpoint at ``path`` predicts ``expect_classes`` classes."""
     if expect_classes is not None and state["num_classes"] != expect_classes:
         raise CheckpointError(f"{path} was trained for {state['num_classes']} classes but the "
                               f"dataset has {expect_classes} foreground classes")
+
+
+def classifier_from_state(state: dict[str, Any],
+                          device: str | torch.device = "cpu") -> tuple[Any, nn.Module]:
+    """``(method, model in eval mode on device)`` from a loaded classifier checkpoint dict."""
+    from wsss.config import ModelConfig, from_dict
+    from wsss.methods import get_method
+
     # Only the model section is needed; other sections may have changed since the file was made.
     model_cfg = from_dict(state["config"].get("model", {}), ModelConfig, prefix="model.")
     method = get_method(state["method"])(state["num_classes"], state["method_params"])
     model = method.build_model(dataclasses.replace(model_cfg, pretrained=None))
     model.load_state_dict(state["state_dict"])
-    return method, model.to(device).eval(), state
+    return method, model.to(device).eval()

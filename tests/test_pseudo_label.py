@@ -1,0 +1,248 @@
+"""Ray Data pseudo-labelling: same masks as `wsss cam` + `wsss refine`, resume, bad inputs,
+URIs, and a simulated two-node cluster (work on both nodes; a killed map actor loses nothing)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from wsss.cams import load_maps
+from wsss.cli import main
+from wsss.config import CamConfig, ExperimentConfig, RefineConfig, TrackingConfig
+from wsss.methods import get_method
+from wsss.pseudo_label import PipelineOptions, WorkerPlan, plan_workers, run_pseudo_label
+from wsss.stages import run_cams
+from wsss.stages_segmentation import run_refine
+from wsss.storage import Location
+from wsss.train.checkpoint import save_checkpoint
+
+CAM = CamConfig(kind="gradcam", scales=(1.0, 0.5), flip=True, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A seeded, untrained ResNet-18 CAM classifier for the synthetic classes."""
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    torch.manual_seed(0)
+    method = get_method("cam")(5)
+    model = method.build_model(ExperimentConfig().model)
+    save_checkpoint(path, model=model, method=method, cfg=ExperimentConfig(),
+                    class_names=["background", "a", "b", "c", "d", "e"], has_background=True,
+                    epoch=1)
+    return path
+
+
+def _ids(root: Path, split: str = "train") -> list[str]:
+    return (root / f"ImageSets/Segmentation/{split}.txt").read_text().split()
+
+
+def _masks(folder: Path) -> dict[str, np.ndarray]:
+    return {p.stem: np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))
+            if p.name != "samples.png"}
+
+
+def _tracking(tmp_path: Path) -> TrackingConfig:
+    return TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, synth_root, checkpoint) -> tuple[Path, Path, dict]:
+    """Maps and masks of the single-process path (run_cams + run_refine), CRF on."""
+    base = tmp_path_factory.mktemp("reference")
+    tracking = _tracking(base)
+    run_cams(checkpoint, synth_root, "train", base / "cams", CAM, tracking, device="cpu")
+    report = run_refine(base / "cams", synth_root, "train", base / "masks", RefineConfig(),
+                        tracking)
+    return base / "cams", base / "masks", report.extra
+
+
+@pytest.mark.parametrize("kind", ["path", "file-uri", "fsspec-memory"])
+def test_locations_read_write_list_and_clean_up(tmp_path, kind):
+    uri = {"path": str(tmp_path), "file-uri": tmp_path.as_uri(),
+           "fsspec-memory": f"memory://{tmp_path.name}"}[kind]
+    loc = Location.parse(uri)
+    assert loc.is_local == (kind != "fsspec-memory")
+    loc.write_bytes(b"mask", "sub", "a.png")
+    loc.write_bytes(b"half", "sub", ".a.png.x1.tmp")  # what a killed local writer leaves
+    assert loc.read_bytes("sub", "a.png") == b"mask" and loc.is_file("sub", "a.png")
+    assert loc.list_files("sub") == [".a.png.x1.tmp", "a.png"] and loc.list_files("no") == []
+    assert loc.remove_temp_files("sub") == 1 and loc.list_files("sub") == ["a.png"]
+    with pytest.raises(FileNotFoundError, match=r"file not found: .*sub/b\.png"):
+        loc.read_bytes("sub", "b.png")
+    if loc.is_local:
+        assert loc.local_path("sub", "a.png") == tmp_path / "sub" / "a.png"
+
+
+def test_plan_keeps_cpus_for_the_tasks():
+    assert plan_workers({"CPU": 2}, PipelineOptions()) == WorkerPlan(1, 1.0, 0.0, 1)
+    assert plan_workers({"CPU": 2}, PipelineOptions(cam_workers=2)) == WorkerPlan(2, 0.5, 0.0, 1)
+    assert plan_workers({"CPU": 9}, PipelineOptions(cam_workers=2)) == WorkerPlan(2, 4.0, 0.0, 4)
+    gpu = plan_workers({"CPU": 8, "GPU": 2}, PipelineOptions())
+    assert gpu.workers == 2 and gpu.gpus == 1.0 and gpu.cpus == 1.0 and gpu.device == "cuda"
+    with pytest.raises(ValueError, match="needs at least 2"):
+        plan_workers({"CPU": 1}, PipelineOptions())
+
+
+@pytest.mark.slow
+def test_masks_and_maps_equal_the_single_process_path(ray_session, synth_root, checkpoint,
+                                                      reference, tmp_path):
+    cams_dir, masks_dir, ref_extra = reference
+    out = tmp_path / "out"
+    report = run_pseudo_label(checkpoint, synth_root, "train", out, CAM, RefineConfig(),
+                              _tracking(tmp_path),
+                              PipelineOptions(save_maps=True, evaluate=True))
+    ids = _ids(synth_root)
+    assert report.done == len(ids) and report.reused == 0 and report.failed == []
+    expected, got = _masks(masks_dir), _masks(out)
+    assert sorted(got) == sorted(expected) == sorted(ids)
+    for sample_id in ids:
+        assert np.array_equal(got[sample_id], expected[sample_id]), sample_id
+        maps, class_ids = load_maps(out / "maps" / f"{sample_id}.npz")
+        ref_maps, ref_ids = load_maps(cams_dir / f"{sample_id}.npz")
+        assert class_ids == ref_ids and np.array_equal(maps, ref_maps), sample_id
+    # --eval merges per-block confusion matrices into the same score as scoring the files
+    assert report.extra["miou"] == pytest.approx(ref_extra["miou"], abs=1e-12)
+    client = mlflow.MlflowClient(_tracking(tmp_path).uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("wsss").experiment_id],
+                                "tags.stage = 'pseudo-label'")
+    assert run.data.metrics["images_done"] == len(ids)
+    assert run.data.metrics["miou"] == pytest.approx(ref_extra["miou"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"samples.png", "report.json", "scores.txt"} <= artifacts
+
+
+@pytest.mark.slow
+def test_resume_after_interruption_writes_each_mask_once(ray_session, synth_root, checkpoint,
+                                                         reference, tmp_path, monkeypatch,
+                                                         capsys):
+    import wsss.pseudo_label as pl
+
+    _, masks_dir, _ = reference
+    ids, out = _ids(synth_root), tmp_path / "out"
+    args = ["pseudo-label", "--checkpoint", str(checkpoint), "--data", synth_root.as_uri(),
+            "--out", str(out), "--batch-size", "2", "--kind", "gradcam", "--scales", "1",
+            "0.5", "--flip", "--tracking-uri", _tracking(tmp_path).uri]
+    real_count, seen = pl._count, []
+
+    def interrupt_after_first_mask(*a):
+        seen.append(a)
+        if len(seen) == 2:  # one image counted at both stages: the driver dies here
+            raise KeyboardInterrupt
+        real_count(*a)
+
+    monkeypatch.setattr(pl, "_count", interrupt_after_first_mask)
+    with pytest.raises(KeyboardInterrupt):
+        main(args)
+    monkeypatch.undo()
+    first = _wait_for_stable_listing(out)
+    assert 0 < len(first) < len(ids), "the run was not interrupted half-way"
+    stale = out / f".{ids[0]}.png.x1y2.tmp"  # what a write cut short leaves behind
+    stale.write_bytes(b"partial")
+    capsys.readouterr()
+    assert main(args) == 0
+    assert f"{len(ids) - len(first)} done" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["reused"] == len(first) and report["done"] == len(ids) - len(first)
+    assert report["failed"] == [] and not stale.exists()
+    got, expected = _masks(out), _masks(masks_dir)
+    assert sorted(got) == sorted(ids)
+    assert all(np.array_equal(got[i], expected[i]) for i in ids)
+    assert not list(out.glob(".*.tmp"))
+
+
+def _wait_for_stable_listing(folder: Path, quiet: float = 1.5) -> set[str]:
+    """Mask files in ``folder`` once no new file appeared for ``quiet`` seconds."""
+    names, since = None, time.monotonic()
+    while True:
+        now = {p.name for p in folder.glob("*.png")}
+        if now != names:
+            names, since = now, time.monotonic()
+        elif time.monotonic() - since > quiet:
+            return names
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_bad_images_are_listed_and_the_rest_done(ray_session, broken_train_set, checkpoint,
+                                                 tmp_path):
+    out = tmp_path / "out"
+    report = run_pseudo_label(checkpoint, broken_train_set, "train", out,
+                              CamConfig(batch_size=4), RefineConfig(crf=False),
+                              _tracking(tmp_path))
+    failed = json.loads((out / "report.json").read_text())["failed"]
+    reasons = {entry["id"]: entry["reason"] for entry in failed}
+    assert set(reasons) == {"broken_jpeg", "missing_image"}
+    assert "cannot read image" in reasons["broken_jpeg"]
+    assert "JPEGImages/broken_jpeg.jpg" in reasons["broken_jpeg"]
+    assert "image not found for id 'missing_image'" in reasons["missing_image"]
+    good = [i for i in _ids(broken_train_set) if i not in reasons]
+    assert report.done == len(good) and sorted(_masks(out)) == sorted(good)
+
+
+# -- a simulated two-node cluster -------------------------------------------------------------
+def _map_actor_pids() -> list[int]:
+    """Pids of this test's map actors (descendants of this process: the cluster's raylets)."""
+    import psutil
+
+    pids = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if "CamExtractor" in " ".join(proc.cmdline()):
+                pids.append(proc.pid)
+        except psutil.Error:
+            continue
+    return pids
+
+
+def _kill_a_map_actor_midway(out: Path, total: int, killed: list) -> None:
+    """Once the first mask exists, SIGKILL one map actor; records (pid, masks written)."""
+    import signal
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        written = len(list(out.glob("*.png")))
+        pids = _map_actor_pids()
+        if written and pids:
+            import os
+
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append((pids[0], written))
+            return
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_two_nodes_share_the_work_and_a_killed_actor_loses_nothing(two_node_cluster, synth_root,
+                                                                   checkpoint, tmp_path):
+    import ray
+
+    nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert len(nodes) == 2
+    ids, cam = _ids(synth_root), CamConfig(batch_size=2)
+    options = PipelineOptions(cam_workers=2)
+    clean = run_pseudo_label(checkpoint, synth_root, "train", tmp_path / "clean", cam,
+                             RefineConfig(), _tracking(tmp_path), options)
+    assert clean.done == len(ids) and clean.failed == []
+    assert set(clean.nodes["cam"]) == nodes, clean.nodes  # a map actor on each node
+    assert set(clean.nodes["cam"]) | set(clean.nodes["refine"]) == nodes
+
+    out, killed = tmp_path / "killed", []
+    out.mkdir()
+    killer = threading.Thread(target=_kill_a_map_actor_midway, args=(out, len(ids), killed))
+    killer.start()
+    report = run_pseudo_label(checkpoint, synth_root, "train", out, cam, RefineConfig(),
+                              _tracking(tmp_path), options)
+    killer.join()
+    assert killed and killed[0][1] < len(ids), f"no actor was killed mid-run: {killed}"
+    assert report.done == len(ids) and report.failed == []  # each image reported once
+    got, expected = _masks(out), _masks(tmp_path / "clean")
+    assert sorted(got) == sorted(expected) == sorted(ids)
+    assert all(np.array_equal(got[i], expected[i]) for i in ids)

@@ -1,0 +1,133 @@
+"""Folders on a local disk or in an object store, behind one small interface.
+
+``Location.parse`` takes a plain path, a ``file://`` URI or any URI pyarrow understands
+(``s3://``, ``gs://``, ``hdfs://``); other schemes go through fsspec when it knows them. A
+``Location`` is picklable, so Ray tasks on any node read and write through it.
+
+Writes are atomic: on a local disk through a temporary file in the same folder and a rename
+(``wsss.viz.write_atomic``); in an object store a single PUT publishes the object only when it
+is complete.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+TEMP_SUFFIX = ".tmp"
+
+
+@dataclass(frozen=True)
+class Location:
+    """A folder: ``filesystem`` (pyarrow) and ``root`` inside it; ``uri`` as the user gave it."""
+
+    filesystem: Any
+    root: str
+    uri: str
+
+    @classmethod
+    def parse(cls, uri_or_path: str | os.PathLike) -> "Location":
+        """Resolve a path or URI; local paths become absolute (Ray workers have another cwd)."""
+        import pyarrow as pa
+        import pyarrow.fs as pafs
+
+        text = str(uri_or_path)
+        if "://" not in text:
+            return cls(pafs.LocalFileSystem(), str(Path(text).expanduser().resolve()), text)
+        try:
+            filesystem, root = pafs.FileSystem.from_uri(text)
+        except (pa.ArrowInvalid, ValueError) as err:
+            filesystem, root = _fsspec_filesystem(text, err)
+        return cls(filesystem, root.rstrip("/") or "/", text)
+
+    @property
+    def is_local(self) -> bool:
+        import pyarrow.fs as pafs
+
+        return isinstance(self.filesystem, pafs.LocalFileSystem)
+
+    def path(self, *parts: str) -> str:
+        """Full path of ``parts`` inside the filesystem."""
+        return "/".join([self.root.rstrip("/"), *parts]) if parts else self.root
+
+    def name(self, *parts: str) -> str:
+        """``parts`` as the user would write them (for messages)."""
+        return "/".join([self.uri.rstrip("/"), *parts])
+
+    def local_path(self, *parts: str) -> Path:
+        """The local file of ``parts``; only for local locations."""
+        if not self.is_local:
+            raise ValueError(f"{self.uri} is not on a local disk")
+        return Path(self.path(*parts))
+
+    def is_dir(self, *parts: str) -> bool:
+        import pyarrow.fs as pafs
+
+        return self.filesystem.get_file_info(self.path(*parts)).type == pafs.FileType.Directory
+
+    def is_file(self, *parts: str) -> bool:
+        import pyarrow.fs as pafs
+
+        return self.filesystem.get_file_info(self.path(*parts)).type == pafs.FileType.File
+
+    def list_files(self, *parts: str) -> list[str]:
+        """Names of the files directly inside folder ``parts`` ([] when it does not exist)."""
+        import pyarrow.fs as pafs
+
+        if not self.is_dir(*parts):
+            return []
+        selector = pafs.FileSelector(self.path(*parts), recursive=False)
+        return sorted(info.base_name for info in self.filesystem.get_file_info(selector)
+                      if info.type == pafs.FileType.File)
+
+    def read_bytes(self, *parts: str) -> bytes:
+        """Content of file ``parts``; FileNotFoundError naming it when it is missing."""
+        try:
+            with self.filesystem.open_input_stream(self.path(*parts)) as stream:
+                return stream.readall()
+        except (FileNotFoundError, OSError) as err:
+            if not self.is_file(*parts):
+                raise FileNotFoundError(f"file not found: {self.name(*parts)}") from err
+            raise
+
+    def read_text(self, *parts: str) -> str:
+        return self.read_bytes(*parts).decode("utf-8")
+
+    def write_bytes(self, data: bytes, *parts: str) -> str:
+        """Write ``data`` to file ``parts`` atomically; returns its full path."""
+        from wsss.viz import write_atomic
+
+        if self.is_local:
+            return str(write_atomic(self.local_path(*parts), data))
+        path = self.path(*parts)
+        self.filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with self.filesystem.open_output_stream(path) as stream:
+            stream.write(data)
+        return path
+
+    def make_dirs(self, *parts: str) -> None:
+        self.filesystem.create_dir(self.path(*parts), recursive=True)
+
+    def remove_temp_files(self, *parts: str) -> int:
+        """Delete temporary files (``.<name>.*.tmp``) a killed writer left in folder ``parts``."""
+        stale = [n for n in self.list_files(*parts)
+                 if n.startswith(".") and n.endswith(TEMP_SUFFIX)]
+        for name in stale:
+            self.filesystem.delete_file(self.path(*parts, name))
+        return len(stale)
+
+
+def _fsspec_filesystem(uri: str, cause: Exception) -> tuple[Any, str]:
+    """(pyarrow filesystem wrapping fsspec's, path) for URIs pyarrow does not know."""
+    try:
+        import pyarrow.fs as pafs
+        from fsspec.core import url_to_fs
+    except ImportError as err:
+        raise ValueError(f"cannot open {uri}: {cause} (and fsspec is not installed)") from err
+    try:
+        fs, root = url_to_fs(uri)
+    except (ValueError, ImportError) as err:
+        raise ValueError(f"cannot open {uri}: {err}") from err
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), root
