@@ -1,0 +1,116 @@
+"""What one sweep trial runs: Ray Train classifier training(s) whose reports go to Tune.
+
+With Ray Train V2 a Tune trial builds the ``TorchTrainer`` itself (``train_classifier``) and a
+Train callback forwards each epoch's report to Tune. Multi-round methods (adversarial erasing)
+train one Ray Train run per round; reports carry ``epoch_total`` (epochs over all rounds so far),
+the monotone time attribute ASHA schedules on. Train runs are named by trial id and round, so a
+retried trial resumes each round from its last checkpoint and skips rounds already done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from wsss.config import ExperimentConfig, from_dict
+
+OBJECTIVE = "pseudo_miou"
+TIME_ATTR = "epoch_total"
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """What every trial of a sweep shares (paths are absolute; URIs reach every node)."""
+
+    base_config: dict[str, Any]
+    workdir: str  # local folder for final model files
+    storage_path: str  # Ray storage (local or s3://) of the sweep
+    experiment: str
+    tracking_uri: str
+    parent_run_id: str
+    eval_ids: tuple[str, ...] = ()
+    workers_per_trial: int = 1
+    gpus_per_trial: float = 0.0
+    crash_marker: str | None = None  # tests: the first report of the sweep crashes its trial
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def base(self) -> ExperimentConfig:
+        return from_dict(self.base_config)
+
+
+class TuneForwarder(TuneReportCallback):
+    """Ray Train callback: add the round and ``epoch_total`` to rank 0's report, log it to the
+    trial's MLflow run (step = ``epoch_total``) and hand it to Tune."""
+
+    def __init__(self, round_number: int, epoch_offset: int, run_id: str, tracking_uri: str,
+                 crash_marker: str | None = None) -> None:
+        super().__init__()
+        self.round_number, self.epoch_offset = round_number, epoch_offset
+        self.run_id, self.tracking_uri, self.crash_marker = run_id, tracking_uri, crash_marker
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
+                     checkpoint: Any) -> None:
+        from wsss.tracking import log_metrics
+
+        first = {**metrics[0], "round": self.round_number,
+                 TIME_ATTR: self.epoch_offset + int(metrics[0]["epoch"])}
+        log_metrics(first, step=first[TIME_ATTR], run_id=self.run_id, uri=self.tracking_uri)
+        super().after_report(run_context, [first, *metrics[1:]], checkpoint)
+        _maybe_crash(self.crash_marker)
+
+
+def _maybe_crash(marker: str | None) -> None:
+    """Fail once per marker file: lets tests check that a crashed trial is retried."""
+    if marker is None or Path(marker).exists():
+        return
+    Path(marker).parent.mkdir(parents=True, exist_ok=True)
+    Path(marker).write_text("crashed once\n")
+    raise RuntimeError(f"injected trial crash (marker {marker})")
+
+
+def train_trial(config: dict[str, Any], ctx: SweepContext) -> None:
+    """Tune function trainable: train the trial's method (all its rounds) with Ray Train."""
+    import ray.tune
+
+    from wsss.methods import get_method
+    from wsss.sweeps.spaces import apply_trial
+    from wsss.sweeps.tracking import trial_run
+    from wsss.train.classifier import train_classifier
+
+    trial = ray.tune.get_context()
+    trial_id = trial.get_trial_id()
+    cfg = _scaled(apply_trial(ctx.base(), config), ctx)
+    run_id = trial_run(ctx, trial_id, trial.get_trial_name(), cfg)
+    rounds = get_method(cfg.method.name)(1, cfg.method.params).num_rounds
+    out_dir = Path(ctx.workdir) / "trials" / trial_id
+    previous = None
+    for k in range(rounds):
+        final = out_dir / f"round{k + 1}" / "model.pt"
+        if final.is_file():  # a retried trial: this round finished before the crash
+            previous = final
+            continue
+        forward = TuneForwarder(k + 1, k * cfg.train.epochs, run_id, ctx.tracking_uri,
+                               ctx.crash_marker)
+        result = train_classifier(
+            cfg, final.parent, f"{trial_id}-round{k + 1}",
+            storage_path=f"{ctx.storage_path.rstrip('/')}/{ctx.experiment}-train",
+            round_index=k, init_model=previous, mask_eval_ids=ctx.eval_ids,
+            callbacks=[forward], resources_per_worker=_worker_resources(ctx))
+        previous = result.checkpoint
+
+
+def _scaled(cfg: ExperimentConfig, ctx: SweepContext) -> ExperimentConfig:
+    train = dataclasses.replace(cfg.train, num_workers=ctx.workers_per_trial,
+                                use_gpu=ctx.gpus_per_trial > 0)
+    return dataclasses.replace(cfg, train=train)
+
+
+def _worker_resources(ctx: SweepContext) -> dict[str, float]:
+    resources = {"CPU": 1.0}
+    if ctx.gpus_per_trial > 0:
+        resources["GPU"] = ctx.gpus_per_trial / ctx.workers_per_trial
+    return resources
