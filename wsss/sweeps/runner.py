@@ -38,13 +38,26 @@ class Sweep:
         default_factory=lambda: {"cpu": 0, "memory": 256 * 2**20})
 
     def space(self, smoke: bool) -> Space:
-        smoke_keys = {k.key: k for k in self.smoke_knobs} if smoke else {}
-        return Space([smoke_keys.get(k.key, k) for k in self.knobs], self.constants, self.methods)
+        return Space(self.knobs, self.constants, self.methods,
+                     overrides=self.smoke_knobs if smoke else ())
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Options of this sweep only (none by default)."""
 
     def prepare(self, args: argparse.Namespace, cfg: ExperimentConfig,
                 workdir: Path) -> dict[str, Any]:
         """Work shared by all trials before the sweep starts (extra context for trials)."""
         return {}
+
+    def samples(self, ctx: Any, cfg: ExperimentConfig, row: dict[str, Any],
+                out_dir: Path) -> list[Path]:
+        """CAM overlays and pseudo-masks of the trial's last checkpoint (none without one)."""
+        from wsss.sweeps.samples import checkpoint_samples
+
+        if not row.get("checkpoint_path"):
+            return []
+        return checkpoint_samples(row["checkpoint_path"], cfg.data.root, ctx.eval_ids[:6],
+                                  cfg.refine, out_dir)
 
     def full_length(self, cfg: ExperimentConfig, trial_config: dict[str, Any]) -> int:
         """Time-attribute units a trial runs when nothing stops it (rounds x epochs)."""
@@ -98,6 +111,7 @@ def build_parser(sweep: Sweep, description: str | None) -> argparse.ArgumentPars
                    help="base config override, e.g. data.crop_size=96 (repeatable)")
     p.add_argument("--search", choices=("tpe", "random"), default="tpe")
     p.add_argument("--scheduler", choices=("asha", "fifo"), default="asha")
+    sweep.add_arguments(p)
     return p
 
 
@@ -105,7 +119,10 @@ def base_config(args: argparse.Namespace, data_root: Path) -> ExperimentConfig:
     """Defaults for every trial; ``--smoke-test`` makes them tiny."""
     overrides = [f"data.root={data_root}", f"train.seed={args.seed}", "train.batch_size=8",
                  f"train.epochs={args.epochs or (1 if args.smoke_test else 4)}",
-                 f"data.crop_size={64 if args.smoke_test else 96}"]
+                 f"data.crop_size={64 if args.smoke_test else 96}",
+                 f"tracking.experiment={args.experiment}"]
+    if args.tracking_uri:
+        overrides.append(f"tracking.uri={args.tracking_uri}")
     return load_config(None, overrides + list(args.overrides))
 
 

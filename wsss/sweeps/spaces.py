@@ -97,12 +97,15 @@ class Space:
 
     ``Space(knobs, constants)`` suggests every knob under its key. With ``methods`` the method is
     searched too: ``method.name`` is suggested first, then that method's knobs under
-    ``"<method>:<key>"`` names (each method's distributions stay separate).
+    ``"<method>:<key>"`` names (each method's distributions stay separate). ``overrides``
+    replace knobs of the same key (e.g. narrower ranges for a smoke test).
     """
 
     def __init__(self, knobs: Sequence[Knob] = (), constants: Mapping[str, Any] | None = None,
-                 methods: Sequence[str] | None = None) -> None:
-        self.knobs = tuple(knobs)
+                 methods: Sequence[str] | None = None,
+                 overrides: Sequence[Knob] = ()) -> None:
+        self.overrides = {k.key: k for k in overrides}
+        self.knobs = tuple(self.overrides.get(k.key, k) for k in knobs)
         self.constants = dict(constants or {})
         self.methods = tuple(methods) if methods else None
         for name in self.methods or ():
@@ -114,6 +117,7 @@ class Space:
         if self.methods:
             name = trial.suggest_categorical("method.name", list(self.methods))
             for knob in method_knobs(name):
+                knob = self.overrides.get(knob.key, knob)
                 knob.suggest(trial, f"{name}{SEP}{knob.key}")
         return dict(self.constants) or None
 

@@ -83,7 +83,7 @@ def train_trial(config: dict[str, Any], ctx: SweepContext) -> None:
 
     trial = ray.tune.get_context()
     trial_id = trial.get_trial_id()
-    cfg = _scaled(apply_trial(ctx.base(), config), ctx)
+    cfg = scaled(apply_trial(ctx.base(), config), ctx.workers_per_trial, ctx.gpus_per_trial)
     run_id = trial_run(ctx, trial_id, trial.get_trial_name(), cfg)
     rounds = get_method(cfg.method.name)(1, cfg.method.params).num_rounds
     out_dir = Path(ctx.workdir) / "trials" / trial_id
@@ -103,9 +103,9 @@ def train_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         previous = result.checkpoint
 
 
-def _scaled(cfg: ExperimentConfig, ctx: SweepContext) -> ExperimentConfig:
-    train = dataclasses.replace(cfg.train, num_workers=ctx.workers_per_trial,
-                                use_gpu=ctx.gpus_per_trial > 0)
+def scaled(cfg: ExperimentConfig, workers: int, gpus: float) -> ExperimentConfig:
+    """``cfg`` trained by ``workers`` Ray Train workers, on GPUs when ``gpus`` > 0."""
+    train = dataclasses.replace(cfg.train, num_workers=workers, use_gpu=gpus > 0)
     return dataclasses.replace(cfg, train=train)
 
 

@@ -105,21 +105,16 @@ def record_results(sweep: Sweep, ctx: SweepContext, cfg: Any, results: Any) -> d
         run = runs.get(row["trial_id"])
         if run is not None and "wsss.status" not in run.data.tags:
             close_trial_run(ctx.tracking_uri, run.info.run_id, row, sweep.time_attr,
-                            _trial_samples(ctx, cfg, row))
+                            _trial_samples(sweep, ctx, cfg, row))
     return summarize_sweep(ctx.tracking_uri, ctx.parent_run_id, rows, sweep.time_attr)
 
 
-def _trial_samples(ctx: SweepContext, cfg: Any, row: dict[str, Any]) -> list[Path]:
-    """CAM overlays and pseudo-masks of the trial's last checkpoint (none if it has none)."""
-    from wsss.sweeps.samples import checkpoint_samples
-
-    if not row.get("checkpoint_path"):
-        return []
-    out = Path(ctx.workdir) / "samples" / row["trial_id"]
+def _trial_samples(sweep: Sweep, ctx: SweepContext, cfg: Any,
+                   row: dict[str, Any]) -> list[Path]:
+    """The trial's pictures; a failure is reported, never allowed to lose the summary."""
     try:
-        return checkpoint_samples(row["checkpoint_path"], cfg.data.root, ctx.eval_ids[:6],
-                                  cfg.refine, out)
-    except Exception as err:  # a missing picture must not lose the sweep's summary
+        return sweep.samples(ctx, cfg, row, Path(ctx.workdir) / "samples" / row["trial_id"])
+    except Exception as err:  # noqa: BLE001
         print(f"warning: no samples for trial {row['trial_id']}: {err}", file=sys.stderr)
         return []
 
