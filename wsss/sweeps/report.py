@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -27,7 +28,7 @@ def trial_row(result: Any, full_length: Callable[[dict[str, Any]], int], time_at
     full = full_length(result.config)
     status = "error" if result.error else ("stopped early" if ran < full else "completed")
     value = metrics.get(objective)
-    return {"trial_id": metrics.get("trial_id") or Path(result.path).name.split("_")[-2],
+    return {"trial_id": metrics.get("trial_id") or _trial_id_from_path(result.path),
             "objective": float(value) if value is not None else math.nan,
             time_attr: ran, "full": full, "status": status,
             "checkpoint_path": metrics.get("checkpoint_path"),
@@ -64,12 +65,29 @@ def summarize_sweep(uri: str, parent_run_id: str, rows: list[dict[str, Any]],
     client.log_metric(parent_run_id, f"{time_attr}_run", ran)
     client.log_metric(parent_run_id, f"{time_attr}_full_budget", full)
     if best is not None:
-        client.log_metric(parent_run_id, "best_objective", best["objective"])
-        client.set_tag(parent_run_id, "wsss.best_trial_id", best["trial_id"])
-        for key, value in best["knobs"].items():
-            client.log_param(parent_run_id, f"best.{key}", str(value))
+        _log_best(client, parent_run_id, best)
     client.set_terminated(parent_run_id, status="FINISHED")
     return best
+
+
+def _log_best(client: Any, run_id: str, best: dict[str, Any]) -> None:
+    """Best objective, trial and config (``best.*`` params when first set; MLflow params are
+    immutable, so a resumed sweep with a new best updates the ``wsss.best.*`` tags)."""
+    client.log_metric(run_id, "best_objective", best["objective"])
+    client.set_tag(run_id, "wsss.best_trial_id", best["trial_id"])
+    params = client.get_run(run_id).data.params
+    for key, value in best["knobs"].items():
+        client.set_tag(run_id, f"wsss.best.{key}", str(value))
+        if f"best.{key}" not in params:
+            client.log_param(run_id, f"best.{key}", str(value))
+    client.log_dict(run_id, {"trial_id": best["trial_id"], "objective": best["objective"],
+                             "config": best["knobs"]}, "best_config.json")
+
+
+def _trial_id_from_path(path: str) -> str:
+    """Tune's trial id from a trial folder name such as ``train_trial_1a2b3c4d_3_...``."""
+    found = re.search(r"_([0-9a-f]{5,})_\d+", Path(path).name)
+    return found.group(1) if found else Path(path).name
 
 
 def write_outputs(rows: list[dict[str, Any]], out_dir: Path, time_attr: str) -> list[Path]:
@@ -96,10 +114,14 @@ def format_table(rows: list[dict[str, Any]], time_attr: str) -> str:
 
 
 def plot_knobs(rows: list[dict[str, Any]], keys: Sequence[str], path: Path) -> Path:
-    """Scatter of the objective against each knob (categorical knobs on a labelled axis)."""
+    """Scatter of the objective against each knob that varies (categorical knobs on a
+    labelled axis)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
+    varying = [k for k in keys if len({str(r["knobs"].get(k)) for r in rows}) > 1]
+    keys = varying or list(keys)
     cols = max(1, min(3, len(keys)))
     nrows = max(1, math.ceil(len(keys) / cols))
     fig = Figure(figsize=(4 * cols, 3 * nrows), dpi=100)
@@ -119,6 +141,7 @@ def plot_knobs(rows: list[dict[str, Any]], keys: Sequence[str], path: Path) -> P
         ax.set_ylabel("objective", fontsize=8)
         if numeric and key.endswith("lr"):
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
     for ax in axes[len(keys):]:
         ax.set_axis_off()
     fig.tight_layout()

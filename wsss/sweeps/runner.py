@@ -68,12 +68,13 @@ class Sweep:
         return method.num_rounds * trial_cfg.train.epochs
 
     def max_t(self, cfg: ExperimentConfig) -> int:
-        """Largest time attribute any trial reaches (ASHA's ``max_t``)."""
-        rounds = max([k.high for k in self.knobs if k.key == "method.params.steps"] or [1])
+        """Largest time attribute any trial reaches (ASHA's ``max_t``): most rounds x epochs."""
+        from wsss.sweeps.spaces import method_knobs
+
         methods = self.methods or [self.constants.get("method.name", cfg.method.name)]
-        if "adversarial_erasing" in methods:
-            rounds = max(rounds, 4)
-        return int(rounds) * cfg.train.epochs
+        knobs = [*self.knobs, *(k for m in methods for k in method_knobs(m))]
+        steps = [k.high for k in knobs if k.key == "method.params.steps"]
+        return int(max(steps or [1])) * cfg.train.epochs
 
 
 def training_sweep(name: str, method: str, knobs: Sequence[Knob] = (),

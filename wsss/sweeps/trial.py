@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ray.train.v2._internal.execution.callback import WorkerGroupCallback
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from wsss.config import ExperimentConfig, from_dict
 
 OBJECTIVE = "pseudo_miou"
 TIME_ATTR = "epoch_total"
+PLACEMENT_GROUP = "train_placement_group"
 
 
 @dataclass(frozen=True)
@@ -44,13 +46,21 @@ class SweepContext:
 
 class TuneForwarder(TuneReportCallback):
     """Ray Train callback: add the round and ``epoch_total`` to rank 0's report, log it to the
-    trial's MLflow run (step = ``epoch_total``) and hand it to Tune."""
+    trial's MLflow run (step = ``epoch_total``) and hand it to Tune.
+
+    Reports also carry the id of the workers' placement group: when Tune stops a trial (ASHA)
+    its Train controller dies with it, and the sweep driver releases that group
+    (:class:`~wsss.sweeps.tuner.ReleaseStoppedTrials`) in case Ray's own cleaner cannot.
+    Pass ``[forwarder, forwarder.recorder]`` as the run's callbacks.
+    """
 
     def __init__(self, round_number: int, epoch_offset: int, run_id: str, tracking_uri: str,
                  crash_marker: str | None = None) -> None:
         super().__init__()
         self.round_number, self.epoch_offset = round_number, epoch_offset
         self.run_id, self.tracking_uri, self.crash_marker = run_id, tracking_uri, crash_marker
+        self.placement_group: str | None = None
+        self.recorder = PlacementGroupRecorder(self)
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
                      checkpoint: Any) -> None:
@@ -58,9 +68,25 @@ class TuneForwarder(TuneReportCallback):
 
         first = {**metrics[0], "round": self.round_number,
                  TIME_ATTR: self.epoch_offset + int(metrics[0]["epoch"])}
+        if self.placement_group:
+            first[PLACEMENT_GROUP] = self.placement_group
         log_metrics(first, step=first[TIME_ATTR], run_id=self.run_id, uri=self.tracking_uri)
         super().after_report(run_context, [first, *metrics[1:]], checkpoint)
         _maybe_crash(self.crash_marker)
+
+
+class PlacementGroupRecorder(WorkerGroupCallback):
+    """Internal Ray Train callback: tell the forwarder its workers' placement group id."""
+
+    def __init__(self, forwarder: TuneForwarder) -> None:
+        self.forwarder = forwarder
+
+    def after_worker_group_start(self, worker_group: Any) -> None:
+        try:  # Ray Train internals: best effort, the id only helps release resources early
+            handle = worker_group.get_worker_group_state().placement_group_handle
+            self.forwarder.placement_group = handle.placement_group.id.hex()
+        except AttributeError:
+            self.forwarder.placement_group = None
 
 
 def _maybe_crash(marker: str | None) -> None:
@@ -99,7 +125,7 @@ def train_trial(config: dict[str, Any], ctx: SweepContext) -> None:
             cfg, final.parent, f"{trial_id}-round{k + 1}",
             storage_path=f"{ctx.storage_path.rstrip('/')}/{ctx.experiment}-train",
             round_index=k, init_model=previous, mask_eval_ids=ctx.eval_ids,
-            callbacks=[forward], resources_per_worker=_worker_resources(ctx))
+            callbacks=[forward, forward.recorder], resources_per_worker=_worker_resources(ctx))
         previous = result.checkpoint
 
 

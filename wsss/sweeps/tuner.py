@@ -11,7 +11,9 @@ from typing import Any, Sequence
 
 from wsss.sweeps.runner import (CRASH_ENV, Sweep, base_config, build_parser, dataset_root,
                                 select_train_eval_ids)
-from wsss.sweeps.trial import OBJECTIVE, SweepContext
+from ray.tune import Callback
+
+from wsss.sweeps.trial import OBJECTIVE, PLACEMENT_GROUP, SweepContext
 
 
 def main(sweep: Sweep, argv: Sequence[str] | None = None, description: str | None = None) -> int:
@@ -64,8 +66,41 @@ def make_tuner(sweep: Sweep, args: argparse.Namespace, ctx: SweepContext, cfg: A
                                   search_alg=_searcher(sweep, args),
                                   scheduler=_scheduler(sweep, args, cfg))
     run_config = tune.RunConfig(name=args.experiment, storage_path=ctx.storage_path,
-                                failure_config=tune.FailureConfig(max_failures=2))
+                                failure_config=tune.FailureConfig(max_failures=2),
+                                callbacks=[ReleaseStoppedTrials()])
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+
+
+class ReleaseStoppedTrials(Callback):
+    """Release the Ray Train workers' placement group of a trial that ended or was stopped.
+
+    A trial stopped by ASHA takes its Train controller down before the controller can free its
+    workers' resources; Ray normally frees them with a cleaner actor, which cannot find its
+    cluster when several Ray instances share a machine. Removing an already removed group is a
+    no-op, so this is safe either way.
+    """
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        _release(trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        _release(trial)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        _release(trial)
+
+
+def _release(trial: Any) -> None:
+    from ray._raylet import PlacementGroupID
+    from ray.util import placement_group_table
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    pg_id = (trial.last_result or {}).get(PLACEMENT_GROUP)
+    if not pg_id:
+        return
+    state = placement_group_table().get(pg_id, {}).get("state")
+    if state in ("CREATED", "PENDING", "RESCHEDULING"):
+        remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id))))
 
 
 def _searcher(sweep: Sweep, args: argparse.Namespace) -> Any:
