@@ -20,7 +20,7 @@ EXPERIMENT = "demo-erasing"
 
 
 def run(workdir: Path, n: int, image_size: int, epochs: int, trials: int,
-        concurrent: int) -> int:
+        concurrent: int, eval_images: int) -> int:
     workdir = workdir.resolve()
     data = workdir / "data/demo-synth"
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
@@ -29,7 +29,8 @@ def run(workdir: Path, n: int, image_size: int, epochs: int, trials: int,
         ["wsss", "data", "synth", "--out", str(data), "--n", str(n), "--seed", "0",
          "--image-size", str(image_size)],
         [sys.executable, str(SWEEP_SCRIPT), "--data", str(data), "--num-samples", str(trials),
-         "--max-concurrent", str(concurrent), "--epochs", str(epochs), "--experiment",
+         "--max-concurrent", str(concurrent), "--epochs", str(epochs),
+         "--eval-images", str(eval_images), "--experiment",
          EXPERIMENT, "--workdir", str(workdir / "runs/sweeps"), "--tracking-uri", uri,
          "--set", f"data.crop_size={image_size}"],
         ["wsss", "compare", "--experiment", EXPERIMENT, "--tracking-uri", uri, "--out",
@@ -52,14 +53,16 @@ def run(workdir: Path, n: int, image_size: int, epochs: int, trials: int,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", default=".", type=Path)
-    parser.add_argument("--n", type=int, default=96, help="synthetic images")
-    parser.add_argument("--image-size", type=int, default=80)
+    parser.add_argument("--n", type=int, default=64, help="synthetic images")
+    parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=2, help="epochs per erasing round")
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--max-concurrent", type=int, default=2)
+    parser.add_argument("--eval-images", type=int, default=32,
+                        help="training images whose pseudo-mask mIoU is the objective")
     args = parser.parse_args(argv)
     return run(args.workdir, args.n, args.image_size, args.epochs, args.trials,
-               args.max_concurrent)
+               args.max_concurrent, args.eval_images)
 
 
 if __name__ == "__main__":

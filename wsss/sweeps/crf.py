@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from wsss.config import ExperimentConfig, RefineConfig
-from wsss.sweeps.runner import Sweep
+from wsss.sweeps.runner import SAMPLE_IMAGES, Sweep
 from wsss.sweeps.trial import OBJECTIVE, SweepContext, scaled
 
 CHUNK_ATTR = "chunk"
 CHUNKS = 4
-SAMPLE_IMAGES = 6
 
 
 def refined_mask_scores(cams_dir: str | Path, data_root: str | Path, ids: Sequence[str],

@@ -16,7 +16,6 @@ import numpy as np
 
 from wsss.sweeps.tracking import _client
 
-SAMPLES = 6
 KNOBS_TAG = "wsss.knobs"
 
 

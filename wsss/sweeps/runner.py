@@ -19,6 +19,7 @@ from wsss.sweeps.spaces import LR, Knob, Space, apply_trial
 from wsss.sweeps.trial import TIME_ATTR, train_trial
 
 CRASH_ENV = "WSSS_SWEEP_CRASH_MARKER"  # tests: crash the sweep's first report once
+SAMPLE_IMAGES = 4  # images in each trial's pictures
 
 
 @dataclasses.dataclass
@@ -56,8 +57,8 @@ class Sweep:
 
         if not row.get("checkpoint_path"):
             return []
-        return checkpoint_samples(row["checkpoint_path"], cfg.data.root, ctx.eval_ids[:6],
-                                  cfg.refine, out_dir)
+        return checkpoint_samples(row["checkpoint_path"], cfg.data.root,
+                                  ctx.eval_ids[:SAMPLE_IMAGES], cfg.refine, out_dir)
 
     def full_length(self, cfg: ExperimentConfig, trial_config: dict[str, Any]) -> int:
         """Time-attribute units a trial runs when nothing stops it (rounds x epochs)."""
