@@ -3,7 +3,7 @@ sxy/srgb/compat, iterations) and the background score (threshold or power), on t
 fixed classifier checkpoint (no retraining).
 
     python sweeps/crf.py --smoke-test
-    python sweeps/crf.py --checkpoint runs/classifier/RUN/model.pt --num-samples 40 --max-concurrent 2
+    python sweeps/crf.py --checkpoint runs/classifier/RUN/model.pt --num-samples 40
 """
 
 import sys

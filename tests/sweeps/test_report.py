@@ -27,3 +27,12 @@ def test_tables_are_sorted_best_first_and_plots_written(tmp_path):
     text = format_table(_rows(), "epoch_total").splitlines()
     assert text[0].split()[:4] == ["trial_id", "objective", "epoch_total", "status"]
     assert text[1].startswith("b ") and text[3].startswith("c ")
+
+
+def test_compare_names_an_experiment_without_sweeps(tmp_path, capsys):
+    from wsss.cli import main
+
+    code = main(["compare", "--experiment", "nothing-here", "--tracking-uri",
+                 f"sqlite:///{tmp_path / 'mlflow.db'}", "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "'nothing-here'" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""``wsss compare``: a sweep's trials from MLflow, sorted by objective, with their knobs and plots."""
+"""``wsss compare``: a sweep's trials from MLflow, best objective first, with knobs and plots."""
 
 from __future__ import annotations
 
