@@ -57,11 +57,9 @@ def ray_session():
     """One local Ray (2 CPUs) shared by every test that needs it."""
     import ray
 
-    from wsss.ray_utils import start_local_ray
-
     started = not ray.is_initialized()
-    if started:
-        start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    if started:  # "local": never join another Ray instance found on this machine
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     yield
     if started:
