@@ -10,6 +10,7 @@ retried trial resumes each round from its last checkpoint and skips rounds alrea
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,9 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from wsss.config import ExperimentConfig, from_dict
 
+# Ray Train gives up on a worker group that is not up after 60 s by default; a loaded machine
+# (or a trial waiting for another trial's CPUs) can take longer to start one worker.
+WORKER_START_TIMEOUT_S = "600"
 OBJECTIVE = "pseudo_miou"
 TIME_ATTR = "epoch_total"
 PLACEMENT_GROUP = "train_placement_group"
@@ -109,6 +113,7 @@ def train_trial(config: dict[str, Any], ctx: SweepContext) -> None:
 
     trial = ray.tune.get_context()
     trial_id = trial.get_trial_id()
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", WORKER_START_TIMEOUT_S)
     cfg = scaled(apply_trial(ctx.base(), config), ctx.workers_per_trial, ctx.gpus_per_trial)
     run_id = trial_run(ctx, trial_id, trial.get_trial_name(), cfg)
     rounds = get_method(cfg.method.name)(1, cfg.method.params).num_rounds
