@@ -24,4 +24,4 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) mlruns data/synth cams
+	rm -rf $(VENV) mlruns mlflow.db data/synth data/demo-synth cams runs/sweeps runs/compare

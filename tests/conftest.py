@@ -62,8 +62,8 @@ def ray_session():
     import ray
 
     started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, **RAY_TEST_ARGS)
+    if started:  # "local": never join another Ray instance found on this machine
+        ray.init(address="local", num_cpus=2, **RAY_TEST_ARGS)
     yield
     if started:
         ray.shutdown()
@@ -88,4 +88,4 @@ def two_node_cluster():
     ray.shutdown()
     cluster.shutdown()
     if was_running:
-        ray.init(num_cpus=2, **RAY_TEST_ARGS)
+        ray.init(address="local", num_cpus=2, **RAY_TEST_ARGS)

@@ -13,7 +13,8 @@ from wsss.cli import main
 
 
 @pytest.mark.parametrize("sub", [[], ["data", "synth"], ["train-cls"], ["cam"], ["eval"],
-                                 ["refine"], ["pseudo-label"], ["train-seg"], ["predict"]])
+                                 ["refine"], ["pseudo-label"], ["train-seg"], ["predict"],
+                                 ["compare"]])
 def test_every_subcommand_has_help(sub):
     out = subprocess.run([sys.executable, "-m", "wsss.cli", *sub, "--help"], capture_output=True,
                          text=True, check=True).stdout

@@ -9,6 +9,7 @@
     wsss train-seg --pseudo-masks masks/ --data data/synth
     wsss predict --checkpoint SEG_CKPT --data data/synth --split val --out pred/
     wsss eval --masks pred/ --data data/synth --split val
+    wsss compare --experiment sweep-erasing
 """
 
 from __future__ import annotations
@@ -216,6 +217,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from wsss.sweeps.compare import compare
+    from wsss.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    out = args.out or f"runs/compare/{args.experiment}"
+    try:
+        table, paths = compare(uri, args.experiment, out)
+    except LookupError as err:
+        print(f"wsss compare: error: {err}", file=sys.stderr)
+        return 2
+    print(table)
+    print("wrote " + ", ".join(str(p) for p in paths))
+    print(f"browse: mlflow ui --backend-store-uri {uri}")
+    return 0
+
+
 def _print_report(report, what: str) -> None:
     print(report.summary(what))
     for sample_id, reason in report.failed:
@@ -316,6 +334,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     _add_common(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("compare", help="a sweep's trials sorted by objective, with plots")
+    p.add_argument("--experiment", required=True, help="MLflow experiment of the sweep")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI "
+                                          "or sqlite:///mlflow.db in the working directory)")
+    p.add_argument("--out", help="folder for the table and plots (default: "
+                                 "runs/compare/EXPERIMENT)")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 

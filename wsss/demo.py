@@ -1,52 +1,68 @@
-"""`make demo`: the whole pipeline on a generated dataset with local Ray and a local MLflow store.
+"""`make demo`: the platform's main job on a generated dataset, with local Ray and local MLflow.
 
-Runs exactly the commands a user would type (see README):
-synthetic data -> Ray Train classifier -> CAM maps -> pseudo-mask mIoU.
+Runs exactly the commands a user would type (see README): a synthetic dataset, then the
+adversarial-erasing sweep (`sweeps/erasing.py`: Ray Tune + Optuna + ASHA, every trial a Ray Train
+run recorded in MLflow), then `wsss compare` on the sweep's trials.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 from wsss.cli import main as wsss
 
+SWEEP_SCRIPT = Path(__file__).resolve().parents[1] / "sweeps" / "erasing.py"
+EXPERIMENT = "demo-erasing"
 
-def run(workdir: Path, n: int, epochs: int, method: str) -> int:
-    data, cams = workdir / "data/synth", workdir / "cams"
-    run_name = f"demo-{method}-{time.strftime('%Y%m%d-%H%M%S')}"
-    steps = [
-        ["data", "synth", "--out", str(data), "--n", str(n), "--seed", "0"],
-        ["train-cls", "--data", str(data), "--method", method, "--epochs", str(epochs),
-         "--out", str(workdir / "runs/classifier"), "--run-name", run_name],
-    ]
+
+def run(workdir: Path, n: int, image_size: int, epochs: int, trials: int,
+        concurrent: int, eval_images: int) -> int:
+    workdir = workdir.resolve()
+    data = workdir / "data/demo-synth"
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
     start = time.perf_counter()
+    steps = [
+        ["wsss", "data", "synth", "--out", str(data), "--n", str(n), "--seed", "0",
+         "--image-size", str(image_size)],
+        [sys.executable, str(SWEEP_SCRIPT), "--data", str(data), "--num-samples", str(trials),
+         "--max-concurrent", str(concurrent), "--epochs", str(epochs),
+         "--eval-images", str(eval_images), "--experiment",
+         EXPERIMENT, "--workdir", str(workdir / "runs/sweeps"), "--tracking-uri", uri,
+         "--set", f"data.crop_size={image_size}"],
+        ["wsss", "compare", "--experiment", EXPERIMENT, "--tracking-uri", uri, "--out",
+         str(workdir / "runs/compare" / EXPERIMENT)],
+    ]
     for argv in steps:
-        print(f"\n$ wsss {' '.join(argv)}", flush=True)
-        if wsss(argv) != 0:
-            return 1
-    checkpoint = workdir / "runs/classifier" / run_name / "model.pt"
-    for argv in (["cam", "--checkpoint", str(checkpoint), "--data", str(data), "--split", "train",
-                  "--out", str(cams)],
-                 ["eval", "--cams", str(cams), "--data", str(data), "--split", "train"]):
-        print(f"\n$ wsss {' '.join(argv)}", flush=True)
-        if wsss(argv) != 0:
-            return 1
-    print(f"\ndemo finished in {time.perf_counter() - start:.0f}s. MLflow runs: "
-          f"`mlflow ui --backend-store-uri sqlite:///mlflow.db` in {Path.cwd()}")
+        shown = ["python sweeps/erasing.py", *argv[2:]] if argv[0] == sys.executable else argv
+        print(f"\n$ {' '.join(shown)}", flush=True)
+        code = (wsss(argv[1:]) if argv[0] == "wsss"
+                else subprocess.call(argv, cwd=workdir))
+        if code != 0:
+            return code
+    print(f"\ndemo finished in {time.perf_counter() - start:.0f}s. Trials, best config and "
+          f"pictures: MLflow experiment '{EXPERIMENT}' -> `.venv/bin/mlflow ui "
+          f"--backend-store-uri {uri}`; tables and plots in "
+          f"{workdir / 'runs/compare' / EXPERIMENT}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", default=".", type=Path)
-    parser.add_argument("--n", type=int, default=300)
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--method", default="cam")
+    parser.add_argument("--n", type=int, default=64, help="synthetic images")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per erasing round")
+    parser.add_argument("--trials", type=int, default=6)
+    parser.add_argument("--max-concurrent", type=int, default=2)
+    parser.add_argument("--eval-images", type=int, default=32,
+                        help="training images whose pseudo-mask mIoU is the objective")
     args = parser.parse_args(argv)
-    return run(args.workdir, args.n, args.epochs, args.method)
+    return run(args.workdir, args.n, args.image_size, args.epochs, args.trials,
+               args.max_concurrent, args.eval_images)
 
 
 if __name__ == "__main__":

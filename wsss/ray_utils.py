@@ -17,8 +17,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(num_cpus=num_cpus, log_to_driver=True)
+    else:  # "local": never join another Ray instance found on this machine by accident
+        ray.init(address="local", num_cpus=num_cpus, log_to_driver=True)
 
 
 def gpus_available() -> bool:

@@ -71,8 +71,12 @@ def log_params(params: Mapping[str, Any]) -> None:
     """Log a (nested) dict as dotted params, values cut to MLflow's length limit."""
     import mlflow
 
-    flat = {k: _param_value(v) for k, v in flatten(params).items()}
-    mlflow.log_params(flat)
+    mlflow.log_params(flatten_params(params))
+
+
+def flatten_params(params: Mapping[str, Any]) -> dict[str, str]:
+    """A (nested) dict as dotted keys with string values cut to MLflow's length limit."""
+    return {k: _param_value(v) for k, v in flatten(params).items()}
 
 
 def log_metrics(metrics: Mapping[str, Any], step: int | None = None,

@@ -14,7 +14,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -64,7 +64,10 @@ def scan_split(root: str, split: str, max_side: int) -> tuple[list[str], list[tu
 def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, run_name: str,
                      mlflow_run_id: str | None = None, tracking_uri: str | None = None,
                      storage_path: str | None = None, round_index: int = 0,
-                     init_model: str | Path | None = None) -> ClassifierResult:
+                     init_model: str | Path | None = None,
+                     mask_eval_ids: Sequence[str] | None = None,
+                     callbacks: Sequence[Any] = (),
+                     resources_per_worker: dict[str, float] | None = None) -> ClassifierResult:
     """Train one round of ``cfg.method`` with Ray Train; copy the final model to ``out_dir``.
 
     Args:
@@ -75,6 +78,10 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, run_name: str,
         storage_path: Ray Train storage (local folder or s3://...); default ``out_dir/ray``.
         round_index: which round of a multi-round method (adversarial erasing) this is.
         init_model: ``model.pt`` of the previous round, loaded before training starts.
+        mask_eval_ids: training ids whose pseudo-mask mIoU rank 0 adds to every epoch's
+            metrics as ``pseudo_miou`` (see ``wsss.train.mask_eval``); None skips it.
+        callbacks: Ray Train ``UserCallback``s (a sweep trial forwards reports to Tune).
+        resources_per_worker: Ray resources of each worker (default: Ray Train's).
     """
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -100,16 +107,19 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, run_name: str,
                    "num_fg": info.num_fg, "class_names": list(info.class_names),
                    "has_background": info.has_background,
                    "mlflow_run_id": mlflow_run_id, "tracking_uri": tracking_uri,
-                   "round": round_index, "init_model": str(init_model) if init_model else None}
+                   "round": round_index, "init_model": str(init_model) if init_model else None,
+                   "mask_eval_ids": list(mask_eval_ids) if mask_eval_ids else None}
     trainer = TorchTrainer(
         _train_loop_per_worker,
         train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu),
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu,
+                                               resources_per_worker=resources_per_worker),
         run_config=ray.train.RunConfig(
             name=run_name,
             storage_path=storage_path or str(out_dir / "ray"),
             failure_config=ray.train.FailureConfig(max_failures=2),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=list(callbacks),
         ),
     )
     start = time.perf_counter()
@@ -153,6 +163,8 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = {"epoch": epoch + 1, "loss": loss, **logs, "lr": scheduler.get_last_lr()[0]}
         if val_loader is not None:
             metrics["val_mAP"] = _validate(model, val_loader)
+        if config.get("mask_eval_ids") and rank == 0:
+            metrics["pseudo_miou"] = _pseudo_miou(method, model, cfg, config["mask_eval_ids"])
         history.append(metrics)
         _report(history, rank, model, optimizer, scheduler, method, cfg, config)
 
@@ -206,6 +218,14 @@ def _validate(model, loader) -> float:
     all_scores = np.concatenate([g[0] for g in gathered])
     all_targets = np.concatenate([g[1] for g in gathered])
     return float(mean_average_precision(all_scores, all_targets))
+
+
+def _pseudo_miou(method, model, cfg: ExperimentConfig, ids: list[str]) -> float:
+    """Pseudo-mask mIoU of ``ids`` (training images; ground truth used only to score)."""
+    from wsss.train.mask_eval import pseudo_mask_scores
+
+    dataset = VOCDataset(cfg.data.root, ids=ids, max_image_side=cfg.data.max_image_side)
+    return float(pseudo_mask_scores(method, model, dataset, ids, cfg.refine).miou)
 
 
 def _report(history, rank, model, optimizer, scheduler, method, cfg, config) -> None:

@@ -1,0 +1,64 @@
+"""Search spaces read the method registry; every sampled trial is a valid config."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+
+from wsss.config import ConfigError, ExperimentConfig
+from wsss.methods import METHODS
+from wsss.sweeps.spaces import (CRF_KNOBS, LR, Knob, METHOD_KNOBS, Space, apply_trial,
+                                dilation_sets, method_knobs)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_registered_method_has_a_valid_space(name):
+    space = Space([LR], methods=[name])
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    for _ in range(5):
+        trial = study.ask()
+        space(trial)
+        cfg = apply_trial(ExperimentConfig(), trial.params)  # validates the method's Params
+        assert cfg.method.name == name
+        assert 1e-3 <= cfg.train.lr <= 1e-1
+        study.tell(trial, 0.0)
+
+
+def test_a_knob_the_method_does_not_have_is_refused(monkeypatch):
+    monkeypatch.setitem(METHOD_KNOBS, "cam", (Knob("method.params.nope", 0.0, 1.0),))
+    with pytest.raises(ConfigError, match="not a parameter of method 'cam'"):
+        method_knobs("cam")
+
+
+def test_dilation_sets_always_keep_the_base_rate():
+    sets = dilation_sets()
+    assert "1" in sets and "1,2,3,6" in sets
+    assert all(s.split(",")[0] == "1" and len(set(s.split(","))) == len(s.split(","))
+               for s in sets)
+    cfg = apply_trial(ExperimentConfig(), {"method.name": "mdc",
+                                           "mdc:method.params.dilations": "1,3,12"})
+    assert tuple(cfg.method.params["dilations"]) == (1, 3, 12)
+
+
+def test_overrides_narrow_a_knob_and_constants_are_kept():
+    space = Space([Knob("method.params.steps", 1, 4, integer=True)],
+                  constants={"method.name": "adversarial_erasing"},
+                  overrides=[Knob("method.params.steps", 1, 2, integer=True)])
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(10):
+        trial = study.ask()
+        constants = space(trial)
+        assert constants == {"method.name": "adversarial_erasing"}
+        assert 1 <= trial.params["method.params.steps"] <= 2
+
+
+def test_crf_space_gives_valid_refine_configs():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(10):
+        trial = study.ask()
+        Space(CRF_KNOBS)(trial)
+        refine = apply_trial(ExperimentConfig(), trial.params).refine
+        assert refine.bg_mode in ("threshold", "power")
+        assert refine.crf_iterations >= 1 and not math.isnan(refine.crf_bilateral_srgb)

@@ -1,0 +1,119 @@
+"""End-to-end sweeps (``--smoke-test``): MLflow holds the parent run, one child per trial with
+params and metrics, and the best config; a crashed trial is retried from its checkpoint; a
+resumed sweep runs no finished trial again."""
+
+from __future__ import annotations
+
+import json
+import math
+import runpy
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "sweeps"
+
+
+def run_script(name: str, tmp_path: Path, data: Path, *extra: str) -> tuple[dict | None, str]:
+    """Run ``sweeps/<name>.py --smoke-test`` in this process; returns (best row, tracking URI)."""
+    from wsss.sweeps.runner import build_parser
+    from wsss.sweeps.tuner import run_sweep
+
+    sweep = runpy.run_path(str(SCRIPTS / f"{name}.py"))["SWEEP"]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv = ["--smoke-test", "--num-samples", "2", "--max-concurrent", "2", "--data", str(data),
+            "--eval-images", "8", "--workdir", str(tmp_path / "runs"), "--tracking-uri", uri,
+            "--experiment", f"test-{name}", *extra]
+    return run_sweep(sweep, build_parser(sweep, None).parse_args(argv)), uri
+
+
+def stored_sweep(uri: str, experiment: str) -> tuple[object, list]:
+    """The single parent run of ``experiment`` and its child runs."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("wsss.role") == "sweep"]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    return parents[0], children
+
+
+def check_store(uri: str, experiment: str, trials: int, best: dict, knob: str,
+                pictures: bool = True) -> list:
+    """Assert what a finished sweep must leave in MLflow; returns the child runs."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    parent, children = stored_sweep(uri, experiment)
+    assert parent.info.status == "FINISHED"
+    assert len(children) == trials
+    assert {c.data.tags["wsss.trial_id"] for c in children} >= {best["trial_id"]}
+    for child in children:
+        assert child.data.params["data.crop_size"] == "64"  # the flattened config
+        assert knob in child.data.params
+        assert 0.0 <= child.data.metrics["pseudo_miou"] <= 1.0
+        assert len(client.get_metric_history(child.info.run_id, "pseudo_miou")) >= 1
+        assert child.data.metrics["objective"] == pytest.approx(child.data.metrics["pseudo_miou"])
+        if pictures:
+            names = [a.path for a in client.list_artifacts(child.info.run_id, "samples")]
+            assert "samples/cam_overlays.png" in names
+    objectives = {c.data.tags["wsss.trial_id"]: c.data.metrics["objective"] for c in children}
+    assert best["objective"] == pytest.approx(max(objectives.values()))
+    assert parent.data.metrics["best_objective"] == pytest.approx(best["objective"])
+    best_knobs = json.loads(next(c for c in children if c.data.tags["wsss.trial_id"]
+                                 == best["trial_id"]).data.tags["wsss.knobs"])
+    for key, value in best_knobs.items():
+        assert parent.data.params[f"best.{key}"] == str(value)
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"trials.csv", "history.png", "objective_vs_knobs.png"} <= artifacts
+    return children
+
+
+def test_erasing_crash_is_retried_and_resume_runs_nothing_twice(tmp_path, synth_root,
+                                                                 ray_session, monkeypatch):
+    import mlflow
+
+    from wsss.sweeps.runner import CRASH_ENV
+
+    marker = tmp_path / "crashed"
+    monkeypatch.setenv(CRASH_ENV, str(marker))
+    best, uri = run_script("erasing", tmp_path, synth_root, "--epochs", "2")
+    assert marker.is_file()  # the first report of the sweep crashed its trial once
+    children = check_store(uri, "test-erasing", 2, best, "method.params.steps")
+    retried = [c for c in children if c.data.tags.get("wsss.retried") == "true"]
+    assert len(retried) == 1
+    # Resumed from the epoch-1 checkpoint: epoch 1 was reported once, epoch 2 after the retry.
+    history = mlflow.MlflowClient(uri).get_metric_history(retried[0].info.run_id, "epoch_total")
+    assert sorted(m.step for m in history)[:2] == [1, 2]
+    assert [m.step for m in history].count(1) == 1
+
+    train_runs = tmp_path / "runs/ray/test-erasing-train"
+    checkpoints = sorted(p.name for p in train_runs.glob("*/checkpoint_*"))
+    monkeypatch.delenv(CRASH_ENV)
+    again, _ = run_script("erasing", tmp_path, synth_root, "--epochs", "2", "--resume")
+    parent, children_after = stored_sweep(uri, "test-erasing")
+    assert len(children_after) == 2
+    assert again["trial_id"] == best["trial_id"]
+    assert sorted(p.name for p in train_runs.glob("*/checkpoint_*")) == checkpoints
+
+
+@pytest.mark.parametrize("name, knob", [("hide_and_seek", "method.params.hide_prob"),
+                                        ("dilation", "method.params.dilations"),
+                                        ("methods", "method.name")])
+def test_training_sweeps(name, knob, tmp_path, synth_root, ray_session):
+    best, uri = run_script(name, tmp_path, synth_root)
+    assert best is not None and not math.isnan(best["objective"])
+    check_store(uri, f"test-{name}", 2, best, knob)
+
+
+def test_crf_sweep_scores_refined_masks_of_one_checkpoint(tmp_path, synth_root, ray_session):
+    best, uri = run_script("crf", tmp_path, synth_root)
+    children = check_store(uri, "test-crf", 2, best, "refine.crf_bilateral_srgb")
+    for child in children:
+        assert child.data.params["refine.crf"] == "True"
+    # One classifier was trained for the whole sweep (no retraining per trial).
+    assert len(list((tmp_path / "runs/test-crf/classifier").glob("*/model.pt"))) == 1

@@ -1,0 +1,40 @@
+"""``wsss compare``: a sweep's trials from MLflow, best objective first, with knobs and plots."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+PROGRESS = "progress"
+
+
+def sweep_rows(uri: str, experiment: str) -> tuple[Any, list[dict[str, Any]]]:
+    """The newest sweep (parent run) of ``experiment`` and one row per trial."""
+    from wsss.sweeps.report import KNOBS_TAG
+    from wsss.sweeps.tracking import TRIAL_ID, latest_sweep, trial_runs
+
+    parent = latest_sweep(uri, experiment)
+    rows = []
+    for trial_id, run in trial_runs(uri, experiment, parent.info.run_id).items():
+        metrics, tags = run.data.metrics, run.data.tags
+        objective = metrics.get("objective", metrics.get("pseudo_miou", math.nan))
+        progress = next((v for k, v in metrics.items() if k.endswith("_run")), math.nan)
+        rows.append({"trial_id": tags.get(TRIAL_ID, trial_id), "objective": objective,
+                     PROGRESS: progress, "status": tags.get("wsss.status", run.info.status),
+                     "knobs": json.loads(tags.get(KNOBS_TAG, "{}")), "run_id": run.info.run_id})
+    return parent, rows
+
+
+def compare(uri: str, experiment: str, out_dir: str | Path) -> tuple[str, list[Path]]:
+    """The trials table (best first) as text, and the tables and plots written to ``out_dir``."""
+    from wsss.sweeps.report import format_table, write_outputs
+
+    parent, rows = sweep_rows(uri, experiment)
+    if not rows:
+        raise LookupError(f"sweep run {parent.info.run_id} of '{experiment}' has no trials yet")
+    paths = write_outputs(rows, Path(out_dir), PROGRESS)
+    header = (f"sweep '{experiment}' (MLflow parent run {parent.info.run_id}, "
+              f"{parent.info.status}): {len(rows)} trials")
+    return header + "\n" + format_table(rows, PROGRESS), paths

@@ -1,0 +1,185 @@
+"""After a sweep: close each trial's MLflow run with its objective and pictures, and give the
+parent run the best config, a table of all trials and plots (objective vs each knob, history).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from wsss.sweeps.tracking import _client
+
+KNOBS_TAG = "wsss.knobs"
+
+
+def trial_row(result: Any, full_length: Callable[[dict[str, Any]], int], time_attr: str,
+              objective: str) -> dict[str, Any]:
+    """One table row from a Tune ``Result``: trial id, objective, progress, status, knobs."""
+    metrics = dict(result.metrics or {})
+    ran = int(metrics.get(time_attr, 0) or 0)
+    full = full_length(result.config)
+    status = "error" if result.error else ("stopped early" if ran < full else "completed")
+    value = metrics.get(objective)
+    return {"trial_id": metrics.get("trial_id") or _trial_id_from_path(result.path),
+            "objective": float(value) if value is not None else math.nan,
+            time_attr: ran, "full": full, "status": status,
+            "checkpoint_path": metrics.get("checkpoint_path"),
+            "knobs": {k: v for k, v in result.config.items() if not k.startswith("_")}}
+
+
+def close_trial_run(uri: str, run_id: str, row: dict[str, Any], time_attr: str,
+                    artifacts: Sequence[Path] = ()) -> None:
+    """Log the final objective, progress, knobs and pictures; end the run."""
+    client = _client(uri)
+    if not math.isnan(row["objective"]):
+        client.log_metric(run_id, "objective", row["objective"])
+    client.log_metric(run_id, f"{time_attr}_run", row[time_attr])
+    client.set_tag(run_id, "wsss.status", row["status"])
+    client.set_tag(run_id, KNOBS_TAG, json.dumps(row["knobs"], default=str))
+    for path in artifacts:
+        client.log_artifact(run_id, str(path), artifact_path="samples")
+    status = {"error": "FAILED", "stopped early": "KILLED"}.get(row["status"], "FINISHED")
+    client.set_terminated(run_id, status=status)
+
+
+def summarize_sweep(uri: str, parent_run_id: str, rows: list[dict[str, Any]],
+                    time_attr: str) -> dict[str, Any] | None:
+    """Best config, trials table and plots on the parent run; returns the best row."""
+    client = _client(uri)
+    scored = [r for r in rows if not math.isnan(r["objective"])]
+    best = max(scored, key=lambda r: r["objective"]) if scored else None
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in write_outputs(rows, Path(tmp), time_attr):
+            client.log_artifact(parent_run_id, str(path))
+    ran = sum(r[time_attr] for r in rows)
+    full = sum(r["full"] for r in rows)
+    client.log_metric(parent_run_id, "trials", len(rows))
+    client.log_metric(parent_run_id, f"{time_attr}_run", ran)
+    client.log_metric(parent_run_id, f"{time_attr}_full_budget", full)
+    if best is not None:
+        _log_best(client, parent_run_id, best)
+    client.set_terminated(parent_run_id, status="FINISHED")
+    return best
+
+
+def _log_best(client: Any, run_id: str, best: dict[str, Any]) -> None:
+    """Best objective, trial and config (``best.*`` params when first set; MLflow params are
+    immutable, so a resumed sweep with a new best updates the ``wsss.best.*`` tags)."""
+    client.log_metric(run_id, "best_objective", best["objective"])
+    client.set_tag(run_id, "wsss.best_trial_id", best["trial_id"])
+    params = client.get_run(run_id).data.params
+    for key, value in best["knobs"].items():
+        client.set_tag(run_id, f"wsss.best.{key}", str(value))
+        if f"best.{key}" not in params:
+            client.log_param(run_id, f"best.{key}", str(value))
+    client.log_dict(run_id, {"trial_id": best["trial_id"], "objective": best["objective"],
+                             "config": best["knobs"]}, "best_config.json")
+
+
+def _trial_id_from_path(path: str) -> str:
+    """Tune's trial id from a trial folder name such as ``train_trial_1a2b3c4d_3_...``."""
+    found = re.search(r"_([0-9a-f]{5,})_\d+", Path(path).name)
+    return found.group(1) if found else Path(path).name
+
+
+def write_outputs(rows: list[dict[str, Any]], out_dir: Path, time_attr: str) -> list[Path]:
+    """``trials.csv``, ``trials.md``, ``objective_vs_knobs.png`` and ``history.png``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    columns, table = _table(rows, time_attr)
+    keys = sorted({k for r in rows for k in r["knobs"]})
+    with open(out_dir / "trials.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([columns, *table])
+    md = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    md += ["| " + " | ".join(row) + " |" for row in table]
+    (out_dir / "trials.md").write_text("\n".join(md) + "\n")
+    return [out_dir / "trials.csv", out_dir / "trials.md",
+            plot_knobs(rows, keys, out_dir / "objective_vs_knobs.png"),
+            plot_history(rows, out_dir / "history.png")]
+
+
+def format_table(rows: list[dict[str, Any]], time_attr: str) -> str:
+    """The trials sorted by objective (best first) as a fixed-width text table."""
+    columns, table = _table(rows, time_attr)
+    cells = [columns, *table]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells)
+
+
+def plot_knobs(rows: list[dict[str, Any]], keys: Sequence[str], path: Path) -> Path:
+    """Scatter of the objective against each knob that varies (categorical knobs on a
+    labelled axis)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
+
+    varying = [k for k in keys if len({str(r["knobs"].get(k)) for r in rows}) > 1]
+    keys = varying or list(keys)
+    cols = max(1, min(3, len(keys)))
+    nrows = max(1, math.ceil(len(keys) / cols))
+    fig = Figure(figsize=(4 * cols, 3 * nrows), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, cols, squeeze=False).ravel()
+    for ax, key in zip(axes, keys):
+        points = [(r["knobs"][key], r["objective"]) for r in rows
+                  if key in r["knobs"] and not math.isnan(r["objective"])]
+        values = [p[0] for p in points]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        if not numeric:
+            labels = sorted({str(v) for v in values})
+            values = [labels.index(str(v)) for v in values]
+            ax.set_xticks(range(len(labels)), labels, rotation=45, fontsize=7)
+        ax.scatter(values, [p[1] for p in points], s=18)
+        ax.set_xlabel(key, fontsize=8)
+        ax.set_ylabel("objective", fontsize=8)
+        if numeric and key.endswith("lr"):
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
+    for ax in axes[len(keys):]:
+        ax.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def plot_history(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Objective of each trial in start order, and the best so far."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    values = np.array([r["objective"] for r in rows], dtype=float)
+    fig = Figure(figsize=(5, 3.2), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    x = np.arange(1, len(values) + 1)
+    ax.scatter(x, values, s=18, label="trial")
+    if len(values):
+        ax.step(x, np.fmax.accumulate(np.nan_to_num(values, nan=-np.inf)), where="post",
+                color="C1", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("objective")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def _table(rows: list[dict[str, Any]], time_attr: str) -> tuple[list[str], list[list[str]]]:
+    """Column names and string cells of ``rows``, best objective first (NaN last)."""
+    ordered = sorted(rows, key=lambda r: -r["objective"] if not math.isnan(r["objective"])
+                     else math.inf)
+    keys = sorted({k for r in rows for k in r["knobs"]})
+    columns = ["trial_id", "objective", time_attr, "status", *keys]
+    return columns, [[_cell(r.get(c, r["knobs"].get(c))) for c in columns] for r in ordered]
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)

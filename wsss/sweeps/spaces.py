@@ -1,0 +1,156 @@
+"""Search spaces: the knobs of each method (and of the CRF), as Optuna define-by-run spaces.
+
+A knob is a dotted config key (``method.params.hide_prob``, ``train.lr``, ``refine.crf_iterations``)
+with a range or a list of choices. Method knobs are checked against the method's registered
+``Params`` so a space can never name a knob the method does not have; a method registered without
+an entry here is still searchable (learning rate only). Trial configs are plain dicts
+``{config key: value}``; :func:`apply_trial` sets them on a base config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from wsss.config import ConfigError, ExperimentConfig, from_dict
+
+SEP = ":"  # "<method>:<key>" names keep each method's sub-space its own Optuna distributions
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One searched config key: a float/int range (``log`` for log scale) or ``choices``."""
+
+    key: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+    choices: tuple[Any, ...] | None = None
+
+    def suggest(self, trial: Any, name: str | None = None) -> Any:
+        """Ask an ``optuna.Trial`` for a value (parameter ``name``, default the key)."""
+        name = name or self.key
+        if self.choices is not None:
+            return trial.suggest_categorical(name, list(self.choices))
+        if self.integer:
+            return trial.suggest_int(name, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(name, float(self.low), float(self.high), log=self.log)
+
+
+def dilation_sets(rates: Sequence[int] = (2, 3, 6, 9, 12), max_size: int = 3) -> tuple[str, ...]:
+    """MDC rate sets as strings ``"1,3,6"``: 1 plus every subset of ``rates`` up to ``max_size``."""
+    sets = [(1, *combo) for size in range(max_size + 1)
+            for combo in itertools.combinations(rates, size)]
+    return tuple(",".join(map(str, s)) for s in sets)
+
+
+LR = Knob("train.lr", 1e-3, 1e-1, log=True)
+
+METHOD_KNOBS: dict[str, tuple[Knob, ...]] = {
+    "adversarial_erasing": (Knob("method.params.steps", 1, 4, integer=True),
+                            Knob("method.params.threshold", 0.3, 0.9)),
+    "hide_and_seek": (Knob("method.params.hide_prob", 0.0, 0.9),
+                      Knob("method.params.grid_size", choices=(2, 4, 8, 16))),
+    "mdc": (Knob("method.params.dilations", choices=dilation_sets()),),
+    "acol": (Knob("method.params.delta", 0.3, 0.9),),
+    "mixup_cam": (Knob("method.params.alpha", 0.2, 2.0),
+                  Knob("method.params.entropy_weight", 0.0, 0.2)),
+    "seam": (Knob("method.params.scale", 0.3, 0.7),
+             Knob("method.params.er_weight", 0.1, 2.0),
+             Knob("method.params.ecr_weight", 0.1, 2.0)),
+    "saliency": (Knob("method.params.threshold", 0.2, 0.8),),
+    "gradcam": (Knob("method.params.layer", choices=("layer3", "layer4")),),
+}
+
+CRF_KNOBS: tuple[Knob, ...] = (
+    Knob("refine.crf_gaussian_sxy", 1.0, 10.0),
+    Knob("refine.crf_gaussian_compat", 1.0, 10.0),
+    Knob("refine.crf_bilateral_sxy", 10.0, 120.0),
+    Knob("refine.crf_bilateral_srgb", 3.0, 30.0),
+    Knob("refine.crf_bilateral_compat", 1.0, 15.0),
+    Knob("refine.crf_iterations", 1, 10, integer=True),
+    Knob("refine.bg_mode", choices=("threshold", "power")),
+    Knob("refine.bg_threshold", 0.1, 0.6),
+    Knob("refine.bg_power", 1.0, 8.0),
+)
+
+
+def method_knobs(name: str) -> tuple[Knob, ...]:
+    """The knobs of registered method ``name``, checked against its ``Params`` fields."""
+    from wsss.methods import get_method
+
+    params = {f.name for f in dataclasses.fields(get_method(name).Params)}
+    knobs = METHOD_KNOBS.get(name, ())
+    for knob in knobs:
+        field = knob.key.removeprefix("method.params.")
+        if field not in params:
+            raise ConfigError(f"sweep knob '{knob.key}' is not a parameter of method '{name}'; "
+                              f"its parameters: {', '.join(sorted(params)) or '(none)'}")
+    return knobs
+
+
+class Space:
+    """An Optuna define-by-run space (picklable, so a restored sweep keeps its searcher).
+
+    ``Space(knobs, constants)`` suggests every knob under its key. With ``methods`` the method is
+    searched too: ``method.name`` is suggested first, then that method's knobs under
+    ``"<method>:<key>"`` names (each method's distributions stay separate). ``overrides``
+    replace knobs of the same key (e.g. narrower ranges for a smoke test).
+    """
+
+    def __init__(self, knobs: Sequence[Knob] = (), constants: Mapping[str, Any] | None = None,
+                 methods: Sequence[str] | None = None,
+                 overrides: Sequence[Knob] = ()) -> None:
+        self.overrides = {k.key: k for k in overrides}
+        self.knobs = tuple(self.overrides.get(k.key, k) for k in knobs)
+        self.constants = dict(constants or {})
+        self.methods = tuple(methods) if methods else None
+        for name in self.methods or ():
+            method_knobs(name)
+
+    def __call__(self, trial: Any) -> dict[str, Any] | None:
+        for knob in self.knobs:
+            knob.suggest(trial)
+        if self.methods:
+            name = trial.suggest_categorical("method.name", list(self.methods))
+            for knob in method_knobs(name):
+                knob = self.overrides.get(knob.key, knob)
+                knob.suggest(trial, f"{name}{SEP}{knob.key}")
+        return dict(self.constants) or None
+
+    def keys(self) -> list[str]:
+        """The knob names this space can suggest (for tables and plots)."""
+        names = [k.key for k in self.knobs]
+        if self.methods:
+            names.append("method.name")
+            names += [f"{m}{SEP}{k.key}" for m in self.methods for k in method_knobs(m)]
+        return names
+
+
+def trial_settings(trial_config: Mapping[str, Any]) -> dict[str, Any]:
+    """``{config key: value}`` of a trial config: ``<method>:`` prefixes dropped, MDC rate
+    strings turned into lists, keys starting with ``_`` (not config keys) skipped."""
+    out = {}
+    for name, value in trial_config.items():
+        if name.startswith("_"):
+            continue
+        key = name.split(SEP, 1)[-1]
+        if key == "method.params.dilations" and isinstance(value, str):
+            value = [int(v) for v in value.split(",")]
+        out[key] = value
+    return out
+
+
+def apply_trial(base: ExperimentConfig, trial_config: Mapping[str, Any]) -> ExperimentConfig:
+    """``base`` with the trial's settings (validated; a bad value raises ``ConfigError``)."""
+    data = base.to_dict()
+    for key, value in trial_settings(trial_config).items():
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return from_dict(data)

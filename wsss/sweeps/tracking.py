@@ -1,0 +1,83 @@
+"""MLflow for sweeps: one parent run per sweep, one nested child run per trial.
+
+Runs are found again by tags (``wsss.sweep``, ``wsss.role`` = ``sweep`` | ``trial``,
+``wsss.trial_id``), so a resumed sweep or a retried trial keeps logging into the same runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from wsss.config import ExperimentConfig
+
+ROLE, SWEEP, TRIAL_ID = "wsss.role", "wsss.sweep", "wsss.trial_id"
+
+
+def _client(uri: str) -> Any:
+    import mlflow
+
+    return mlflow.MlflowClient(uri)
+
+
+def find_runs(uri: str, experiment: str, filters: Mapping[str, str]) -> list[Any]:
+    """Runs of ``experiment`` whose tags equal ``filters``, newest first ([] if none)."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in filters.items())
+    return client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time DESC"],
+                              max_results=10000)
+
+
+def sweep_run(uri: str, experiment: str, sweep_name: str, params: Mapping[str, Any],
+              resume: bool) -> str:
+    """Id of the sweep's parent run: the newest one when resuming, else a new one."""
+    from wsss.tracking import ensure_experiment, flatten_params
+
+    if resume:
+        runs = find_runs(uri, experiment, {ROLE: "sweep", SWEEP: sweep_name})
+        if runs:
+            _client(uri).update_run(runs[0].info.run_id, status="RUNNING")
+            return runs[0].info.run_id
+    client = _client(uri)
+    run = client.create_run(ensure_experiment(experiment, uri), run_name=sweep_name,
+                            tags={ROLE: "sweep", SWEEP: sweep_name, "stage": "sweep"})
+    for key, value in flatten_params(params).items():
+        client.log_param(run.info.run_id, key, value)
+    return run.info.run_id
+
+
+def trial_run(ctx: Any, trial_id: str, trial_name: str, cfg: ExperimentConfig) -> str:
+    """Id of the trial's child run (created on the trial's first start, reused on retries)."""
+    from wsss.tracking import ensure_experiment, flatten_params
+
+    filters = {ROLE: "trial", SWEEP: ctx.experiment, TRIAL_ID: trial_id,
+               "mlflow.parentRunId": ctx.parent_run_id}
+    runs = find_runs(ctx.tracking_uri, ctx.experiment, filters)
+    client = _client(ctx.tracking_uri)
+    if runs:
+        client.set_tag(runs[0].info.run_id, "wsss.retried", "true")
+        return runs[0].info.run_id
+    run = client.create_run(ensure_experiment(ctx.experiment, ctx.tracking_uri),
+                            run_name=trial_name, tags={**filters, "stage": "sweep-trial"})
+    from mlflow.entities import Param
+
+    params = [Param(k, v) for k, v in flatten_params(cfg.to_dict()).items()]
+    for start in range(0, len(params), 100):
+        client.log_batch(run.info.run_id, params=params[start:start + 100])
+    return run.info.run_id
+
+
+def trial_runs(uri: str, experiment: str, parent_run_id: str) -> dict[str, Any]:
+    """The child runs of a sweep by trial id."""
+    runs = find_runs(uri, experiment, {ROLE: "trial", "mlflow.parentRunId": parent_run_id})
+    return {run.data.tags[TRIAL_ID]: run for run in reversed(runs)}
+
+
+def latest_sweep(uri: str, experiment: str) -> Any:
+    """The newest parent sweep run of ``experiment`` (error if it has none)."""
+    runs = find_runs(uri, experiment, {ROLE: "sweep"})
+    if not runs:
+        raise LookupError(f"MLflow experiment '{experiment}' at {uri} has no sweep runs")
+    return runs[0]
