@@ -20,7 +20,7 @@ rm -f "$pidfile"
 
 artifacts=${WSSS_MLFLOW_ARTIFACTS:-$dir/artifacts}
 hosts="$WSSS_HEAD_IP,$WSSS_HEAD_IP:$port,localhost,localhost:$port,127.0.0.1,127.0.0.1:$port"
-setsid nohup mlflow server --host "$WSSS_HEAD_IP" --port "$port" --workers 2 \
+setsid nohup mlflow server --host "$WSSS_HEAD_IP" --port "$port" --workers 1 \
     --backend-store-uri "sqlite:///$dir/mlflow.db" --artifacts-destination "$artifacts" \
     --allowed-hosts "$hosts" > "$dir/server.log" 2>&1 < /dev/null &
 echo $! > "$pidfile"
