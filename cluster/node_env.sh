@@ -3,7 +3,7 @@
 # launcher sources before every command it runs (setup, `ray start`, `ray submit`, `ray exec`).
 #
 #   WSSS_MLFLOW_PORT=5000 WSSS_TUNE_STORAGE=s3://bucket/ray WSSS_MLFLOW_ARTIFACTS=s3://bucket/mlflow \
-#       bash ~/wsss/cluster/node_env.sh ~/wsss-venv
+#       bash ~/src/wsss/cluster/node_env.sh ~/wsss-venv
 #
 # The head's address is $RAY_HEAD_IP on workers (the launcher sets it for their setup commands);
 # on the head it is the address Ray advertises for the node (its private IP).
