@@ -48,7 +48,7 @@ def test_aws_file_has_an_autoscaling_gpu_worker_type():
 @pytest.mark.parametrize("name", FILES)
 def test_cluster_file_syncs_the_project_and_starts_mlflow_on_the_head(name):
     config = load(name)
-    assert "~/wsss" in config["file_mounts"]
+    assert "~/src/wsss" in config["file_mounts"]
     assert any("node_env.sh" in c for c in config["setup_commands"])
     assert any("mlflow_server.sh" in c for c in config["head_start_ray_commands"])
     assert not any("mlflow" in c for c in config["worker_start_ray_commands"])
