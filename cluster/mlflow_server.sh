@@ -28,8 +28,9 @@ start_server() {
     stop_server
     local artifacts=${WSSS_MLFLOW_ARTIFACTS:-$dir/artifacts}
     local hosts="$WSSS_HEAD_IP,$WSSS_HEAD_IP:$port,localhost,localhost:$port,127.0.0.1,127.0.0.1:$port"
-    # One worker: uvicorn's supervisor restarts workers that answer its pings late.
-    setsid nohup mlflow server --host "$WSSS_HEAD_IP" --port "$port" --workers 1 \
+    # One worker: uvicorn's supervisor restarts workers that answer its pings late. No job
+    # runners (MLflow's background jobs): this server only records runs.
+    MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid nohup mlflow server --host "$WSSS_HEAD_IP" --port "$port" --workers 1 \
         --backend-store-uri "sqlite:///$dir/mlflow.db" --artifacts-destination "$artifacts" \
         --allowed-hosts "$hosts" > "$dir/server.log" 2>&1 < /dev/null &
     echo $! > "$pidfile"
