@@ -97,8 +97,9 @@ def build_parser(sweep: Sweep, description: str | None) -> argparse.ArgumentPars
     p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers")
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                    help="Ray cluster (`auto` under `ray submit`; default: start Ray locally)")
-    p.add_argument("--storage-path", help="Ray storage, local folder or s3://... "
-                                          "(default: runs/sweeps/ray)")
+    p.add_argument("--storage-path", default=os.environ.get("WSSS_STORAGE_PATH") or None,
+                   help="Ray storage, local folder or s3://... (default: $WSSS_STORAGE_PATH, "
+                        "set on cluster nodes, else runs/sweeps/ray)")
     p.add_argument("--experiment", default=f"sweep-{sweep.name}",
                    help="MLflow experiment and Tune run name")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
