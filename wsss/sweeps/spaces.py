@@ -72,6 +72,8 @@ CRF_KNOBS: tuple[Knob, ...] = (
     Knob("refine.crf_bilateral_srgb", 3.0, 30.0),
     Knob("refine.crf_bilateral_compat", 1.0, 15.0),
     Knob("refine.crf_iterations", 1, 10, integer=True),
+    Knob("refine.crf_unary", choices=("scores", "labels")),
+    Knob("refine.crf_label_confidence", 0.55, 0.95),
     Knob("refine.bg_mode", choices=("threshold", "power")),
     Knob("refine.bg_threshold", 0.1, 0.6),
     Knob("refine.bg_power", 1.0, 8.0),
