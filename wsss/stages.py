@@ -244,7 +244,7 @@ def run_eval(cams_dir: str | Path, data_root: str | Path, split: str,
     report, start = StageReport(), time.perf_counter()
     for sample_id in tqdm(dataset.ids, unit="img", desc="eval", disable=None):
         try:
-            gt, pred = _mask_pair(method, dataset, Path(cams_dir), sample_id, refine_cfg,
+            gt, pred = mask_pair(method, dataset, Path(cams_dir), sample_id, refine_cfg,
                                   masks_out)
         except (DatasetError, FileNotFoundError, ValueError) as err:
             report.failed.append((sample_id, str(err)))
@@ -262,9 +262,11 @@ def run_eval(cams_dir: str | Path, data_root: str | Path, split: str,
     return scores, report
 
 
-def _mask_pair(method: Any, dataset: VOCDataset, cams_dir: Path, sample_id: str,
-               refine_cfg: RefineConfig,
-               masks_out: str | Path | None) -> tuple[np.ndarray, np.ndarray]:
+def mask_pair(method: Any, dataset: VOCDataset, cams_dir: Path, sample_id: str,
+              refine_cfg: RefineConfig,
+              masks_out: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Ground truth and ``method``'s pseudo-mask (uint8 [H, W] each) of ``sample_id`` from its
+    map file in ``cams_dir``; the mask is also written to ``masks_out`` when given."""
     from wsss.cams import load_maps
 
     gt_path = dataset.mask_path(sample_id)

@@ -28,10 +28,9 @@ def refined_mask_scores(cams_dir: str | Path, data_root: str | Path, ids: Sequen
     The one place the CRF sweep turns maps into masks: a single process for now; the Ray Data
     pseudo-labeling pipeline can take its place here without touching the sweep.
     """
-    from wsss.cams import load_maps
     from wsss.data.voc import VOCDataset
     from wsss.metrics import ConfusionMatrix
-    from wsss.stages import make_pseudo_mask, maps_method
+    from wsss.stages import mask_pair, maps_method
 
     dataset = VOCDataset(data_root, ids=list(ids))
     method = maps_method(cams_dir)
@@ -42,10 +41,8 @@ def refined_mask_scores(cams_dir: str | Path, data_root: str | Path, ids: Sequen
     done = 0
     for end in bounds:
         for sample_id in ids[done:end]:
-            maps, class_ids = load_maps(Path(cams_dir) / f"{sample_id}.npz")
-            gt = dataset.load_mask(sample_id, maps.shape[1:])
-            confusion.update(make_pseudo_mask(method, dataset, sample_id, maps, class_ids,
-                                              refine), gt)
+            gt, pred = mask_pair(method, dataset, Path(cams_dir), sample_id, refine)
+            confusion.update(pred, gt)
         done = end
         yield done, confusion.compute(names, background=background)
 

@@ -35,8 +35,9 @@ def present_maps(method: Any, model: nn.Module, dataset: VOCDataset,
     map kind), their dataset class ids, and the ground-truth mask uint8 [H, W] (None if absent).
     """
     from wsss.cams import localization_maps
+    from wsss.methods.base import _unwrap
 
-    model = getattr(model, "module", model)
+    model = _unwrap(model)
     image = dataset.load_image(sample_id)
     gt = dataset.load_mask(sample_id, image.shape[:2])
     labels = dataset.info.multi_hot(dataset.class_ids(sample_id, gt))[None]
