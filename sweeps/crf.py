@@ -1,6 +1,7 @@
 """Sweep the pseudo-mask refinement: dense-CRF kernels (gaussian sxy/compat, bilateral
 sxy/srgb/compat, iterations) and the background score (threshold or power), on the maps of one
-fixed classifier checkpoint (no retraining).
+fixed classifier checkpoint (no retraining). The Ray Data pseudo-labelling pipeline extracts
+the maps of the scored images once; every trial re-refines them through Ray Data.
 
     python sweeps/crf.py --smoke-test
     python sweeps/crf.py --checkpoint runs/classifier/RUN/model.pt --num-samples 40

@@ -246,3 +246,68 @@ def test_two_nodes_share_the_work_and_a_killed_actor_loses_nothing(two_node_clus
     got, expected = _masks(out), _masks(tmp_path / "clean")
     assert sorted(got) == sorted(expected) == sorted(ids)
     assert all(np.array_equal(got[i], expected[i]) for i in ids)
+
+
+def _file_scores(masks_dir: Path, root: Path, ids: list[str]) -> float:
+    """mIoU of the single-process masks of ``ids`` against ground truth."""
+    from wsss.data.voc import VOCDataset
+    from wsss.metrics import ConfusionMatrix
+
+    dataset = VOCDataset(root, ids=ids)
+    confusion = ConfusionMatrix(dataset.info.num_classes)
+    for sample_id, mask in _masks(masks_dir).items():
+        if sample_id in ids:
+            confusion.update(mask, dataset.load_mask(sample_id, mask.shape))
+    return confusion.compute(list(dataset.info.class_names), background=0).miou
+
+
+def test_rescored_saved_maps_score_like_the_single_process_path(ray_session, synth_root,
+                                                                 reference, tmp_path):
+    """Re-refining saved maps through Ray Data (the CRF sweep's trials) gives, chunk by chunk
+    in id order, the scores of the single-process masks; a missing map file is listed."""
+    import shutil
+
+    from wsss.rescore import rescore_maps
+
+    cams_dir, masks_dir, _ = reference
+    ids = _ids(synth_root)[:9]
+    maps = tmp_path / "maps"
+    shutil.copytree(cams_dir, maps)
+    (maps / f"{ids[-1]}.npz").unlink()
+    chunks = list(rescore_maps(maps, synth_root, "train", ids, RefineConfig(), "cam",
+                               chunks=2, batch_size=2))
+    assert [c.images for c in chunks] == [6, 9]  # blocks of 2 ids; chunk bounds 5 and 9
+    assert chunks[0].failed == [] and len(chunks[1].failed) == 1
+    failed_id, reason = chunks[1].failed[0]
+    assert failed_id == ids[-1] and f"{ids[-1]}.npz" in reason
+    assert chunks[0].scores.miou == pytest.approx(_file_scores(masks_dir, synth_root, ids[:6]))
+    assert chunks[1].scores.miou == pytest.approx(_file_scores(masks_dir, synth_root, ids[:-1]))
+
+
+def test_rescoring_inside_a_placement_group_uses_its_cpus(ray_session, synth_root, reference):
+    """Called from a Tune trial, the refine tasks run in the trial's placement group: here the
+    group holds every CPU of the cluster, so tasks scheduled outside it would never start."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from wsss.rescore import rescore_maps
+
+    cams_dir, masks_dir, _ = reference
+    ids = _ids(synth_root)[:4]
+
+    @ray.remote(num_cpus=0)
+    def trial() -> float:
+        return list(rescore_maps(cams_dir, synth_root, "train", ids, RefineConfig(),
+                                 "cam"))[-1].scores.miou
+
+    cpus = int(ray.cluster_resources()["CPU"])
+    group = placement_group([{"memory": 2**20}] + [{"CPU": 1}] * cpus)
+    ray.get(group.ready(), timeout=60)
+    try:
+        strategy = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0,
+                                                    placement_group_capture_child_tasks=True)
+        miou = ray.get(trial.options(scheduling_strategy=strategy).remote(), timeout=180)
+    finally:
+        remove_placement_group(group)
+    assert miou == pytest.approx(_file_scores(masks_dir, synth_root, ids))

@@ -19,7 +19,7 @@ import os
 import zipfile
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, BinaryIO, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -276,16 +276,23 @@ def load_maps(path: str | os.PathLike) -> tuple[np.ndarray, list[int]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"map file not found: {path}")
+    maps, class_ids = read_maps(path, str(path))
+    return maps.astype(np.float32), class_ids
+
+
+def read_maps(source: str | os.PathLike | BinaryIO, name: str) -> tuple[np.ndarray, list[int]]:
+    """Maps [K, H, W] as stored (float16) and their K class ids from an .npz file or open
+    binary file written by :func:`maps_npz_bytes`; ``name`` names it in errors (ValueError)."""
     try:
-        data = np.load(path, allow_pickle=False)
+        data = np.load(source, allow_pickle=False)
         if not isinstance(data, np.lib.npyio.NpzFile):
             raise ValueError("not an .npz archive")
         with data:
-            maps = data["maps"].astype(np.float32)
+            maps = data["maps"]
             class_ids = [int(c) for c in data["class_ids"]]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as err:
-        raise ValueError(f"unreadable map file {path}: {err}") from err
+        raise ValueError(f"unreadable map file {name}: {err}") from err
     if maps.ndim != 3 or maps.shape[0] != len(class_ids):
-        raise ValueError(f"unreadable map file {path}: maps shape {maps.shape} does not match "
+        raise ValueError(f"unreadable map file {name}: maps shape {maps.shape} does not match "
                          f"{len(class_ids)} class ids")
     return maps, class_ids

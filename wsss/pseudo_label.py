@@ -24,7 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -97,8 +97,10 @@ def plan_workers(cluster: dict[str, float], options: PipelineOptions) -> WorkerP
 
 
 # -- the dataset index ------------------------------------------------------------------------
-def read_rows(data: Location, split: str) -> tuple[Any, dict[str, list[int]], list[dict]]:
-    """(DatasetInfo, labels.json, one row per id: ``id``, ``image_file``, ``mask_file``).
+def read_rows(data: Location, split: str, only: Sequence[str] | None = None
+              ) -> tuple[Any, dict[str, list[int]], list[dict]]:
+    """(DatasetInfo, labels.json, one row per id: ``id``, ``image_file``, ``mask_file``), for
+    every id of ``split`` or, with ``only``, for those ids (each must be in the split).
 
     Folders are listed once, so no per-image existence checks hit the object store; an id
     without an image gets an empty ``image_file`` and fails in the decode stage.
@@ -113,6 +115,12 @@ def read_rows(data: Location, split: str) -> tuple[Any, dict[str, list[int]], li
         raise DatasetError(f"split file not found: {data.name(*split_file)} (available "
                            f"splits: {', '.join(available) or 'none'})")
     ids = split_from_text(data.read_text(*split_file), data.name(*split_file))
+    if only is not None:
+        missing = sorted(set(only) - set(ids))
+        if missing:
+            raise DatasetError(f"{data.name(*split_file)}: {len(missing)} requested id(s) not "
+                               f"in the split, e.g. {missing[:3]}")
+        ids = list(only)
     labels = {}
     if data.is_file("labels.json"):
         labels = labels_from_text(data.read_text("labels.json"), data.name("labels.json"), info)
@@ -187,8 +195,10 @@ def _count(nodes: dict[str, dict[str, int]], stage: str, node: str) -> None:
 def run_pseudo_label(checkpoint: str | Path, data: str | Path, split: str, out: str | Path,
                      cam_cfg: CamConfig = CamConfig(), refine_cfg: RefineConfig = RefineConfig(),
                      tracking_cfg: TrackingConfig = TrackingConfig(),
-                     options: PipelineOptions = PipelineOptions()) -> PseudoLabelReport:
-    """Write ``OUT/<id>.png`` pseudo-masks for every image of ``split`` with Ray Data.
+                     options: PipelineOptions = PipelineOptions(),
+                     ids: Sequence[str] | None = None) -> PseudoLabelReport:
+    """Write ``OUT/<id>.png`` pseudo-masks for every image of ``split`` (or only ``ids``)
+    with Ray Data.
 
     Ray must be initialised (``wsss.ray_utils.init_ray``). Records one MLflow run.
     """
@@ -198,7 +208,7 @@ def run_pseudo_label(checkpoint: str | Path, data: str | Path, split: str, out: 
 
     data_loc, out_loc = Location.parse(data), Location.parse(out)
     state = _load_checkpoint(checkpoint)
-    info, labels, rows = read_rows(data_loc, split)
+    info, labels, rows = read_rows(data_loc, split, ids)
     _check_classes(state, info, checkpoint)
     job = Job(data_loc, out_loc, info, state["method"], dict(state["method_params"]), cam_cfg,
               refine_cfg, labels, options.max_image_side, options.save_maps, options.evaluate)

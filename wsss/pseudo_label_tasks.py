@@ -28,10 +28,11 @@ INPUT_ERRORS = (DatasetError, FileNotFoundError, ValueError, OSError)
 
 @dataclass(frozen=True)
 class Job:
-    """Everything a stage needs to know, shipped to every task and actor (small, picklable)."""
+    """Everything a stage needs to know, shipped to every task and actor (small, picklable).
+    Without ``out`` masks are only scored (``evaluate``), not written."""
 
     data: Location
-    out: Location
+    out: Location | None
     info: DatasetInfo
     method_name: str
     method_params: dict[str, Any]
@@ -172,6 +173,35 @@ def _node() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
 
 
+def load_saved_maps(batch: dict[str, np.ndarray], job: Job,
+                    maps: Location) -> dict[str, np.ndarray]:
+    """A decoded batch -> the columns of :class:`CamExtractor`, with the maps read from
+    ``maps/<id>.npz`` (written by ``wsss cam`` or ``pseudo-label --save-maps``) instead of
+    computed; a missing, unreadable or wrongly sized map file fails its row."""
+    from wsss.cams import read_maps
+
+    size = len(batch["id"])
+    found: list[Any] = [np.zeros((0, 1, 1), np.float16)] * size
+    class_ids: list[Any] = [np.zeros(0, np.int64)] * size
+    errors = list(batch["error"])
+    for row, sample_id in enumerate(batch["id"]):
+        if errors[row]:
+            continue
+        name = f"{sample_id}.npz"
+        try:
+            row_maps, row_ids = read_maps(_open(maps, name), maps.name(name))
+            if row_maps.shape[1:] != batch["image"][row].shape[:2]:
+                raise ValueError(f"map file {maps.name(name)}: maps {row_maps.shape[1:]} do not "
+                                 f"match the image {batch['image'][row].shape[:2]}")
+            found[row], class_ids[row] = row_maps, np.asarray(row_ids, np.int64)
+        except INPUT_ERRORS as err:
+            errors[row] = str(err)
+    return {**{key: batch[key] for key in ("id", "image", "gt")},
+            "error": np.asarray(errors, dtype=str), "maps": objects(found),
+            "class_ids": objects(class_ids), "cam_node": np.asarray([_node()] * size),
+            "cam_seconds": np.zeros(size)}
+
+
 def refine_and_write(batch: dict[str, np.ndarray], job: Job) -> dict[str, np.ndarray]:
     """Masks of a mapped batch written to ``job.out`` as ``<id>.png`` (and maps when asked).
 
@@ -219,9 +249,10 @@ def _refine_one(job: Job, method: Any, batch: dict[str, np.ndarray], row: int) -
     root = job.data.root if job.data.is_local else job.data.uri
     mask = method.pseudo_mask(image, maps, class_ids, job.info.has_background, job.refine,
                               lambda source: saliency_for(root, sample_id, image, source))
-    if job.save_maps:
-        job.out.write_bytes(maps_npz_bytes(maps16, class_ids), MAPS_DIR, f"{sample_id}.npz")
-    job.out.write_bytes(mask_png_bytes(mask), f"{sample_id}.png")
+    if job.out is not None:
+        if job.save_maps:
+            job.out.write_bytes(maps_npz_bytes(maps16, class_ids), MAPS_DIR, f"{sample_id}.npz")
+        job.out.write_bytes(mask_png_bytes(mask), f"{sample_id}.png")
     gt = batch["gt"][row]
     if not job.evaluate:
         return np.zeros(0, np.int64)

@@ -115,5 +115,8 @@ def test_crf_sweep_scores_refined_masks_of_one_checkpoint(tmp_path, synth_root, 
     children = check_store(uri, "test-crf", 2, best, "refine.crf_bilateral_srgb")
     for child in children:
         assert child.data.params["refine.crf"] == "True"
-    # One classifier was trained for the whole sweep (no retraining per trial).
+        assert child.data.metrics["images"] == 8 and child.data.metrics["images_failed"] == 0
+    # One classifier was trained for the whole sweep (no retraining per trial), and the Ray Data
+    # pipeline extracted the maps of the 8 scored images once.
     assert len(list((tmp_path / "runs/test-crf/classifier").glob("*/model.pt"))) == 1
+    assert len(list((tmp_path / "runs/test-crf/pseudo-labels/maps").glob("*.npz"))) == 8

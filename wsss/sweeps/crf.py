@@ -1,8 +1,10 @@
 """The CRF sweep: background and dense-CRF knobs scored on maps of one fixed checkpoint.
 
-Maps are extracted once before the sweep (``run_cams``); a trial only turns them into refined
-pseudo-masks and scores them, reporting the running mIoU after each chunk of images so ASHA
-can stop poor settings early (time attribute ``chunk``).
+Before the sweep the Ray Data pseudo-labelling pipeline (``wsss.pseudo_label``) extracts the
+maps of the scored images once; a trial re-runs its refine stage on those maps through Ray Data
+(``wsss.rescore``) with the trial's settings, reporting the running mIoU after each chunk of
+images so ASHA can stop poor settings early (time attribute ``chunk``). A trial reserves one
+CPU per ``--workers-per-trial`` for its refine tasks.
 """
 
 from __future__ import annotations
@@ -10,47 +12,22 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
-from wsss.config import ExperimentConfig, RefineConfig
+from wsss.config import ExperimentConfig
 from wsss.sweeps.runner import SAMPLE_IMAGES, Sweep
 from wsss.sweeps.trial import OBJECTIVE, SweepContext, scaled
 
 CHUNK_ATTR = "chunk"
 CHUNKS = 4
-
-
-def refined_mask_scores(cams_dir: str | Path, data_root: str | Path, ids: Sequence[str],
-                        refine: RefineConfig, chunks: int = CHUNKS) -> Iterator[tuple[int, Any]]:
-    """Pseudo-label ``ids`` from their map files with ``refine`` (CRF included) and yield
-    ``(images scored so far, running Scores)`` after each of ``chunks`` chunks.
-
-    The one place the CRF sweep turns maps into masks: a single process for now; the Ray Data
-    pseudo-labeling pipeline can take its place here without touching the sweep.
-    """
-    from wsss.data.voc import VOCDataset
-    from wsss.metrics import ConfusionMatrix
-    from wsss.stages import mask_pair, maps_method
-
-    dataset = VOCDataset(data_root, ids=list(ids))
-    method = maps_method(cams_dir)
-    confusion = ConfusionMatrix(dataset.info.num_classes)
-    names = list(dataset.info.class_names)
-    background = 0 if dataset.info.has_background else None
-    bounds = [round(len(ids) * (k + 1) / chunks) for k in range(chunks)]
-    done = 0
-    for end in bounds:
-        for sample_id in ids[done:end]:
-            gt, pred = mask_pair(method, dataset, Path(cams_dir), sample_id, refine)
-            confusion.update(pred, gt)
-        done = end
-        yield done, confusion.compute(names, background=background)
+TRIAL_MEMORY = 256 * 2**20  # the trial function only drives its Ray Data tasks
 
 
 def crf_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     """Tune function trainable: score the trial's refine settings, chunk by chunk."""
     import ray.tune
 
+    from wsss.rescore import rescore_maps
     from wsss.sweeps.spaces import apply_trial
     from wsss.sweeps.tracking import trial_run
     from wsss.tracking import log_metrics
@@ -58,11 +35,14 @@ def crf_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     trial = ray.tune.get_context()
     cfg = apply_trial(ctx.base(), config)
     run_id = trial_run(ctx, trial.get_trial_id(), trial.get_trial_name(), cfg)
-    cams = ctx.extra["cams_dir"]
-    for chunk, (done, scores) in enumerate(
-            refined_mask_scores(cams, cfg.data.root, ctx.eval_ids, cfg.refine), start=1):
-        metrics = {OBJECTIVE: scores.miou, CHUNK_ATTR: chunk, "images": done,
-                   "pixel_accuracy": scores.pixel_accuracy}
+    chunks = rescore_maps(ctx.extra["maps_dir"], cfg.data.root, cfg.data.train_split,
+                          ctx.eval_ids, cfg.refine, ctx.extra["method"],
+                          ctx.extra["method_params"], chunks=CHUNKS,
+                          batch_size=cfg.cams.batch_size, max_image_side=cfg.data.max_image_side)
+    for chunk, scored in enumerate(chunks, start=1):
+        metrics = {OBJECTIVE: scored.scores.miou, CHUNK_ATTR: chunk, "images": scored.images,
+                   "images_failed": len(scored.failed),
+                   "pixel_accuracy": scored.scores.pixel_accuracy}
         log_metrics(metrics, step=chunk, run_id=run_id, uri=ctx.tracking_uri)
         ray.tune.report(metrics)
 
@@ -72,7 +52,13 @@ class CrfSweep(Sweep):
     """Refine knobs on the maps of ``--checkpoint`` (or of a CAM classifier trained first)."""
 
     time_attr: str = CHUNK_ATTR
-    trial_resources: dict[str, float] = dataclasses.field(default_factory=lambda: {"cpu": 1})
+
+    def resources(self, args: argparse.Namespace) -> Any:
+        """The trial function (a little memory) plus one CPU bundle per refine worker."""
+        from ray import tune
+
+        return tune.PlacementGroupFactory(
+            [{"memory": TRIAL_MEMORY}] + [{"CPU": 1.0}] * args.workers_per_trial)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--checkpoint", help="classifier model.pt whose maps are refined "
@@ -80,8 +66,12 @@ class CrfSweep(Sweep):
 
     def prepare(self, args: argparse.Namespace, cfg: ExperimentConfig,
                 workdir: Path) -> dict[str, Any]:
-        """Maps of the training split from the fixed checkpoint, extracted once."""
-        from wsss.stages import run_cams, run_train_classifier
+        """Maps of the scored images from the fixed checkpoint, extracted once by the Ray Data
+        pseudo-labelling pipeline (``OUT/maps``)."""
+        from wsss.pseudo_label import PipelineOptions, run_pseudo_label
+        from wsss.stages import run_train_classifier
+        from wsss.sweeps.runner import select_train_eval_ids
+        from wsss.train.checkpoint import load_checkpoint_state
 
         checkpoint = args.checkpoint
         if checkpoint is None:
@@ -89,9 +79,18 @@ class CrfSweep(Sweep):
             trained = run_train_classifier(training, workdir / "classifier",
                                            run_name="crf-sweep-classifier")
             checkpoint = trained.checkpoint
-        cams = workdir / "cams"
-        run_cams(checkpoint, cfg.data.root, cfg.data.train_split, cams, cfg.cams, cfg.tracking)
-        return {"cams_dir": str(cams), "checkpoint": str(Path(checkpoint).resolve())}
+        out = workdir / "pseudo-labels"
+        options = PipelineOptions(save_maps=True, max_image_side=cfg.data.max_image_side,
+                                  gpus_per_worker=args.gpus_per_trial or 1.0)
+        report = run_pseudo_label(checkpoint, cfg.data.root, cfg.data.train_split, out,
+                                  cfg.cams, cfg.refine, cfg.tracking, options,
+                                  ids=select_train_eval_ids(cfg, args.eval_images, args.seed))
+        if report.failed:
+            raise RuntimeError(f"map extraction failed for {len(report.failed)} image(s), "
+                               f"e.g. {report.failed[0]}; see {out / 'report.json'}")
+        state = load_checkpoint_state(checkpoint)
+        return {"maps_dir": str(out / "maps"), "checkpoint": str(Path(checkpoint).resolve()),
+                "method": state["method"], "method_params": dict(state["method_params"])}
 
     def full_length(self, cfg: ExperimentConfig, trial_config: dict[str, Any]) -> int:
         return CHUNKS
@@ -101,14 +100,15 @@ class CrfSweep(Sweep):
         """Maps and CRF-refined pseudo-masks of a few images under the trial's settings."""
         from wsss.cams import load_maps
         from wsss.data.voc import VOCDataset
-        from wsss.stages import maps_method
+        from wsss.methods import get_method
         from wsss.sweeps.samples import mask_samples
         from wsss.sweeps.spaces import apply_trial
 
-        cams = Path(ctx.extra["cams_dir"])
+        maps = Path(ctx.extra["maps_dir"])
         ids = list(ctx.eval_ids[:SAMPLE_IMAGES])
+        method = get_method(ctx.extra["method"])(0, ctx.extra["method_params"])
         return mask_samples(VOCDataset(cfg.data.root, ids=ids), ids,
-                            lambda i: load_maps(cams / f"{i}.npz"), maps_method(cams),
+                            lambda i: load_maps(maps / f"{i}.npz"), method,
                             apply_trial(cfg, row["knobs"]).refine, out_dir)
 
     def max_t(self, cfg: ExperimentConfig) -> int:

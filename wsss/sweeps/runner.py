@@ -38,6 +38,10 @@ class Sweep:
     trial_resources: dict[str, float] = dataclasses.field(
         default_factory=lambda: {"cpu": 0, "memory": 256 * 2**20})
 
+    def resources(self, args: argparse.Namespace) -> Any:
+        """What Tune reserves for one trial (``tune.with_resources``)."""
+        return self.trial_resources
+
     def space(self, smoke: bool) -> Space:
         return Space(self.knobs, self.constants, self.methods,
                      overrides=self.smoke_knobs if smoke else ())

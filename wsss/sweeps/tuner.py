@@ -57,7 +57,7 @@ def make_tuner(sweep: Sweep, args: argparse.Namespace, ctx: SweepContext, cfg: A
     from ray import tune
 
     trainable = tune.with_resources(tune.with_parameters(sweep.trainable, ctx=ctx),
-                                    sweep.trial_resources)
+                                    sweep.resources(args))
     path = f"{ctx.storage_path.rstrip('/')}/{args.experiment}"
     if args.resume and tune.Tuner.can_restore(path):
         print(f"resuming sweep from {path}", flush=True)
