@@ -92,8 +92,13 @@ def plan_workers(cluster: dict[str, float], options: PipelineOptions) -> WorkerP
         raise ValueError(f"the cluster has {cpus:g} CPU(s); pseudo-labelling needs at least "
                          f"{RESERVED_TASK_CPUS + 1:g} (map workers + decode/CRF tasks)")
     share = min(1.0 if use_gpu else max(1.0, math.floor(spare / workers)), spare / workers)
+    # Torch threads: a CPU actor's fair share of all cores, the reserved one included. The
+    # decode and CRF tasks need far less CPU than the forward pass, so the actor's threads
+    # use that core whenever the tasks leave it idle; the reservation still keeps the tasks
+    # schedulable (a scheduling guarantee, not a thread limit).
+    threads = max(1, int(share if use_gpu else cpus // workers))
     return WorkerPlan(workers, round(share, 3), options.gpus_per_worker if use_gpu else 0.0,
-                      max(1, int(share)))
+                      threads)
 
 
 # -- the dataset index ------------------------------------------------------------------------
