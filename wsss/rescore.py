@@ -53,9 +53,13 @@ def rescore_maps(maps: str | Path, data: str | Path, split: str, ids: Sequence[s
     job = Job(data_loc, None, info, method_name, dict(method_params or {}), refine=refine_cfg,
               labels_file=labels, max_image_side=max_image_side, evaluate=True)
     ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / batch_size)))
+    group = ray.util.get_current_placement_group()
     ds = ds.map_batches(_refine_saved, fn_kwargs={"job": job, "maps": maps_loc},
-                        batch_size=batch_size, num_cpus=1, **_placement_group_args())
+                        batch_size=batch_size, num_cpus=1, **_placement_group_args(group))
     ds.context.execution_options.preserve_order = True
+    if group is not None:  # plan for the group's CPUs, not the whole cluster's
+        cpus = sum(bundle.get("CPU", 0) for bundle in group.bundle_specs)
+        ds.context.execution_options.resource_limits = ray.data.ExecutionResources(cpu=cpus)
     confusion = ConfusionMatrix(info.num_classes)
     background = 0 if info.has_background else None
     bounds = [math.ceil(len(rows) * (k + 1) / chunks) for k in range(chunks)]
@@ -76,16 +80,14 @@ def _refine_saved(batch: dict[str, np.ndarray], job: Job, maps: Location) -> dic
     return refine_and_write(load_saved_maps(decode_batch(batch, job), job, maps), job)
 
 
-def _placement_group_args() -> dict[str, Any]:
+def _placement_group_args(group: Any) -> dict[str, Any]:
     """Keep the tasks in the caller's placement group (a Tune trial's), if it has one.
 
     Ray Data schedules tasks with its own strategy (SPREAD), which would take them out of the
     group: they would wait for CPUs outside it, which other trials may hold.
     """
-    import ray
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    group = ray.util.get_current_placement_group()
     if group is None:
         return {}
     return {"scheduling_strategy": PlacementGroupSchedulingStrategy(
