@@ -11,6 +11,7 @@ against the full budget) go to ``benchmarks/results/sweep_efficiency.md`` and ``
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -59,7 +60,8 @@ def prepare(args: argparse.Namespace) -> tuple[Path, Path]:
     generate_dataset(data, n=args.n, seed=0, image_size=args.size)
     init_ray(None)
     cfg = load_config(None, [f"data.root={data}", f"data.crop_size={args.size}",
-                             "train.epochs=4", "train.num_workers=1", "train.batch_size=8",
+                             f"train.epochs={args.epochs}", "train.num_workers=1",
+                             "train.batch_size=8",
                              f"tracking.uri=sqlite:///{args.workdir / 'mlflow.db'}",
                              "tracking.experiment=bench-classifier"])
     result = run_train_classifier(cfg, args.workdir / "classifier", run_name="bench-cam")
@@ -76,7 +78,10 @@ def write_results(curves: dict[str, list[dict]], args: argparse.Namespace, secon
     lines = ["# Sweep efficiency: TPE + ASHA vs random search (CRF sweep, synthetic set)", "",
              f"Command: `python benchmarks/sweep_efficiency.py {' '.join(sys.argv[1:])}`  ",
              f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}, "
-             f"{_cpus()} CPUs (shared); total {seconds:.0f}s", "",
+             f"{_cpus()} CPUs (shared); total {seconds:.0f}s; load average (1 min) at the "
+             f"end {os.getloadavg()[0]:.1f}  ",
+             f"Classifier: CAM, {args.epochs} epochs on {args.n} synthetic images of "
+             f"{args.size} px; {args.eval_images} images scored per trial", "",
              "| search | seeds | best mIoU after N trials (mean ± std), N = "
              + ", ".join(str(n) for n in _marks(args.trials)) + " | chunks scored / full budget |"
              " wall s / sweep |", "|---|---|---|---|---|"]
@@ -108,8 +113,6 @@ def _marks(trials: int) -> list[int]:
 
 
 def _cpus() -> int:
-    import os
-
     return os.cpu_count() or 0
 
 
@@ -120,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=80, help="synthetic images")
     p.add_argument("--size", type=int, default=64, help="image side")
     p.add_argument("--eval-images", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=4, help="epochs of the CAM classifier")
     p.add_argument("--max-concurrent", type=int, default=2)
     p.add_argument("--workdir", type=Path, default=Path("runs/bench_sweeps"))
     args = p.parse_args(argv)
