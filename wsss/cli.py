@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Sequence
 
@@ -45,17 +46,16 @@ def _add_training(p: argparse.ArgumentParser, out_default: str) -> None:
 
 
 def _config(args: argparse.Namespace, extra: list[str]) -> ExperimentConfig:
-    overrides = list(extra)
-    if args.tracking_uri:
-        overrides.append(f"tracking.uri={args.tracking_uri}")
-    if args.experiment:
-        overrides.append(f"tracking.experiment={args.experiment}")
+    overrides = list(extra) + _opts([("tracking.uri", args.tracking_uri or None),
+                                     ("tracking.experiment", args.experiment or None)])
     return load_config(args.config, overrides + list(args.overrides))
 
 
 def _opts(pairs: list[tuple[str, object]]) -> list[str]:
-    """``key=value`` overrides for the options the user gave (None = not given)."""
-    return [f"{key}={value}" for key, value in pairs if value is not None]
+    """``key=value`` overrides for the options the user gave (None = not given); text is
+    quoted so that YAML keeps it text (a folder called ``2024`` stays a string)."""
+    return [f"{key}={json.dumps(value) if isinstance(value, str) else value}"
+            for key, value in pairs if value is not None]
 
 
 def _add_cam_options(p: argparse.ArgumentParser) -> None:
