@@ -196,6 +196,8 @@ def _finish(report: StageReport, dataset: VOCDataset, out_dir: Path, what: str) 
     written = [i for i in dataset.ids if (out_dir / f"{i}.png").is_file()]
     scores, scored = score_masks(dataset, out_dir, written)
     report.extra["scored"] = scored.done
+    if scored.failed:  # masks written, but their ground truth could not be read
+        report.extra["not_scored"] = [{"id": i, "reason": r} for i, r in scored.failed]
     if scored.done:
         report.extra["miou"] = scores.miou
         report.extra["pixel_accuracy"] = scores.pixel_accuracy
