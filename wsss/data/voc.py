@@ -284,7 +284,7 @@ def load_rgb(path: Path | BinaryIO, max_side: int = 1024) -> np.ndarray:
                 im = Image.fromarray(arr.astype(np.uint8))
             return np.asarray(im.convert("RGB")).copy()
     except _DECODE_ERRORS as err:
-        raise DatasetError(f"cannot read image {_name(path)}: {err}") from err
+        raise _decode_error("image", _name(path), err) from err
 
 
 def load_mask(path: Path | BinaryIO, size: tuple[int, int], num_classes: int,
@@ -306,8 +306,10 @@ def load_mask(path: Path | BinaryIO, size: tuple[int, int], num_classes: int,
             if im.size != target:
                 im = im.resize(target, Image.NEAREST)
             mask = np.asarray(im).copy()
+    except DatasetError:  # a ValueError too: keep the message as it is
+        raise
     except _DECODE_ERRORS as err:
-        raise DatasetError(f"cannot read mask {name}: {err}") from err
+        raise _decode_error("mask", name, err) from err
     if mask.shape != tuple(size):
         raise DatasetError(f"mask {name} has size {mask.shape[1]}x{mask.shape[0]} but its image "
                            f"is {size[1]}x{size[0]}")
@@ -316,6 +318,14 @@ def load_mask(path: Path | BinaryIO, size: tuple[int, int], num_classes: int,
         raise DatasetError(f"mask {name} has label value(s) {sorted(set(mask[bad].tolist()))} "
                            f"outside 0..{num_classes - 1} (255 = ignore)")
     return mask
+
+
+def _decode_error(what: str, name: str, err: Exception) -> DatasetError:
+    """The DatasetError for a file PIL could not decode (PIL's own text names a file object
+    by its repr, so an unidentified file gets a reason of its own)."""
+    reason = ("not an image PIL can identify (empty, damaged, or of an unknown format)"
+              if isinstance(err, UnidentifiedImageError) else str(err))
+    return DatasetError(f"cannot read {what} {name}: {reason}")
 
 
 def _read_labels_file(path: Path, info: DatasetInfo) -> dict[str, list[int]]:
