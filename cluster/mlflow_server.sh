@@ -5,15 +5,19 @@
 #   mlflow_server.sh wait    # wait until it answers (start it before `ray start`, wait after)
 #   mlflow_server.sh stop
 #
-# Reads ~/.wsss/env.sh (see node_env.sh). The database and the log live in ~/.wsss/mlflow;
+# Reads ~/.wsss/env.sh (see node_env.sh): it listens on $WSSS_HEAD_IP at the port of
+# $MLFLOW_TRACKING_URI. Without them (no env.sh) it listens on 127.0.0.1:5000, this machine
+# only, never on every interface. The database and the log live in ~/.wsss/mlflow;
 # artifacts go to $WSSS_MLFLOW_ARTIFACTS (s3://... or, by default, a folder on the head) through
 # the server, so nodes need no storage credentials of their own for MLflow.
 set -euo pipefail
 
-source ~/.wsss/env.sh
+if [ -f ~/.wsss/env.sh ]; then source ~/.wsss/env.sh; fi
+host=${WSSS_HEAD_IP:-127.0.0.1}
+uri=${MLFLOW_TRACKING_URI:-http://$host:5000}
 dir=~/.wsss/mlflow
 pidfile=$dir/server.pid
-port=${MLFLOW_TRACKING_URI##*:}
+port=${uri##*:}
 mkdir -p "$dir"
 
 stop_server() {
@@ -27,21 +31,21 @@ stop_server() {
 start_server() {
     stop_server
     local artifacts=${WSSS_MLFLOW_ARTIFACTS:-$dir/artifacts}
-    local hosts="$WSSS_HEAD_IP,$WSSS_HEAD_IP:$port,localhost,localhost:$port,127.0.0.1,127.0.0.1:$port"
+    local hosts="$host,$host:$port,localhost,localhost:$port,127.0.0.1,127.0.0.1:$port"
     # One worker: uvicorn's supervisor restarts workers that answer its pings late. No job
     # runners (MLflow's background jobs): this server only records runs.
-    MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid nohup mlflow server --host "$WSSS_HEAD_IP" --port "$port" --workers 1 \
+    MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid nohup mlflow server --host "$host" --port "$port" --workers 1 \
         --backend-store-uri "sqlite:///$dir/mlflow.db" --artifacts-destination "$artifacts" \
         --allowed-hosts "$hosts" > "$dir/server.log" 2>&1 < /dev/null &
     echo $! > "$pidfile"
-    echo "mlflow server starting at $MLFLOW_TRACKING_URI (artifacts: $artifacts)"
+    echo "mlflow server starting at $uri (artifacts: $artifacts)"
 }
 
 wait_for_server() {
     for _ in $(seq 300); do
         if python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
-            "$MLFLOW_TRACKING_URI/health" 2>/dev/null; then
-            echo "mlflow server at $MLFLOW_TRACKING_URI (log: $dir/server.log)"
+            "$uri/health" 2>/dev/null; then
+            echo "mlflow server at $uri (log: $dir/server.log)"
             return 0
         fi
         [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null || break

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Sequence
 
@@ -45,17 +46,16 @@ def _add_training(p: argparse.ArgumentParser, out_default: str) -> None:
 
 
 def _config(args: argparse.Namespace, extra: list[str]) -> ExperimentConfig:
-    overrides = list(extra)
-    if args.tracking_uri:
-        overrides.append(f"tracking.uri={args.tracking_uri}")
-    if args.experiment:
-        overrides.append(f"tracking.experiment={args.experiment}")
+    overrides = list(extra) + _opts([("tracking.uri", args.tracking_uri or None),
+                                     ("tracking.experiment", args.experiment or None)])
     return load_config(args.config, overrides + list(args.overrides))
 
 
 def _opts(pairs: list[tuple[str, object]]) -> list[str]:
-    """``key=value`` overrides for the options the user gave (None = not given)."""
-    return [f"{key}={value}" for key, value in pairs if value is not None]
+    """``key=value`` overrides for the options the user gave (None = not given); text is
+    quoted so that YAML keeps it text (a folder called ``2024`` stays a string)."""
+    return [f"{key}={json.dumps(value) if isinstance(value, str) else value}"
+            for key, value in pairs if value is not None]
 
 
 def _add_cam_options(p: argparse.ArgumentParser) -> None:
@@ -106,6 +106,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_train_cls(args: argparse.Namespace) -> int:
+    from wsss.data.voc import read_info
     from wsss.methods import METHODS  # noqa: F401  (registry for validation)
     from wsss.ray_utils import init_ray
     from wsss.stages import run_train_classifier
@@ -116,6 +117,7 @@ def cmd_train_cls(args: argparse.Namespace) -> int:
                    ("model.backbone", args.backbone), ("model.pretrained", args.pretrained),
                    ("data.crop_size", args.crop_size), ("train.seed", args.seed)])
     cfg = _config(args, extra)
+    read_info(cfg.data.root)  # a missing dataset fails before Ray starts
     init_ray(args.address)
     result = run_train_classifier(cfg, args.out, run_name=args.run_name)
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()
@@ -187,6 +189,7 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
 
 
 def cmd_train_seg(args: argparse.Namespace) -> int:
+    from wsss.data.voc import read_info
     from wsss.ray_utils import init_ray
     from wsss.stages_segmentation import run_train_segmenter
 
@@ -195,6 +198,7 @@ def cmd_train_seg(args: argparse.Namespace) -> int:
                    ("segmenter.batch_size", args.batch_size), ("segmenter.lr", args.lr),
                    ("segmenter.crop_size", args.crop_size), ("segmenter.mode", args.mode)])
     cfg = _config(args, extra)
+    read_info(cfg.data.root)  # a missing dataset fails before Ray starts
     init_ray(args.address)
     result = run_train_segmenter(cfg, args.pseudo_masks, args.out, run_name=args.run_name)
     last = result.history[-1] if result.history else {}
@@ -238,6 +242,8 @@ def _print_report(report, what: str) -> None:
     print(report.summary(what))
     for sample_id, reason in report.failed:
         print(f"  skipped {sample_id}: {reason}")
+    for entry in report.extra.get("not_scored", []):
+        print(f"  not scored {entry['id']}: {entry['reason']}")
 
 
 def build_parser() -> argparse.ArgumentParser:

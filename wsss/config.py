@@ -8,6 +8,7 @@ keys and out-of-range values fail early with a message that lists the valid choi
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -267,10 +268,8 @@ def from_dict(data: Mapping[str, Any] | None, cls: type = ExperimentConfig, pref
             if not isinstance(value, Mapping):
                 raise ConfigError(f"config key '{prefix}{name}' must be a mapping, got {value!r}")
             kwargs[name] = from_dict(value, sub, prefix=f"{prefix}{name}.")
-        elif isinstance(value, list):
-            kwargs[name] = tuple(value) if "tuple" in str(f.type) else value
         else:
-            kwargs[name] = value
+            kwargs[name] = typed_value(f"{prefix}{name}", value, str(f.type))
     cfg = cls(**kwargs)
     if cls is ExperimentConfig:
         cfg.validate()
@@ -318,6 +317,52 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+_TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false",
+               "str": "a string", "Mapping[str, Any]": "a mapping"}
+_PLURALS = {"int": "integers", "float": "numbers", "bool": "booleans", "str": "strings"}
+
+
+def typed_value(key: str, value: Any, annotation: str) -> Any:
+    """``value`` checked against a dataclass field's annotation (as written in the class).
+
+    Lists become tuples for ``tuple[X, ...]`` fields; a number given as a string (PyYAML reads
+    ``1e-3`` as one) becomes a float. Raises ConfigError naming ``key`` and the expected type.
+    Annotations it does not know pass the value through unchecked.
+    """
+    optional = annotation.endswith(" | None")
+    kind = annotation.removesuffix(" | None")
+    if value is None and optional:
+        return None
+    if kind == "float" and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if kind.startswith("tuple[") and kind.endswith(", ...]"):
+        item = kind[len("tuple["):-len(", ...]")]
+        if isinstance(value, (list, tuple)) and all(_type_ok(v, item) for v in value):
+            return tuple(value)
+        expected = f"a list of {_PLURALS.get(item, item)}"
+    elif kind not in _TYPE_NAMES or _type_ok(value, kind):
+        return value
+    else:
+        expected = _TYPE_NAMES[kind]
+    expected += " or null" if optional else ""
+    raise ConfigError(f"config value {key}={value!r} has the wrong type: expected {expected}")
+
+
+def _type_ok(value: Any, kind: str) -> bool:
+    """Whether ``value`` is of the simple annotation ``kind`` (bools are not numbers here)."""
+    if kind in ("int", "float") and isinstance(value, bool):
+        return False
+    if kind == "int":
+        return isinstance(value, numbers.Integral)
+    if kind == "float":
+        return isinstance(value, numbers.Real)
+    types = {"bool": bool, "str": str, "Mapping[str, Any]": Mapping}
+    return kind not in types or isinstance(value, types[kind])
 
 
 def _dataclass_type(f: dataclasses.Field) -> type | None:

@@ -30,7 +30,7 @@ import numpy as np
 
 from wsss.config import CamConfig, RefineConfig, TrackingConfig
 from wsss.data.voc import (IMAGE_DIR, IMAGE_SUFFIXES, MASK_DIR, SPLIT_DIR, DatasetError,
-                           info_from_text, labels_from_text, split_from_text)
+                           decode_text, info_from_text, labels_from_text, split_from_text)
 from wsss.pseudo_label_tasks import (Job, CamExtractor, block_confusion, decode_batch,
                                      refine_and_write)
 from wsss.stages import GRID_SAMPLES, REPORT_FILE, StageReport
@@ -112,14 +112,14 @@ def read_rows(data: Location, split: str, only: Sequence[str] | None = None
     """
     if not data.is_dir():
         raise DatasetError(f"dataset folder not found: {data.uri}")
-    classes = data.read_text("classes.txt") if data.is_file("classes.txt") else None
+    classes = _read_text(data, "classes.txt") if data.is_file("classes.txt") else None
     info = info_from_text(data.uri, classes, data.name("classes.txt"))
     split_file = (SPLIT_DIR, f"{split}.txt")
     if not data.is_file(*split_file):
         available = [n[:-4] for n in data.list_files(SPLIT_DIR) if n.endswith(".txt")]
         raise DatasetError(f"split file not found: {data.name(*split_file)} (available "
                            f"splits: {', '.join(available) or 'none'})")
-    ids = split_from_text(data.read_text(*split_file), data.name(*split_file))
+    ids = split_from_text(_read_text(data, *split_file), data.name(*split_file))
     if only is not None:
         missing = sorted(set(only) - set(ids))
         if missing:
@@ -128,12 +128,16 @@ def read_rows(data: Location, split: str, only: Sequence[str] | None = None
         ids = list(only)
     labels = {}
     if data.is_file("labels.json"):
-        labels = labels_from_text(data.read_text("labels.json"), data.name("labels.json"), info)
+        labels = labels_from_text(_read_text(data, "labels.json"), data.name("labels.json"), info)
     images = _by_id(data.list_files(IMAGE_DIR), IMAGE_SUFFIXES)
     masks = _by_id(data.list_files(MASK_DIR), (".png",))
     rows = [{"id": i, "image_file": images.get(i, ""), "mask_file": masks.get(i, "")}
             for i in ids]
     return info, labels, rows
+
+
+def _read_text(data: Location, *parts: str) -> str:
+    return decode_text(data.read_bytes(*parts), data.name(*parts))
 
 
 def _by_id(names: list[str], suffixes: tuple[str, ...]) -> dict[str, str]:
@@ -250,9 +254,12 @@ def _load_checkpoint(checkpoint: str | Path) -> dict[str, Any]:
 
 
 def _check_classes(state: dict[str, Any], info: Any, checkpoint: str | Path) -> None:
-    from wsss.train.checkpoint import check_classes
+    """CheckpointError before any work unless the checkpoint fits the dataset's classes and
+    rebuilds into its method's model (the map actors rebuild it the same way)."""
+    from wsss.train.checkpoint import check_classes, classifier_from_state
 
     check_classes(state, info.num_fg, checkpoint)
+    classifier_from_state(state, "cpu", source=checkpoint)
 
 
 def _params(checkpoint: Any, data: Location, split: str, out: Location, cam_cfg: CamConfig,

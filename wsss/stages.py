@@ -206,6 +206,8 @@ def maps_method(cams_dir: str | Path) -> Any:
     it decides how maps become masks (e.g. saliency guidance)."""
     from wsss.methods import get_method
 
+    if not Path(cams_dir).is_dir():
+        raise FileNotFoundError(f"maps folder not found: {cams_dir} (`wsss cam` writes one)")
     report = Path(cams_dir) / REPORT_FILE
     info = json.loads(report.read_text()) if report.is_file() else {}
     return get_method(info.get("method", "cam"))(0, info.get("method_params"))

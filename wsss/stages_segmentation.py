@@ -93,13 +93,14 @@ def run_predict(checkpoint: str | Path, data_root: str | Path, split: str,
     """Write the segmenter's predicted masks ``<out_dir>/<id>.png`` for every image of
     ``split`` (full image size); scored against ground truth where it exists."""
     from wsss import tracking
+    from wsss.train.checkpoint import CheckpointError
     from wsss.train.segmenter import load_segmenter, predict_labels
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, state = load_segmenter(checkpoint, device)
     dataset = VOCDataset(data_root, split, max_image_side=max_image_side)
     if state["num_classes"] != dataset.info.num_classes:
-        raise DatasetError(f"{checkpoint} predicts {state['num_classes']} classes but "
+        raise CheckpointError(f"{checkpoint} predicts {state['num_classes']} classes but "
                            f"{data_root} has {dataset.info.num_classes}")
 
     def make(sample_id: str) -> np.ndarray:
@@ -123,6 +124,8 @@ def run_eval_masks(masks_dir: str | Path, data_root: str | Path, split: str,
     from wsss import tracking
 
     dataset = VOCDataset(data_root, split, max_image_side=max_image_side)
+    if not Path(masks_dir).is_dir():
+        raise FileNotFoundError(f"masks folder not found: {masks_dir}")
     start = time.perf_counter()
     scores, report = score_masks(dataset, Path(masks_dir))
     report.seconds = time.perf_counter() - start
@@ -193,6 +196,8 @@ def _finish(report: StageReport, dataset: VOCDataset, out_dir: Path, what: str) 
     written = [i for i in dataset.ids if (out_dir / f"{i}.png").is_file()]
     scores, scored = score_masks(dataset, out_dir, written)
     report.extra["scored"] = scored.done
+    if scored.failed:  # masks written, but their ground truth could not be read
+        report.extra["not_scored"] = [{"id": i, "reason": r} for i, r in scored.failed]
     if scored.done:
         report.extra["miou"] = scores.miou
         report.extra["pixel_accuracy"] = scores.pixel_accuracy
@@ -216,6 +221,15 @@ def _mask_grid(dataset: VOCDataset, cams_dir: Path, masks_dir: Path) -> Path | N
     images = [dataset.load_image(i) for i in ids]
     maps = [load_maps(cams_dir / f"{i}.npz")[0] for i in ids]
     masks = [np.asarray(Image.open(masks_dir / f"{i}.png")) for i in ids]
-    gt = [dataset.load_mask(i, im.shape[:2]) for i, im in zip(ids, images)]
+    gt = [_ground_truth(dataset, i, im.shape[:2]) for i, im in zip(ids, images)]
     return overlay_grid(images, maps, masks, gt, list(dataset.info.class_names),
                         masks_dir / "samples.png", row_titles=ids)
+
+
+def _ground_truth(dataset: VOCDataset, sample_id: str, size: tuple[int, int]) -> np.ndarray | None:
+    """The ground truth uint8 [H, W] of ``sample_id`` for a picture; None when it has none or
+    it is bad (the report already lists it)."""
+    try:
+        return dataset.load_mask(sample_id, size)
+    except DatasetError:
+        return None

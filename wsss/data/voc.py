@@ -78,8 +78,21 @@ def read_info(root: str | Path) -> DatasetInfo:
     if not root.is_dir():
         raise DatasetError(f"dataset folder not found: {root}")
     names_file = root / "classes.txt"
-    text = names_file.read_text() if names_file.is_file() else None
+    text = read_text(names_file) if names_file.is_file() else None
     return info_from_text(str(root), text, str(names_file))
+
+
+def read_text(path: Path) -> str:
+    """The UTF-8 content of a dataset text file (DatasetError naming it when it is not)."""
+    return decode_text(path.read_bytes(), str(path))
+
+
+def decode_text(data: bytes, source: str) -> str:
+    """``data`` decoded as UTF-8; ``source`` names the file in the error."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{source}: not UTF-8 text ({err.reason} at byte {err.start})") from err
 
 
 def info_from_text(root: str, classes_text: str | None, source: str) -> DatasetInfo:
@@ -103,7 +116,7 @@ def read_split(root: str | Path, split: str) -> list[str]:
         available = sorted(p.stem for p in path.parent.glob("*.txt")) if path.parent.is_dir() else []
         raise DatasetError(f"split file not found: {path} (available splits: "
                            f"{', '.join(available) or 'none'})")
-    return split_from_text(path.read_text(), str(path))
+    return split_from_text(read_text(path), str(path))
 
 
 def split_from_text(text: str, source: str) -> list[str]:
@@ -113,9 +126,17 @@ def split_from_text(text: str, source: str) -> list[str]:
     if not ids:
         raise DatasetError(f"split file is empty: {source}")
     for sample_id in ids:
-        if "/" in sample_id or "\\" in sample_id or sample_id.startswith(".."):
-            raise DatasetError(f"{source}: id '{sample_id}' is not a plain file name")
+        check_id(sample_id, source)
     return ids
+
+
+def check_id(sample_id: str, source: str) -> None:
+    """DatasetError unless ``sample_id`` is a plain file name: no folder separator, not ``.``
+    or ``..``, no control character, so ``<folder>/<id>.<ext>`` stays inside ``<folder>``."""
+    if (sample_id in (".", "..") or "/" in sample_id or "\\" in sample_id
+            or any(ord(ch) < 32 or ord(ch) == 127 for ch in sample_id)):
+        raise DatasetError(f"{source}: id {sample_id!r} is not a plain file name (ids name "
+                           f"files inside the dataset folder)")
 
 
 @dataclass
@@ -224,45 +245,71 @@ def image_class_ids(sample_id: str, mask: np.ndarray | None, labels_file: dict[s
                        f"{root}/{MASK_DIR}/{sample_id}.png and no entry in labels.json")
 
 
-def load_rgb(path: Path | BinaryIO, max_side: int = 1024) -> np.ndarray:
-    """Decode any image (gray, RGBA, CMYK, 16-bit, palette) to RGB uint8 [H, W, 3].
+# Errors PIL raises for files it cannot decode (DecompressionBombError: over PIL's pixel limit).
+_DECODE_ERRORS = (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,
+                  ValueError)
 
+
+def fit_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """(width, height) scaled down, aspect kept, so that the longer side is at most
+    ``max_side``; unchanged when it already fits. Images and their masks share it, so a
+    downscaled pair keeps equal sizes."""
+    longest = max(width, height)
+    if longest <= max_side:
+        return width, height
+    scale = max_side / longest
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def load_rgb(path: Path | BinaryIO, max_side: int = 1024) -> np.ndarray:
+    """Decode any image (gray, RGBA, CMYK, 16-bit, palette) to RGB uint8 [H, W, 3], downscaled
+    to ``fit_size(..., max_side)``.
+
+    Memory stays bounded for huge images: a JPEG is decoded at 1/2, 1/4 or 1/8 scale by
+    ``Image.draft``; other formats are decoded once and resized before any conversion.
     ``path`` may be an open binary file; its ``name`` attribute then names it in errors.
     """
     try:
         with Image.open(path) as im:
-            im.draft("RGB", (max_side, max_side))
+            target = fit_size(*im.size, max_side)
+            im.draft("RGB", target)  # JPEG only: DCT scaling to the smallest size >= target
             im.load()
+            if im.mode in ("P", "PA", "1"):  # resizing would fall back to nearest neighbour
+                im = im.convert("RGBA" if im.mode == "PA" else "RGB")
+            if im.size != target:
+                im = im.resize(target, Image.BILINEAR)
             if im.mode.startswith("I"):  # 16/32-bit grayscale: rescale to 8 bits
-                arr = np.asarray(im, dtype=np.float64)
-                arr = arr * (255.0 / max(arr.max(), 1.0))
+                arr = np.asarray(im, dtype=np.float32)
+                arr = arr * (255.0 / max(float(arr.max()), 1.0))
                 im = Image.fromarray(arr.astype(np.uint8))
-            im = im.convert("RGB")
-            if max(im.size) > max_side:
-                im.thumbnail((max_side, max_side), Image.BILINEAR)
-            return np.asarray(im).copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DatasetError(f"cannot read image {_name(path)}: {err}") from err
+            return np.asarray(im.convert("RGB")).copy()
+    except _DECODE_ERRORS as err:
+        raise _decode_error("image", _name(path), err) from err
 
 
 def load_mask(path: Path | BinaryIO, size: tuple[int, int], num_classes: int,
               max_side: int = 1024) -> np.ndarray:
     """Decode a palette/grayscale mask PNG to uint8 [H, W] and validate it (``path`` may be an
-    open binary file with a ``name``)."""
+    open binary file with a ``name``).
+
+    A mask larger than ``max_side`` is downscaled (nearest neighbour) by ``fit_size``, as its
+    image is; ``size`` (H, W) is the size of the loaded image.
+    """
     name = _name(path)
     try:
         with Image.open(path) as im:
-            im.load()
             if im.mode not in ("P", "L"):
                 raise DatasetError(f"mask {name} has mode {im.mode}: expected a palette (P) or "
                                    f"grayscale (L) PNG of class indices")
-            if max(im.size) > max_side:
-                scale = max_side / max(im.size)
-                im = im.resize((round(im.size[0] * scale), round(im.size[1] * scale)),
-                               Image.NEAREST)
+            im.load()
+            target = fit_size(*im.size, max_side)
+            if im.size != target:
+                im = im.resize(target, Image.NEAREST)
             mask = np.asarray(im).copy()
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise DatasetError(f"cannot read mask {name}: {err}") from err
+    except DatasetError:  # a ValueError too: keep the message as it is
+        raise
+    except _DECODE_ERRORS as err:
+        raise _decode_error("mask", name, err) from err
     if mask.shape != tuple(size):
         raise DatasetError(f"mask {name} has size {mask.shape[1]}x{mask.shape[0]} but its image "
                            f"is {size[1]}x{size[0]}")
@@ -273,10 +320,18 @@ def load_mask(path: Path | BinaryIO, size: tuple[int, int], num_classes: int,
     return mask
 
 
+def _decode_error(what: str, name: str, err: Exception) -> DatasetError:
+    """The DatasetError for a file PIL could not decode (PIL's own text names a file object
+    by its repr, so an unidentified file gets a reason of its own)."""
+    reason = ("not an image PIL can identify (empty, damaged, or of an unknown format)"
+              if isinstance(err, UnidentifiedImageError) else str(err))
+    return DatasetError(f"cannot read {what} {name}: {reason}")
+
+
 def _read_labels_file(path: Path, info: DatasetInfo) -> dict[str, list[int]]:
     if not path.is_file():
         return {}
-    return labels_from_text(path.read_text(), str(path), info)
+    return labels_from_text(read_text(path), str(path), info)
 
 
 def _name(path: Any) -> str:
@@ -285,23 +340,33 @@ def _name(path: Any) -> str:
 
 
 def labels_from_text(text: str, source: str, info: DatasetInfo) -> dict[str, list[int]]:
-    """Parse labels.json content ``{id: [class names or indices]}``; ``source`` names the file."""
+    """Parse labels.json content ``{id: [class names or indices]}``; ``source`` names the file.
+
+    An empty list is an image with no foreground class (a valid negative example).
+    """
     path = source
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as err:
         raise DatasetError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(raw, dict):
+        raise DatasetError(f"{path}: expected an object {{id: [class names or indices]}}, got "
+                           f"a JSON {type(raw).__name__}")
     index = {name: i for i, name in enumerate(info.class_names)}
     labels: dict[str, list[int]] = {}
     for sample_id, classes in raw.items():
+        if not isinstance(classes, list):
+            raise DatasetError(f"{path}: id '{sample_id}' has {classes!r}; expected a list of "
+                               f"class names or indices")
         ids = []
         for c in classes:
-            if isinstance(c, int) and 0 <= c < info.num_classes:
+            if isinstance(c, int) and not isinstance(c, bool) and 0 <= c < info.num_classes:
                 ids.append(c)
             elif isinstance(c, str) and c in index:
                 ids.append(index[c])
             else:
                 raise DatasetError(f"{path}: id '{sample_id}' names unknown class {c!r}; "
-                                   f"valid: {', '.join(info.class_names)}")
+                                   f"valid: {', '.join(info.class_names)} "
+                                   f"(or 0..{info.num_classes - 1})")
         labels[sample_id] = sorted(set(ids))
     return labels

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss.config import ConfigError, ModelConfig
+from wsss.config import ConfigError, ModelConfig, typed_value
 from wsss.models import CamClassifier, build_backbone
 
 METHODS: dict[str, type["Method"]] = {}
@@ -75,7 +75,9 @@ class Method:
         if unknown:
             raise ConfigError(f"method '{cls.name}' has no parameter(s) {', '.join(unknown)}; "
                               f"valid: {', '.join(sorted(valid)) or '(none)'}")
-        params = cls.Params(**raw)
+        types = {f.name: str(f.type) for f in dataclasses.fields(cls.Params)}
+        params = cls.Params(**{key: typed_value(f"method.params.{key}", value, types[key])
+                               for key, value in raw.items()})
         if hasattr(params, "validate"):
             params.validate()
         return params

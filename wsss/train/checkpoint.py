@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -70,12 +71,28 @@ def read_state(path: str | Path, fmt: str, kind: str) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError...
+    except pickle.UnpicklingError as err:  # weights_only refused what the file holds
+        raise CheckpointError(f"refusing checkpoint {path}: it is not a file of tensors and plain "
+                              f"values that torch.load(weights_only=True) can read safely "
+                              f"({_unpickler_reason(err)})") from err
+    except Exception as err:  # torch raises RuntimeError, EOFError... for damaged files
         raise CheckpointError(f"cannot load checkpoint {path} safely (weights_only=True): "
                               f"{str(err).splitlines()[0]}") from err
     if not isinstance(state, dict) or state.get("format") != fmt:
         raise CheckpointError(f"{path} is not a wsss {kind} checkpoint (format {fmt})")
     return state
+
+
+def _unpickler_reason(err: Exception) -> str:
+    """The line of torch's weights_only refusal that says what was refused."""
+    for line in str(err).splitlines():
+        if "WeightsUnpickler error:" in line:
+            reason = line.split("WeightsUnpickler error:", 1)[1].strip()
+            if reason:
+                return reason.split(". Please use")[0]
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    detail = [line for line in lines if not line.startswith(("Weights only", "Please", "Check"))]
+    return (detail or lines or [type(err).__name__])[0]
 
 
 def restore_training_state(state: dict[str, Any], model: nn.Module,
@@ -109,7 +126,7 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu",
     """
     state = load_checkpoint_state(path)
     check_classes(state, expect_classes, path)
-    method, model = classifier_from_state(state, device)
+    method, model = classifier_from_state(state, device, source=path)
     return method, model, state
 
 
@@ -120,15 +137,35 @@ def check_classes(state: dict[str, Any], expect_classes: int | None, path: str |
                               f"dataset has {expect_classes} foreground classes")
 
 
-def classifier_from_state(state: dict[str, Any],
-                          device: str | torch.device = "cpu") -> tuple[Any, nn.Module]:
-    """``(method, model in eval mode on device)`` from a loaded classifier checkpoint dict."""
-    from wsss.config import ModelConfig, from_dict
+def classifier_from_state(state: dict[str, Any], device: str | torch.device = "cpu",
+                          source: str | Path = "checkpoint") -> tuple[Any, nn.Module]:
+    """``(method, model in eval mode on device)`` from a loaded classifier checkpoint dict.
+
+    A checkpoint whose method is unknown, or whose weights do not fit its method's model (a
+    file edited, or from another version), raises CheckpointError naming ``source``.
+    """
+    from wsss.config import ConfigError, ModelConfig, from_dict
     from wsss.methods import get_method
 
-    # Only the model section is needed; other sections may have changed since the file was made.
-    model_cfg = from_dict(state["config"].get("model", {}), ModelConfig, prefix="model.")
-    method = get_method(state["method"])(state["num_classes"], state["method_params"])
-    model = method.build_model(dataclasses.replace(model_cfg, pretrained=None))
-    model.load_state_dict(state["state_dict"])
+    try:
+        # Only the model section is needed; other sections may have changed since.
+        model_cfg = from_dict(state["config"].get("model", {}), ModelConfig, prefix="model.")
+        method = get_method(state["method"])(state["num_classes"], state["method_params"])
+        model = method.build_model(dataclasses.replace(model_cfg, pretrained=None))
+        load_weights(model, state["state_dict"], source)
+    except (ConfigError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{source}: cannot rebuild its classifier (method "
+                              f"{state.get('method')!r}): {err}") from err
     return method, model.to(device).eval()
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, Any], source: str | Path) -> None:
+    """``model.load_state_dict`` with a CheckpointError naming ``source`` and the first
+    mismatches when the weights belong to another model (method, architecture, class count)."""
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as err:
+        details = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+        summary = "; ".join(d[:200] for d in details[:2]) or str(err)[:200]
+        raise CheckpointError(f"{source}: its weights do not fit the {type(model).__name__} "
+                              f"model it names ({summary})") from err

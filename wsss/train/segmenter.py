@@ -36,8 +36,8 @@ from wsss.data.transforms import normalize
 from wsss.data.voc import IGNORE_INDEX, DatasetError, VOCDataset, load_mask, read_info
 from wsss.metrics import ConfusionMatrix
 from wsss.models.segmenter import Segmenter, build_segmenter
-from wsss.train.checkpoint import (copy_from_ray_checkpoint, read_state, restore_training_state,
-                                   write_state)
+from wsss.train.checkpoint import (CheckpointError, copy_from_ray_checkpoint, load_weights,
+                                   read_state, restore_training_state, write_state)
 from wsss.train.classifier import MODEL_FILE, _all_gather, _all_reduce_mean, scan_split
 from wsss.train.classifier import ClassifierResult as TrainResult
 
@@ -117,8 +117,11 @@ def load_segmenter(path: str | Path,
                    device: str | torch.device = "cpu") -> tuple[Segmenter, dict[str, Any]]:
     """Rebuild ``(model in eval mode, checkpoint state)`` from a segmenter checkpoint."""
     state = read_state(path, FORMAT, "segmenter")
-    model = build_segmenter(state["arch"], state["num_classes"])
-    restore_training_state(state, model)
+    try:
+        model = build_segmenter(state["arch"], state["num_classes"])
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot rebuild its segmenter: {err}") from err
+    load_weights(model, state["state_dict"], path)
     return model.to(device).eval(), state
 
 
