@@ -5,8 +5,8 @@ write the same masks (checked): the plain loop calls the pipeline's own stage fu
 after the other (decode -> maps -> CRF + PNG write), once with torch on every core and once on
 one thread, and the faster of the two is the baseline; the pipeline runs with 1 and 2 CPU map
 workers on a local Ray with every CPU of the machine. A bare forward pass of the backbone
-(logits only, same images, batch size and torch threads as one map worker) gives the floor
-for the map stage.
+(logits only, same images, batch size and torch threads as the one-worker pipeline's map
+actor) gives the floor for the map stage.
 
 Each pipeline run is preceded by an untimed warm-up run on a few other images, so Ray's
 worker processes exist; the timed wall clock still includes building the dataset and
@@ -133,6 +133,14 @@ def pipeline(view: Path, ckpt: Path, out: Path, cam: CamConfig, workers: int,
             report.extra.get("steady_images_per_s", float("nan")))
 
 
+def one_worker_threads() -> int:
+    """Torch threads of the one-worker pipeline's map actor on this machine."""
+    from wsss.pseudo_label import plan_workers
+
+    cluster = {"CPU": float(len(os.sched_getaffinity(0)))}
+    return plan_workers(cluster, PipelineOptions(cam_workers=1)).threads
+
+
 def bare_forward(view: Path, ckpt: Path, cam: CamConfig, threads: int) -> float:
     """Seconds of logits-only forward passes over the images (decoded beforehand)."""
     from wsss.data.transforms import normalize
@@ -194,7 +202,8 @@ def render(args: argparse.Namespace, what: str, times: dict[str, list[float]],
               f"| same, once running (after the first output block) | "
               f"{statistics.median(steady['pipeline, 1 worker']) / plain:.2f}x | (info) |",
               f"| map stage (1 worker: images / actor busy s = {cam_rate:.2f}) / bare forward "
-              f"({forward:.2f} images/s, 1 thread) | {cam_rate / forward:.2f}x | >= 0.8x |", ""]
+              f"({forward:.2f} images/s, {one_worker_threads()} threads, as the actor) | "
+              f"{cam_rate / forward:.2f}x | >= 0.8x |", ""]
     return "\n".join(lines + machine_lines(command, load)) + "\n"
 
 
@@ -204,7 +213,8 @@ def run_rounds(args: argparse.Namespace, view: Path, ckpt: Path,
     and whether each variant's masks equal the 1-thread plain loop's."""
     cam = CamConfig(batch_size=args.batch_size)
     tracking = TrackingConfig(uri=f"sqlite:///{work / 'mlflow.db'}")
-    runs = {"bare forward": lambda out: (bare_forward(view, ckpt, cam, 1), None, None),
+    threads = one_worker_threads()
+    runs = {"bare forward": lambda out: (bare_forward(view, ckpt, cam, threads), None, None),
             "pipeline, 1 worker": lambda out: pipeline(view, ckpt, out, cam, 1, tracking),
             "pipeline, 2 workers": lambda out: pipeline(view, ckpt, out, cam, 2, tracking)}
     for name, threads in PLAIN.items():
