@@ -117,7 +117,7 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, run_name: str,
         run_config=ray.train.RunConfig(
             name=run_name,
             storage_path=storage_path or str(out_dir / "ray"),
-            failure_config=ray.train.FailureConfig(max_failures=2),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=list(callbacks),
         ),

@@ -155,7 +155,7 @@ def train_segmenter(cfg: ExperimentConfig, pseudo_dir: str | Path, out_dir: str 
         scaling_config=ray.train.ScalingConfig(num_workers=seg.num_workers, use_gpu=use_gpu),
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=storage_path or str(out_dir / "ray"),
-            failure_config=ray.train.FailureConfig(max_failures=2),
+            failure_config=ray.train.FailureConfig(max_failures=seg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)))
     start = time.perf_counter()
     result = trainer.fit()
