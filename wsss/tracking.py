@@ -168,9 +168,16 @@ def kept_locally(run_id: str, path: str | Path | None = None) -> tuple[int, Path
     path = Path(path) if path else unsent_file(run_id)
     if not path.is_file():
         return None
-    count = sum(1 for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("run_id") == run_id)
+    count = sum(1 for line in path.read_text().splitlines() if _record_run(line) == run_id)
     return (count, path) if count else None
+
+
+def _record_run(line: str) -> str | None:
+    """The run id of one line of an unsent file (None: blank, or cut short by a kill)."""
+    try:
+        return json.loads(line).get("run_id")
+    except ValueError:
+        return None
 
 
 def _guarded(uri: str, run_id: str | None, record: dict[str, Any], send: Callable[[], Any],
