@@ -204,20 +204,26 @@ def _map_actor_pids() -> list[int]:
     return pids
 
 
-def _kill_a_map_actor_midway(out: Path, total: int, killed: list) -> None:
-    """Once the first mask exists, SIGKILL one map actor; records (pid, masks written)."""
+def _kill_a_map_actor_midway(out: Path, killed: list, inodes: dict, stop: threading.Event):
+    """Once the first mask exists, SIGKILL one map actor; records (pid, masks written).
+
+    Until ``stop``, also records the inodes each mask file had: every atomic write is a new
+    file, so a mask written twice shows up with two inodes.
+    """
+    import os
     import signal
 
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        written = len(list(out.glob("*.png")))
-        pids = _map_actor_pids()
-        if written and pids:
-            import os
-
+    while not stop.is_set() and time.monotonic() < deadline:
+        for path in out.glob("*.png"):
+            try:
+                inodes.setdefault(path.name, set()).add(path.stat().st_ino)
+            except FileNotFoundError:
+                continue
+        pids = _map_actor_pids() if not killed else []
+        if inodes and pids:
             os.kill(pids[0], signal.SIGKILL)
-            killed.append((pids[0], written))
-            return
+            killed.append((pids[0], len(inodes)))
         time.sleep(0.05)
 
 
@@ -236,15 +242,24 @@ def test_two_nodes_share_the_work_and_a_killed_actor_loses_nothing(two_node_clus
     assert set(clean.nodes["cam"]) == nodes, clean.nodes  # a map actor on each node
     assert set(clean.nodes["cam"]) | set(clean.nodes["refine"]) == nodes
 
-    out, killed = tmp_path / "killed", []
+    out, killed, inodes, stop = tmp_path / "killed", [], {}, threading.Event()
     out.mkdir()
-    killer = threading.Thread(target=_kill_a_map_actor_midway, args=(out, len(ids), killed))
+    killer = threading.Thread(target=_kill_a_map_actor_midway, args=(out, killed, inodes, stop))
     killer.start()
-    report = run_pseudo_label(checkpoint, synth_root, "train", out, cam, RefineConfig(),
-                              _tracking(tmp_path), options)
-    killer.join()
+    try:
+        report = run_pseudo_label(checkpoint, synth_root, "train", out, cam, RefineConfig(),
+                                  _tracking(tmp_path), options)
+    finally:
+        stop.set()
+        killer.join()
     assert killed and killed[0][1] < len(ids), f"no actor was killed mid-run: {killed}"
     assert report.done == len(ids) and report.failed == []  # each image reported once
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["done"] == len(ids) and saved["reused"] == 0
+    assert sum(saved["nodes"]["refine"].values()) == len(ids)
+    written_twice = {name for name, seen in inodes.items() if len(seen) > 1}
+    assert not written_twice, f"masks written more than once: {sorted(written_twice)}"
+    assert not list(out.glob(".*.tmp"))  # no write was left half-done
     got, expected = _masks(out), _masks(tmp_path / "clean")
     assert sorted(got) == sorted(expected) == sorted(ids)
     assert all(np.array_equal(got[i], expected[i]) for i in ids)

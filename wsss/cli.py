@@ -238,6 +238,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+# The option naming each command's output folder (checked before any compute).
+OUTPUT_OPTIONS = {"train-cls": "out", "cam": "out", "refine": "out", "pseudo-label": "out",
+                  "train-seg": "out", "predict": "out", "eval": "masks_out"}
+
+
+def preflight(args: argparse.Namespace) -> None:
+    """Fail before any compute: the output folder must be writable (with free space) and an
+    MLflow tracking server must answer."""
+    from wsss.storage import check_writable
+    from wsss.tracking import check_tracking_uri
+
+    if hasattr(args, "tracking_uri"):
+        uri = args.tracking_uri
+        if uri is None and hasattr(args, "config"):
+            uri = _config(args, []).tracking.uri
+        check_tracking_uri(uri)
+    out = getattr(args, OUTPUT_OPTIONS.get(args.command, ""), None)
+    if out:
+        check_writable(out, f"--{OUTPUT_OPTIONS[args.command].replace('_', '-')} folder")
+
+
 def _print_report(report, what: str) -> None:
     print(report.summary(what))
     for sample_id, reason in report.failed:
@@ -355,11 +376,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from wsss.data.voc import DatasetError
+    from wsss.storage import OutputError
+    from wsss.tracking import TrackingError
     from wsss.train.checkpoint import CheckpointError
 
     try:
+        preflight(args)
         return args.func(args)
-    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError) as err:
+    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError, OutputError,
+            TrackingError) as err:
         print(f"wsss {args.command}: error: {err}", file=sys.stderr)
         return 2
 

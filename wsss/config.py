@@ -77,6 +77,7 @@ class TrainConfig:
     num_workers: int = 2
     use_gpu: bool | None = None
     seed: int = 0
+    max_failures: int = 2  # worker-group restarts (from the last checkpoint) before giving up
 
     def validate(self) -> None:
         _check(self.epochs >= 1, "train.epochs", self.epochs, ">= 1")
@@ -84,6 +85,8 @@ class TrainConfig:
         _check(self.lr > 0, "train.lr", self.lr, "> 0")
         _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, ">= 0")
         _check(self.num_workers >= 1, "train.num_workers", self.num_workers, ">= 1")
+        _check(self.max_failures >= -1, "train.max_failures", self.max_failures,
+               ">= -1 (-1: retry forever)")
 
 
 @dataclass(frozen=True)
@@ -197,6 +200,7 @@ class SegmenterConfig:
     sec_fg_decay: float = 0.996
     sec_bg_decay: float = 0.999
     sec_absent_decay: float = 0.0
+    max_failures: int = 2  # worker-group restarts (from the last checkpoint) before giving up
 
     def validate(self) -> None:
         _check_choice("segmenter.arch", self.arch, SEGMENTER_ARCHS)
@@ -207,6 +211,8 @@ class SegmenterConfig:
         _check(self.weight_decay >= 0, "segmenter.weight_decay", self.weight_decay, ">= 0")
         _check(self.crop_size >= 32, "segmenter.crop_size", self.crop_size, ">= 32")
         _check(self.num_workers >= 1, "segmenter.num_workers", self.num_workers, ">= 1")
+        _check(self.max_failures >= -1, "segmenter.max_failures", self.max_failures,
+               ">= -1 (-1: retry forever)")
         _check(1 <= self.sec_downscale <= self.crop_size // 4, "segmenter.sec_downscale",
                self.sec_downscale, "in [1, crop_size / 4]")
         for key in ("sec_fg_decay", "sec_bg_decay", "sec_absent_decay"):

@@ -229,13 +229,15 @@ def run_pseudo_label(checkpoint: str | Path, data: str | Path, split: str, out: 
     report = PseudoLabelReport(reused=len(rows) - len(todo))
     params = _params(checkpoint, data_loc, split, out_loc, cam_cfg, refine_cfg, options, plan)
     with tracking.start_run(f"pseudo-label-{split}", experiment=tracking_cfg.experiment,
-                            uri=tracking_cfg.uri, params=params,
-                            tags={"stage": "pseudo-label"}):
+                            uri=tracking_cfg.uri, params=params, tags={"stage": "pseudo-label"},
+                            local_dir=out_loc.root if out_loc.is_local else None) as run:
         start = time.perf_counter()
         if todo:  # Ray Data shows its own progress bars per stage
             consume(build_dataset(todo, job, ray.put(state), plan), job, report)
         report.seconds = time.perf_counter() - start
         _finish(report, job, plan, [r["id"] for r in todo])
+    if report.note_unsent(run.info.run_id):
+        _write_report(job, report)
     return report
 
 
@@ -294,12 +296,16 @@ def _finish(report: PseudoLabelReport, job: Job, plan: WorkerPlan, todo: list[st
                             scored_pixels=report.confusion.total)
         metrics.update(scores.summary())
         tracking.log_text(scores.table(), "scores.txt")
-    job.out.write_bytes(json.dumps(report.to_dict(), indent=2, default=str).encode(),
-                        REPORT_FILE)
+    _write_report(job, report)
     tracking.log_metrics(metrics)
     tracking.log_text(json.dumps(report.to_dict(), indent=2, default=str), REPORT_FILE)
     failed = {i for i, _ in report.failed}
     _log_sample_grid(job, [i for i in todo if i not in failed][:GRID_SAMPLES])
+
+
+def _write_report(job: Job, report: PseudoLabelReport) -> None:
+    job.out.write_bytes(json.dumps(report.to_dict(), indent=2, default=str).encode(),
+                        REPORT_FILE)
 
 
 def _log_sample_grid(job: Job, ids: list[str]) -> None:

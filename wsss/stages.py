@@ -50,7 +50,21 @@ class StageReport:
     def summary(self, what: str) -> str:
         rate = self.done / self.seconds if self.seconds > 0 else 0.0
         reused = f", {self.reused} already present" if self.reused else ""
-        return f"{what}: {self.done} done ({rate:.1f}/s){reused}, {len(self.failed)} failed"
+        text = f"{what}: {self.done} done ({rate:.1f}/s){reused}, {len(self.failed)} failed"
+        unsent = self.extra.get("mlflow_unsent")
+        if unsent:
+            text += (f"; MLflow did not answer: {unsent['records']} record(s) kept in "
+                     f"{unsent['file']}")
+        return text
+
+    def note_unsent(self, run_id: str) -> bool:
+        """Record in the report what of MLflow run ``run_id`` was kept locally (True if any)."""
+        from wsss.tracking import kept_locally
+
+        kept = kept_locally(run_id)
+        if kept is not None:
+            self.extra["mlflow_unsent"] = {"records": kept[0], "file": str(kept[1])}
+        return kept is not None
 
 
 def write_json_atomic(path: Path, data: Any) -> Path:
@@ -75,7 +89,8 @@ def run_train_classifier(cfg: ExperimentConfig, out_dir: str | Path,
     rounds = _num_rounds(cfg)
     with tracking.start_run(run_name, experiment=cfg.tracking.experiment, uri=uri,
                             params=cfg.to_dict(), tags={"stage": "train-cls"},
-                            parent_run_id=parent_run_id) as run:
+                            parent_run_id=parent_run_id,
+                            local_dir=Path(out_dir) / run_name) as run:
         result = _train_rounds(cfg, Path(out_dir) / run_name, run_name, run.info.run_id, uri,
                                rounds)
         tracking.log_metrics({"train_seconds": result.seconds, "skipped": len(result.skipped)})
@@ -135,7 +150,8 @@ def run_cams(checkpoint: str | Path, data_root: str | Path, split: str, out_dir:
     params = {"checkpoint": str(checkpoint), "data": str(data_root), "split": split,
               "method": state["method"], "cams": cam_cfg}
     with tracking.start_run(f"cam-{split}", experiment=tracking_cfg.experiment,
-                            uri=tracking_cfg.uri, params=_plain(params), tags={"stage": "cam"}):
+                            uri=tracking_cfg.uri, params=_plain(params), tags={"stage": "cam"},
+                            local_dir=out_dir) as run:
         report = _extract_all(method, model, dataset, out_dir, cam_cfg, device)
         report.extra.update(method=state["method"], method_params=state["method_params"])
         report.write(out_dir)
@@ -145,6 +161,8 @@ def run_cams(checkpoint: str | Path, data_root: str | Path, split: str, out_dir:
         grid = _sample_grid(dataset, out_dir, out_dir / "samples.png")
         if grid is not None:
             tracking.log_artifact(grid)
+    if report.note_unsent(run.info.run_id):
+        report.write(out_dir)
     return report
 
 

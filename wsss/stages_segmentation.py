@@ -52,12 +52,14 @@ def run_refine(cams_dir: str | Path, data_root: str | Path, split: str, out_dir:
               "refine": refine_cfg}
     with tracking.start_run(f"refine-{split}", experiment=tracking_cfg.experiment,
                             uri=tracking_cfg.uri, params=_plain(params),
-                            tags={"stage": "refine"}):
+                            tags={"stage": "refine"}, local_dir=out_dir) as run:
         report = write_masks(dataset, out_dir, make, "refine")
         _finish(report, dataset, out_dir, "masks")
         grid = _mask_grid(dataset, cams_dir, out_dir)
         if grid is not None:
             tracking.log_artifact(grid)
+    if report.note_unsent(run.info.run_id):
+        report.write(out_dir)
     return report
 
 
@@ -77,7 +79,8 @@ def run_train_segmenter(cfg: ExperimentConfig, pseudo_dir: str | Path, out_dir: 
     params = {**cfg.to_dict(), "pseudo_dir": str(pseudo_dir)}
     with tracking.start_run(run_name, experiment=cfg.tracking.experiment, uri=uri,
                             params=params, tags={"stage": "train-seg"},
-                            parent_run_id=parent_run_id) as run:
+                            parent_run_id=parent_run_id,
+                            local_dir=Path(out_dir) / run_name) as run:
         result = train_segmenter(cfg, pseudo_dir, Path(out_dir) / run_name, run_name,
                                  mlflow_run_id=run.info.run_id, tracking_uri=uri)
         tracking.log_metrics({"train_seconds": result.seconds, "skipped": len(result.skipped)})
@@ -110,9 +113,12 @@ def run_predict(checkpoint: str | Path, data_root: str | Path, split: str,
     params = {"checkpoint": str(checkpoint), "data": str(data_root), "split": split,
               "arch": state["arch"]}
     with tracking.start_run(f"predict-{split}", experiment=tracking_cfg.experiment,
-                            uri=tracking_cfg.uri, params=params, tags={"stage": "predict"}):
+                            uri=tracking_cfg.uri, params=params, tags={"stage": "predict"},
+                            local_dir=out_dir) as run:
         report = write_masks(dataset, Path(out_dir), make, "predict")
         _finish(report, dataset, Path(out_dir), "predicted")
+    if report.note_unsent(run.info.run_id):
+        report.write(Path(out_dir))
     return report
 
 

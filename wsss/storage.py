@@ -12,11 +12,19 @@ is complete.
 from __future__ import annotations
 
 import os
+import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 TEMP_SUFFIX = ".tmp"
+MIN_FREE_ENV = "WSSS_MIN_FREE_MB"
+DEFAULT_MIN_FREE_MB = 50.0
+
+
+class OutputError(ValueError):
+    """An output folder cannot be written (missing rights, a file in the way, a full disk)."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +125,39 @@ class Location:
         for name in stale:
             self.filesystem.delete_file(self.path(*parts, name))
         return len(stale)
+
+
+def check_writable(uri_or_path: str | os.PathLike, what: str = "output folder",
+                   min_free_mb: float | None = None) -> Location:
+    """The folder's ``Location`` once a probe file was written in it and deleted again.
+
+    The folder is created when missing. On a local disk it must also have ``min_free_mb``
+    free (default ``$WSSS_MIN_FREE_MB`` or 50). OutputError names the folder and the problem.
+    """
+    try:
+        loc = Location.parse(uri_or_path)
+        probe = f".wsss-write-probe-{uuid.uuid4().hex}"
+        if loc.is_local:
+            Path(loc.root).mkdir(parents=True, exist_ok=True)
+        else:
+            loc.make_dirs()
+        loc.write_bytes(b"probe", probe)
+        loc.filesystem.delete_file(loc.path(probe))
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "strerror", None) or str(err)
+        raise OutputError(f"{what} {uri_or_path} is not writable: {reason}") from err
+    if loc.is_local:
+        _check_free_space(loc, what, min_free_mb)
+    return loc
+
+
+def _check_free_space(loc: Location, what: str, min_free_mb: float | None) -> None:
+    if min_free_mb is None:
+        min_free_mb = float(os.environ.get(MIN_FREE_ENV) or DEFAULT_MIN_FREE_MB)
+    free_mb = shutil.disk_usage(loc.root).free / 2**20
+    if free_mb < min_free_mb:
+        raise OutputError(f"{what} {loc.uri} has only {free_mb:.1f} MB free on its disk (at "
+                          f"least {min_free_mb:g} MB needed; ${MIN_FREE_ENV} sets the minimum)")
 
 
 def _fsspec_filesystem(uri: str, cause: Exception) -> tuple[Any, str]:

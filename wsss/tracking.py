@@ -3,18 +3,43 @@
 The default store is a SQLite file ``mlflow.db`` in the working directory with artifacts under
 ``mlruns/`` beside it; ``--tracking-uri`` or ``$MLFLOW_TRACKING_URI`` override it. Open it with
 ``mlflow ui --backend-store-uri sqlite:///mlflow.db``.
+
+Every log call goes through this module. A tracking server (``http(s)://``) that does not answer
+when a run starts is an error (:class:`TrackingError`, raised before any compute by
+:func:`check_tracking_uri`). One that stops answering during a run does not stop the run: from
+the first failed call on, params, metrics, texts and artifacts of that server are appended to a
+local JSON-lines file (``mlflow_unsent.jsonl`` in the run's output folder, artifacts copied
+beside it) and the run ends with a warning naming the file (:func:`kept_locally`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from wsss.config import flatten
 
 MAX_PARAM_LENGTH = 500
+UNSENT_FILE = "mlflow_unsent.jsonl"
+UNSENT_ARTIFACTS = "mlflow_unsent_artifacts"
+HEALTH_TIMEOUT_S = 5.0
+# A dead server fails fast instead of MLflow's default of minutes of retries (user values win).
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+_offline: dict[str, str] = {}  # server URI -> why it stopped answering (this process)
+_unsent_files: dict[str, Path] = {}  # run id -> where its unsent records go (this process)
+
+
+class TrackingError(RuntimeError):
+    """The MLflow tracking server does not answer."""
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -44,34 +69,181 @@ def ensure_experiment(name: str, uri: str) -> str:
     return client.create_experiment(name, artifact_location=_artifact_location(uri))
 
 
+def is_server(uri: str) -> bool:
+    """Whether ``uri`` names a tracking server (rather than a local store)."""
+    return uri.startswith(("http://", "https://"))
+
+
+def check_tracking_uri(uri: str | None = None, timeout: float = HEALTH_TIMEOUT_S) -> str:
+    """The resolved URI; TrackingError naming it when it is a server that does not answer.
+
+    Asks the server's ``/health`` page (``timeout`` seconds); local stores are not checked.
+    """
+    uri = resolve_tracking_uri(uri)
+    if not is_server(uri):
+        return uri
+    _fail_fast()
+    problem = _health_problem(uri, timeout)
+    if problem:
+        raise TrackingError(f"MLflow tracking server {uri} is not reachable ({problem}); start "
+                            f"it, or choose another store with --tracking-uri or "
+                            f"$MLFLOW_TRACKING_URI (unset: sqlite:///mlflow.db here)")
+    _offline.pop(uri, None)
+    return uri
+
+
+def _fail_fast() -> None:
+    """MLflow HTTP settings that give up on a dead server in seconds (user values win)."""
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def _health_problem(uri: str, timeout: float) -> str | None:
+    """Why ``uri``'s ``/health`` page does not answer OK, or None when it does."""
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as answer:
+            return None if answer.status == 200 else f"/health answered {answer.status}"
+    except urllib.error.HTTPError as err:
+        return f"/health answered {err.code}"
+    except (urllib.error.URLError, OSError) as err:
+        return str(getattr(err, "reason", err))
+
+
 @contextlib.contextmanager
 def start_run(run_name: str, *, experiment: str = "wsss", uri: str | None = None,
               params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None,
-              parent_run_id: str | None = None) -> Iterator[Any]:
+              parent_run_id: str | None = None,
+              local_dir: str | Path | None = None) -> Iterator[Any]:
     """Open an MLflow run (nested under ``parent_run_id`` when given) and log flat params.
 
-    Yields the ``mlflow.ActiveRun``; the run ends FINISHED, or FAILED if the body raises.
+    Yields the ``mlflow.ActiveRun``; the run ends FINISHED, or FAILED if the body raises. A
+    server that stops answering during the run does not fail it: what could not be sent goes
+    to ``local_dir/mlflow_unsent.jsonl`` (default: the working directory), and a warning
+    names that file when the run ends.
     """
     import mlflow
 
-    uri = resolve_tracking_uri(uri)
+    uri = check_tracking_uri(uri)
     mlflow.set_tracking_uri(uri)
     experiment_id = ensure_experiment(experiment, uri)
     all_tags = dict(tags or {})
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
-    with mlflow.start_run(run_name=run_name, experiment_id=experiment_id, tags=all_tags,
-                          nested=mlflow.active_run() is not None) as run:
+    run = mlflow.start_run(run_name=run_name, experiment_id=experiment_id, tags=all_tags,
+                           nested=mlflow.active_run() is not None)
+    run_id = run.info.run_id
+    _unsent_files[run_id] = (Path(local_dir or Path.cwd()) / UNSENT_FILE).resolve()
+    status = "FAILED"
+    try:
         if params:
             log_params(params)
         yield run
+        status = "FINISHED"
+    finally:
+        _guarded(uri, run_id, {"kind": "end_run", "status": status},
+                 lambda: mlflow.end_run(status))
+        _warn_kept(run_name, uri, run_id)
+
+
+def _warn_kept(run_name: str, uri: str, run_id: str) -> None:
+    kept = kept_locally(run_id)
+    if kept is not None:
+        print(f"warning: MLflow at {uri} stopped answering during run '{run_name}' "
+              f"({_offline.get(uri, 'unreachable')}); {kept[0]} record(s) kept in {kept[1]}",
+              file=sys.stderr)
+
+
+def unsent_file(run_id: str) -> Path:
+    """Where records of ``run_id`` that cannot reach the server go (pass it to workers)."""
+    return _unsent_files.get(run_id) or (Path.cwd() / UNSENT_FILE).resolve()
+
+
+def worker_unsent_file(run_id: str | None) -> str | None:
+    """:func:`unsent_file` of ``run_id`` as a string for a worker's config (None: no run)."""
+    return str(unsent_file(run_id)) if run_id else None
+
+
+def kept_locally(run_id: str, path: str | Path | None = None) -> tuple[int, Path] | None:
+    """(records of ``run_id`` in its unsent file, the file), or None when all were sent."""
+    path = Path(path) if path else unsent_file(run_id)
+    if not path.is_file():
+        return None
+    count = sum(1 for line in path.read_text().splitlines() if _record_run(line) == run_id)
+    return (count, path) if count else None
+
+
+def _record_run(line: str) -> str | None:
+    """The run id of one line of an unsent file (None: blank, or cut short by a kill)."""
+    try:
+        return json.loads(line).get("run_id")
+    except ValueError:
+        return None
+
+
+def _guarded(uri: str, run_id: str | None, record: dict[str, Any], send: Callable[[], Any],
+             path: str | Path | None = None) -> bool:
+    """``send()``; if a tracking server does not answer, append ``record`` to the unsent file
+    and return True (False: sent).
+
+    Once a server failed, later calls to it in this process are not tried (only kept), so a
+    run does not wait on retries for every metric. Errors of local stores are raised as before.
+    """
+    if not is_server(uri):
+        send()
+        return False
+    _fail_fast()
+    if uri not in _offline:
+        try:
+            send()
+            return False
+        except Exception as err:  # noqa: BLE001  (MlflowException, requests errors...)
+            problem = _health_problem(uri, timeout=2.0)
+            if problem is None:
+                raise  # the server answers: a real error (a bad value...), not an outage
+            _offline[uri] = f"{type(err).__name__}: {problem}"
+    elif record["kind"] == "end_run":
+        _end_without_server(send)
+    _keep(run_id, record, path)
+    return True
+
+
+def _end_without_server(end: Callable[[], Any]) -> None:
+    """End the local active run without waiting on retries of a server known to be down."""
+    saved = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    try:
+        with contextlib.suppress(Exception):  # the run is popped before the server call
+            end()
+    finally:
+        if saved is None:
+            del os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+        else:
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = saved
+
+
+def _keep(run_id: str | None, record: dict[str, Any], path: str | Path | None) -> None:
+    """Append ``record`` (one JSON line) to the unsent file of ``run_id``."""
+    path = Path(path) if path else unsent_file(run_id or "")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps({"time": time.time(), "run_id": run_id, **record}, default=str)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
+
+
+def _active_run_id() -> str | None:
+    import mlflow
+
+    run = mlflow.active_run()
+    return run.info.run_id if run else None
 
 
 def log_params(params: Mapping[str, Any]) -> None:
     """Log a (nested) dict as dotted params, values cut to MLflow's length limit."""
     import mlflow
 
-    mlflow.log_params(flatten_params(params))
+    flat = flatten_params(params)
+    _guarded(mlflow.get_tracking_uri(), _active_run_id(), {"kind": "params", "values": flat},
+             lambda: mlflow.log_params(flat))
 
 
 def flatten_params(params: Mapping[str, Any]) -> dict[str, str]:
@@ -80,32 +252,52 @@ def flatten_params(params: Mapping[str, Any]) -> dict[str, str]:
 
 
 def log_metrics(metrics: Mapping[str, Any], step: int | None = None,
-                run_id: str | None = None, uri: str | None = None) -> None:
-    """Log the numeric entries of ``metrics`` to the active run (or ``run_id`` at ``uri``)."""
+                run_id: str | None = None, uri: str | None = None,
+                unsent: str | Path | None = None) -> None:
+    """Log the numeric entries of ``metrics`` to the active run (or ``run_id`` at ``uri``).
+
+    ``unsent``: the file for records a dead server cannot take (workers get it from the
+    driver's :func:`unsent_file`; default: the run's own, see :func:`start_run`).
+    """
     import mlflow
 
     numeric = {k: float(v) for k, v in metrics.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if run_id is None:
-        mlflow.log_metrics(numeric, step=step)
+        record = {"kind": "metrics", "step": step, "values": numeric}
+        _guarded(mlflow.get_tracking_uri(), _active_run_id(), record,
+                 lambda: mlflow.log_metrics(numeric, step=step), unsent)
         return
-    client = mlflow.MlflowClient(resolve_tracking_uri(uri))
-    for key, value in numeric.items():
-        client.log_metric(run_id, key, value, step=step or 0)
+    uri = resolve_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)
+
+    def send() -> None:
+        for key, value in numeric.items():
+            client.log_metric(run_id, key, value, step=step or 0)
+
+    _guarded(uri, run_id, {"kind": "metrics", "step": step, "values": numeric}, send, unsent)
 
 
 def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
     """Copy a local file into the active run's artifacts."""
     import mlflow
 
-    mlflow.log_artifact(str(path), artifact_path=artifact_path)
+    run_id, uri = _active_run_id(), mlflow.get_tracking_uri()
+    copy = unsent_file(run_id or "").parent / UNSENT_ARTIFACTS / (artifact_path or "")
+    record = {"kind": "artifact", "file": str(path), "artifact_path": artifact_path,
+              "kept_copy": str(copy / Path(path).name)}
+    if _guarded(uri, run_id, record,
+                lambda: mlflow.log_artifact(str(path), artifact_path=artifact_path)):
+        copy.mkdir(parents=True, exist_ok=True)  # the file may be temporary: keep a copy
+        shutil.copyfile(path, copy / Path(path).name)
 
 
 def log_text(text: str, name: str) -> None:
     """Store ``text`` as artifact ``name`` of the active run."""
     import mlflow
 
-    mlflow.log_text(text, name)
+    _guarded(mlflow.get_tracking_uri(), _active_run_id(),
+             {"kind": "text", "name": name, "text": text}, lambda: mlflow.log_text(text, name))
 
 
 def _param_value(value: Any) -> str:

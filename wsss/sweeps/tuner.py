@@ -18,8 +18,15 @@ from wsss.sweeps.trial import OBJECTIVE, PLACEMENT_GROUP, SweepContext
 
 def main(sweep: Sweep, argv: Sequence[str] | None = None, description: str | None = None) -> int:
     """Entry point of a sweep script: parse options, run the sweep, print the best trial."""
+    from wsss.storage import OutputError
+    from wsss.tracking import TrackingError
+
     args = build_parser(sweep, description).parse_args(argv)
-    best = run_sweep(sweep, args)
+    try:
+        best = run_sweep(sweep, args)
+    except (OutputError, TrackingError) as err:
+        print(f"{sweep.name} sweep: error: {err}", file=sys.stderr)
+        return 2
     return 0 if best is not None else 1
 
 
@@ -29,14 +36,19 @@ def run_sweep(sweep: Sweep, args: argparse.Namespace) -> dict[str, Any] | None:
     from wsss.ray_utils import init_ray
     from wsss.sweeps.tracking import sweep_run
 
+    from wsss.storage import check_writable
+
     start = time.perf_counter()
+    # Before any compute: a tracking server that answers, folders that can be written.
+    uri = tracking.check_tracking_uri(args.tracking_uri)
+    storage = args.storage_path or str((Path(args.workdir) / "ray").resolve())
+    check_writable(args.workdir, "--workdir folder")
+    check_writable(storage, "--storage-path folder")
     init_ray(args.address)
     workdir = (Path(args.workdir) / args.experiment).resolve()
     data = dataset_root(args, Path(args.workdir).resolve())
     cfg = base_config(args, data)
-    uri = tracking.resolve_tracking_uri(args.tracking_uri)
     tracking.ensure_experiment(args.experiment, uri)
-    storage = args.storage_path or str((Path(args.workdir) / "ray").resolve())
     parent = sweep_run(uri, args.experiment, args.experiment, _sweep_params(args, cfg),
                        args.resume)
     ctx = SweepContext(base_config=cfg.to_dict(), workdir=str(workdir), storage_path=storage,

@@ -25,6 +25,7 @@ from wsss.data.transforms import eval_transform, train_transform
 from wsss.data.voc import DatasetError, VOCDataset, read_info
 from wsss.methods import get_method
 from wsss.metrics import mean_average_precision
+from wsss.tracking import worker_unsent_file
 from wsss.train.checkpoint import load_checkpoint_state, save_checkpoint
 
 MODEL_FILE = "model.pt"
@@ -107,7 +108,8 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, run_name: str,
                    "num_fg": info.num_fg, "class_names": list(info.class_names),
                    "has_background": info.has_background,
                    "mlflow_run_id": mlflow_run_id, "tracking_uri": tracking_uri,
-                   "round": round_index, "init_model": str(init_model) if init_model else None,
+                   "unsent_file": worker_unsent_file(mlflow_run_id), "round": round_index,
+                   "init_model": str(init_model) if init_model else None,
                    "mask_eval_ids": list(mask_eval_ids) if mask_eval_ids else None}
     trainer = TorchTrainer(
         _train_loop_per_worker,
@@ -117,7 +119,7 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, run_name: str,
         run_config=ray.train.RunConfig(
             name=run_name,
             storage_path=storage_path or str(out_dir / "ray"),
-            failure_config=ray.train.FailureConfig(max_failures=2),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=list(callbacks),
         ),
@@ -240,7 +242,7 @@ def _report(history, rank, model, optimizer, scheduler, method, cfg, config) -> 
         return
     if config.get("mlflow_run_id"):
         log_metrics(metrics, step=epoch + 1, run_id=config["mlflow_run_id"],
-                    uri=config.get("tracking_uri"))
+                    uri=config.get("tracking_uri"), unsent=config.get("unsent_file"))
     with tempfile.TemporaryDirectory() as tmp:
         save_checkpoint(Path(tmp) / MODEL_FILE, model=getattr(model, "module", model),
                         method=method, cfg=cfg, class_names=config["class_names"],

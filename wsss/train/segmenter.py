@@ -36,6 +36,7 @@ from wsss.data.transforms import normalize
 from wsss.data.voc import IGNORE_INDEX, DatasetError, VOCDataset, load_mask, read_info
 from wsss.metrics import ConfusionMatrix
 from wsss.models.segmenter import Segmenter, build_segmenter
+from wsss.tracking import worker_unsent_file
 from wsss.train.checkpoint import (CheckpointError, copy_from_ray_checkpoint, load_weights,
                                    read_state, restore_training_state, write_state)
 from wsss.train.classifier import MODEL_FILE, _all_gather, _all_reduce_mean, scan_split
@@ -148,7 +149,8 @@ def train_segmenter(cfg: ExperimentConfig, pseudo_dir: str | Path, out_dir: str 
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(
         cfg.data, root=str(Path(cfg.data.root).resolve())))
     loop_config, skipped = _loop_config(cfg, Path(pseudo_dir).resolve())
-    loop_config.update(mlflow_run_id=mlflow_run_id, tracking_uri=tracking_uri)
+    loop_config.update(mlflow_run_id=mlflow_run_id, tracking_uri=tracking_uri,
+                       unsent_file=worker_unsent_file(mlflow_run_id))
     seg = cfg.segmenter
     use_gpu = gpus_available() if seg.use_gpu is None else seg.use_gpu
     out_dir = Path(out_dir).resolve()
@@ -158,7 +160,7 @@ def train_segmenter(cfg: ExperimentConfig, pseudo_dir: str | Path, out_dir: str 
         scaling_config=ray.train.ScalingConfig(num_workers=seg.num_workers, use_gpu=use_gpu),
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=storage_path or str(out_dir / "ray"),
-            failure_config=ray.train.FailureConfig(max_failures=2),
+            failure_config=ray.train.FailureConfig(max_failures=seg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)))
     start = time.perf_counter()
     result = trainer.fit()
@@ -302,7 +304,7 @@ def _report(history: list[dict[str, Any]], rank: int, model: nn.Module,
         return
     if config.get("mlflow_run_id"):
         log_metrics(metrics, step=metrics["epoch"], run_id=config["mlflow_run_id"],
-                    uri=config.get("tracking_uri"))
+                    uri=config.get("tracking_uri"), unsent=config.get("unsent_file"))
     with tempfile.TemporaryDirectory() as tmp:
         save_segmenter(Path(tmp) / MODEL_FILE, model=getattr(model, "module", model), cfg=cfg,
                        class_names=config["class_names"],

@@ -1,0 +1,415 @@
+"""Fault injection: a killed Ray Train worker, a killed sweep driver, an MLflow server that is
+down at start or goes away mid-run, and output folders that cannot be written.
+
+(A map actor killed during pseudo-labelling is tested in ``tests/test_pseudo_label.py``.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from wsss.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON_BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _dead_server() -> str:
+    """An http URI on 127.0.0.1 where nothing listens."""
+    return f"http://127.0.0.1:{_free_port()}"
+
+
+def _descendants(pid: int) -> list:
+    import psutil
+
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a process started by a test and everything it started."""
+    import psutil
+
+    for child in [*_descendants(proc.pid), psutil.Process(proc.pid)]:
+        try:
+            child.kill()
+        except psutil.Error:
+            continue
+    proc.wait(timeout=30)
+
+
+# -- a Ray Train worker killed during training ------------------------------------------------
+def _train_worker_pids() -> list[int]:
+    """Pids of Ray Train workers started by this test process (the local Ray is its child)."""
+    pids = []
+    for proc in _descendants(os.getpid()):
+        try:
+            if "RayTrainWorker" in " ".join(proc.cmdline()):
+                pids.append(proc.pid)
+        except Exception:  # noqa: BLE001  (the process ended meanwhile)
+            continue
+    return pids
+
+
+def _checkpointed_epoch(storage: Path) -> int:
+    """The epoch of the run's latest checkpoint that Ray Train registered (0: none yet)."""
+    try:
+        snapshot = json.loads((storage / "checkpoint_manager_snapshot.json").read_text())
+        return int(snapshot["latest_checkpoint_result"]["metrics"]["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def _kill_worker_after_first_checkpoint(storage: Path, killed: list, stop: threading.Event):
+    """Once a checkpoint is registered, SIGKILL the training worker; records (pid, epoch)."""
+    while not stop.is_set():
+        epoch, pids = _checkpointed_epoch(storage), _train_worker_pids()
+        if epoch and pids:
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append((pids[0], epoch))
+            return
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_killed_training_worker_restarts_from_its_checkpoint(ray_session, synth_root, tmp_path):
+    import mlflow
+    import psutil
+
+    from wsss.config import load_config
+    from wsss.stages import run_train_classifier
+    from wsss.train.checkpoint import load_checkpoint_state
+
+    uri, epochs = f"sqlite:///{tmp_path / 'mlflow.db'}", 4
+    cfg = load_config(None, [f"data.root={synth_root}", f"train.epochs={epochs}",
+                             "data.crop_size=64", "train.batch_size=8", "train.num_workers=1",
+                             "train.use_gpu=false", "train.max_failures=3",
+                             f"tracking.uri={uri}", "tracking.experiment=faults"])
+    killed, stop = [], threading.Event()
+    storage = tmp_path / "runs" / "killed" / "ray" / "killed"
+    killer = threading.Thread(target=_kill_worker_after_first_checkpoint,
+                              args=(storage, killed, stop))
+    killer.start()
+    try:
+        result = run_train_classifier(cfg, tmp_path / "runs", run_name="killed")
+    finally:
+        stop.set()
+        killer.join()
+    assert killed, "the training worker was never killed"
+    pid, checkpointed = killed[0]
+    assert checkpointed < epochs, "the worker was killed too late to test a restart"
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert load_checkpoint_state(result.checkpoint)["epoch"] == epochs
+    assert [h["epoch"] for h in result.history] == list(range(1, epochs + 1))
+    # The restarted worker began after the last checkpoint: epochs up to the checkpointed one
+    # were trained (and logged) once; a restart from scratch would log epoch 1 twice.
+    client = mlflow.MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("faults").experiment_id])
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+    assert sorted(set(steps)) == list(range(1, epochs + 1))
+    assert all(steps.count(k) == 1 for k in range(1, checkpointed + 1)), steps
+    assert run.info.status == "FINISHED"
+
+
+def test_max_failures_is_a_config_value():
+    from wsss.config import ConfigError, load_config
+
+    assert load_config(None, ["train.max_failures=0"]).train.max_failures == 0
+    assert load_config(None, ["segmenter.max_failures=-1"]).segmenter.max_failures == -1
+    with pytest.raises(ConfigError, match="train.max_failures=-2"):
+        load_config(None, ["train.max_failures=-2"])
+
+
+# -- a sweep whose driver is killed -----------------------------------------------------------
+def _sweep_test_helpers() -> tuple:
+    """``run_script`` and ``stored_sweep`` of the sweep script tests."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "sweep_script_tests", ROOT / "tests/sweeps/test_sweep_scripts.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.run_script, module.stored_sweep
+
+
+def _trial_dirs(experiment_dir: Path) -> list[Path]:
+    return sorted(p for p in experiment_dir.glob("train_trial_*") if p.is_dir())
+
+
+def _trial_ids(experiment_dir: Path) -> list[str]:
+    """Trial ids in the order Tune started them (``train_trial_<id>_<index>_...`` folders)."""
+    names = [p.name.split("_") for p in _trial_dirs(experiment_dir)]
+    return [parts[2] for parts in sorted(names, key=lambda parts: int(parts[3]))]
+
+
+@pytest.mark.slow
+def test_killed_sweep_driver_resumes_with_one_child_run_per_trial(tmp_path, synth_root,
+                                                                   ray_session):
+    import mlflow
+
+    run_script, stored_sweep = _sweep_test_helpers()
+    uri, experiment = f"sqlite:///{tmp_path / 'mlflow.db'}", "test-hide_and_seek"
+    argv = [sys.executable, str(ROOT / "sweeps/hide_and_seek.py"), "--smoke-test",
+            "--num-samples", "2", "--max-concurrent", "1", "--data", str(synth_root),
+            "--eval-images", "8",
+            "--workdir", str(tmp_path / "runs"), "--tracking-uri", uri, "--experiment",
+            experiment]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    driver = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    tune_dir = tmp_path / "runs" / "ray" / experiment
+    try:  # one trial at a time: a second trial dir means the first finished
+        deadline = time.monotonic() + 240
+        while len(_trial_dirs(tune_dir)) < 2 and driver.poll() is None:
+            assert time.monotonic() < deadline, "the sweep's first trial did not finish"
+            time.sleep(0.2)
+        assert driver.poll() is None, "the sweep ended before it could be killed"
+        time.sleep(3)  # let the second trial start training
+    finally:
+        _kill_tree(driver)
+    assert driver.returncode == -signal.SIGKILL
+    parent, children = stored_sweep(uri, experiment)
+    assert parent.info.status == "RUNNING"  # the killed driver never closed it
+    started = {c.data.tags["wsss.trial_id"] for c in children}
+    finished = _trial_ids(tune_dir)[0]
+    train_dir = tmp_path / "runs" / "ray" / f"{experiment}-train"
+    checkpoints = {p.relative_to(train_dir) for p in train_dir.glob("*/checkpoint_*")}
+    assert any(p.parts[0].startswith(finished) for p in checkpoints)
+
+    best, _ = run_script("hide_and_seek", tmp_path, synth_root, "--max-concurrent", "1",
+                         "--resume")
+    assert best is not None
+    parent, children = stored_sweep(uri, experiment)
+    trial_ids = [c.data.tags["wsss.trial_id"] for c in children]
+    assert len(trial_ids) == len(set(trial_ids)) == 2, trial_ids  # one child run per trial
+    assert started <= set(trial_ids)
+    assert parent.info.status == "FINISHED"
+    assert all("objective" in c.data.metrics for c in children)
+    assert len(_trial_dirs(tune_dir)) == 2
+    after = {p.relative_to(train_dir) for p in train_dir.glob("*/checkpoint_*")}
+    assert checkpoints <= after  # the finished trial was not trained again
+    assert not any(p.parts[0].startswith(finished) for p in after - checkpoints)
+    client = mlflow.MlflowClient(uri)
+    assert client.get_run(parent.info.run_id).data.metrics["best_objective"] == pytest.approx(
+        best["objective"])
+
+
+# -- MLflow unreachable -----------------------------------------------------------------------
+def _cli_args(command: str, tmp_path: Path, synth_root: Path, out: Path) -> list[str]:
+    """Arguments of ``command`` whose inputs need not exist: checks must come first."""
+    missing = str(tmp_path / "missing")
+    return {
+        "train-cls": ["train-cls", "--data", str(synth_root), "--out", str(out)],
+        "cam": ["cam", "--checkpoint", missing, "--data", str(synth_root), "--out", str(out)],
+        "refine": ["refine", "--cams", missing, "--data", str(synth_root), "--out", str(out)],
+        "pseudo-label": ["pseudo-label", "--checkpoint", missing, "--data", str(synth_root),
+                         "--out", str(out)],
+        "train-seg": ["train-seg", "--pseudo-masks", missing, "--data", str(synth_root),
+                      "--out", str(out)],
+    }[command]
+
+
+COMMANDS = ["train-cls", "cam", "refine", "pseudo-label", "train-seg"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_unreachable_tracking_server_fails_before_any_compute(command, tmp_path, synth_root,
+                                                              capsys):
+    uri, out = _dead_server(), tmp_path / "out"
+    start = time.perf_counter()
+    code = main(_cli_args(command, tmp_path, synth_root, out) + ["--tracking-uri", uri])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"MLflow tracking server {uri} is not reachable" in err, err
+    assert "--tracking-uri" in err and not out.exists()
+    assert time.perf_counter() - start < 15
+
+
+def test_unreachable_tracking_server_from_the_environment(tmp_path, synth_root, capsys,
+                                                          monkeypatch):
+    uri = _dead_server()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert main(_cli_args("cam", tmp_path, synth_root, tmp_path / "out")) == 2
+    assert f"MLflow tracking server {uri} is not reachable" in capsys.readouterr().err
+
+
+def test_sweep_with_unreachable_tracking_server_fails_before_any_compute(tmp_path, capsys):
+    import runpy
+
+    from wsss.sweeps.tuner import main as sweep_main
+
+    sweep = runpy.run_path(str(ROOT / "sweeps/erasing.py"))["SWEEP"]
+    uri, workdir = _dead_server(), tmp_path / "runs"
+    code = sweep_main(sweep, ["--smoke-test", "--workdir", str(workdir), "--tracking-uri", uri])
+    assert code == 2
+    assert f"MLflow tracking server {uri} is not reachable" in capsys.readouterr().err
+    assert not workdir.exists()  # no synthetic data generated, no Ray storage
+
+
+@pytest.fixture
+def mlflow_server(tmp_path, monkeypatch):
+    """A real MLflow server on 127.0.0.1 (sqlite store); yields (uri, process).
+
+    ``mlflow.set_tracking_uri`` also sets ``$MLFLOW_TRACKING_URI``: both are reset after, so
+    later tests do not inherit a dead server.
+    """
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(PYTHON_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=1) as answer:
+                if answer.status == 200:
+                    break
+        except OSError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+        time.sleep(0.3)
+    yield uri, proc
+    if proc.poll() is None:
+        _kill_tree(proc)
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.mark.slow
+def test_tracking_server_lost_mid_run_keeps_metrics_locally(mlflow_server, tmp_path, synth_root,
+                                                            monkeypatch, capsys):
+    import mlflow
+    import torch
+
+    import wsss.stages as stages
+    from wsss.config import ExperimentConfig
+    from wsss.methods import get_method
+    from wsss.train.checkpoint import save_checkpoint
+
+    uri, server = mlflow_server
+    checkpoint = tmp_path / "model.pt"
+    method = get_method("cam")(5)
+    torch.manual_seed(0)
+    save_checkpoint(checkpoint, model=method.build_model(ExperimentConfig().model), method=method,
+                    cfg=ExperimentConfig(), class_names=["background", *"abcde"],
+                    has_background=True, epoch=1)
+    real_extract = stages._extract_all
+
+    def server_dies_then_extract(*args, **kwargs):  # the run and its params are on the server
+        _kill_tree(server)
+        return real_extract(*args, **kwargs)
+
+    monkeypatch.setattr(stages, "_extract_all", server_dies_then_extract)
+    out = tmp_path / "cams"
+    start = time.perf_counter()
+    code = main(["cam", "--checkpoint", str(checkpoint), "--data", str(synth_root), "--out",
+                 str(out), "--device", "cpu", "--tracking-uri", uri])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert time.perf_counter() - start < 60
+    ids = (synth_root / "ImageSets/Segmentation/train.txt").read_text().split()
+    assert sorted(p.stem for p in out.glob("*.npz")) == sorted(ids)
+    report = json.loads((out / "report.json").read_text())
+    unsent = out / "mlflow_unsent.jsonl"
+    assert report["done"] == len(ids) and report["mlflow_unsent"]["file"] == str(unsent)
+    records = [json.loads(line) for line in unsent.read_text().splitlines()]
+    assert report["mlflow_unsent"]["records"] == len(records)
+    metrics = {k: v for r in records if r["kind"] == "metrics" for k, v in r["values"].items()}
+    assert metrics["maps_done"] == len(ids)
+    kept = {r["kind"] for r in records}
+    assert {"metrics", "artifact", "end_run"} <= kept
+    assert (out / "mlflow_unsent_artifacts" / "report.json").is_file()
+    assert "MLflow did not answer" in captured.out and str(unsent) in captured.out
+    assert f"MLflow at {uri} stopped answering" in captured.err
+    assert mlflow.active_run() is None
+
+
+def test_worker_metrics_for_a_dead_server_go_to_the_given_file(tmp_path):
+    from wsss.tracking import kept_locally, log_metrics
+
+    unsent = tmp_path / "run" / "mlflow_unsent.jsonl"
+    log_metrics({"loss": 0.5, "name": "x"}, step=3, run_id="abc", uri=_dead_server(),
+                unsent=unsent)
+    (record,) = [json.loads(line) for line in unsent.read_text().splitlines()]
+    assert record["run_id"] == "abc" and record["step"] == 3
+    assert record["values"] == {"loss": 0.5}
+    assert kept_locally("abc", unsent) == (1, unsent)
+
+
+# -- output folders that cannot be written ----------------------------------------------------
+@pytest.mark.parametrize("command", COMMANDS)
+def test_unwritable_output_folder_fails_at_start(command, tmp_path, synth_root, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")  # as root, only a file in the way stops a write
+    out = blocker / "out"
+    code = main(_cli_args(command, tmp_path, synth_root, out) + [
+        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"--out folder {out} is not writable: Not a directory" in err, err
+    assert not (tmp_path / "mlflow.db").exists()  # stopped before the stage's MLflow run
+
+
+def test_full_disk_fails_at_start(tmp_path, synth_root, capsys, monkeypatch):
+    import shutil
+
+    import wsss.storage as storage
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(storage.shutil, "disk_usage",
+                        lambda path: usage._replace(free=3 * 2**20))
+    out, uri = tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(_cli_args("cam", tmp_path, synth_root, out) + ["--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err
+    assert f"--out folder {out} has only 3.0 MB free" in err and "WSSS_MIN_FREE_MB" in err
+    assert list(out.iterdir()) == []  # the probe file was removed
+    monkeypatch.setenv("WSSS_MIN_FREE_MB", "1")
+    assert storage.check_writable(out).root == str(out)
+
+
+def test_sweep_with_unwritable_storage_fails_at_start(tmp_path, capsys):
+    import runpy
+
+    from wsss.sweeps.tuner import main as sweep_main
+
+    sweep = runpy.run_path(str(ROOT / "sweeps/erasing.py"))["SWEEP"]
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code = sweep_main(sweep, ["--smoke-test", "--workdir", str(tmp_path / "runs"),
+                              "--storage-path", str(blocker / "ray"),
+                              "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    assert code == 2
+    assert f"--storage-path folder {blocker / 'ray'} is not writable" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "data").exists()
+
+
+def test_object_store_output_is_probed_and_left_clean():
+    from wsss.storage import check_writable
+
+    loc = check_writable("memory://faults-probe/out")
+    assert not loc.is_local and loc.list_files() == []
