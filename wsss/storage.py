@@ -129,20 +129,22 @@ class Location:
 
 def check_writable(uri_or_path: str | os.PathLike, what: str = "output folder",
                    min_free_mb: float | None = None) -> Location:
-    """The folder's ``Location`` once a probe file was written in it and deleted again.
-
-    The folder is created when missing. On a local disk it must also have ``min_free_mb``
-    free (default ``$WSSS_MIN_FREE_MB`` or 50). OutputError names the folder and the problem.
+    """The folder's ``Location`` once a probe file was written and deleted where the run will
+    write: in the folder, or, while it does not exist yet, in its nearest existing parent (a
+    check leaves nothing behind; the run creates the folder). On a local disk there must also
+    be ``min_free_mb`` free (default ``$WSSS_MIN_FREE_MB`` or 50). OutputError names the
+    folder and the problem.
     """
+    probe = f".wsss-write-probe-{uuid.uuid4().hex}"
     try:
         loc = Location.parse(uri_or_path)
-        probe = f".wsss-write-probe-{uuid.uuid4().hex}"
         if loc.is_local:
-            Path(loc.root).mkdir(parents=True, exist_ok=True)
+            folder = _nearest_existing(Path(loc.root))
+            (folder / probe).write_bytes(b"probe")
+            (folder / probe).unlink()
         else:
-            loc.make_dirs()
-        loc.write_bytes(b"probe", probe)
-        loc.filesystem.delete_file(loc.path(probe))
+            loc.write_bytes(b"probe", probe)
+            loc.filesystem.delete_file(loc.path(probe))
     except (OSError, ValueError) as err:
         reason = getattr(err, "strerror", None) or str(err)
         raise OutputError(f"{what} {uri_or_path} is not writable: {reason}") from err
@@ -151,10 +153,18 @@ def check_writable(uri_or_path: str | os.PathLike, what: str = "output folder",
     return loc
 
 
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its nearest existing parent; NotADirectoryError if that is not a folder."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{existing} is a file, not a folder")
+    return existing
+
+
 def _check_free_space(loc: Location, what: str, min_free_mb: float | None) -> None:
     if min_free_mb is None:
         min_free_mb = float(os.environ.get(MIN_FREE_ENV) or DEFAULT_MIN_FREE_MB)
-    free_mb = shutil.disk_usage(loc.root).free / 2**20
+    free_mb = shutil.disk_usage(_nearest_existing(Path(loc.root))).free / 2**20
     if free_mb < min_free_mb:
         raise OutputError(f"{what} {loc.uri} has only {free_mb:.1f} MB free on its disk (at "
                           f"least {min_free_mb:g} MB needed; ${MIN_FREE_ENV} sets the minimum)")

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator, Mapping
 from wsss.config import flatten
 
 MAX_PARAM_LENGTH = 500
+URI_ENV = "MLFLOW_TRACKING_URI"
 UNSENT_FILE = "mlflow_unsent.jsonl"
 UNSENT_ARTIFACTS = "mlflow_unsent_artifacts"
 HEALTH_TIMEOUT_S = 5.0
@@ -46,8 +47,8 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     """``uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``."""
     if uri:
         return uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+    if os.environ.get(URI_ENV):
+        return os.environ[URI_ENV]
     return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
@@ -124,6 +125,9 @@ def start_run(run_name: str, *, experiment: str = "wsss", uri: str | None = None
     import mlflow
 
     uri = check_tracking_uri(uri)
+    # mlflow.set_tracking_uri also sets $MLFLOW_TRACKING_URI; put it back afterwards so one
+    # run's store does not become the default of the next run in this process.
+    previous_env = os.environ.get(URI_ENV)
     mlflow.set_tracking_uri(uri)
     experiment_id = ensure_experiment(experiment, uri)
     all_tags = dict(tags or {})
@@ -143,6 +147,10 @@ def start_run(run_name: str, *, experiment: str = "wsss", uri: str | None = None
         _guarded(uri, run_id, {"kind": "end_run", "status": status},
                  lambda: mlflow.end_run(status))
         _warn_kept(run_name, uri, run_id)
+        if previous_env is None:
+            os.environ.pop(URI_ENV, None)
+        else:
+            os.environ[URI_ENV] = previous_env
 
 
 def _warn_kept(run_name: str, uri: str, run_id: str) -> None:
