@@ -121,9 +121,7 @@ class CamExtractor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         start = time.perf_counter()
-        size = len(batch["id"])
-        maps: list[Any] = [np.zeros((0, 1, 1), np.float16)] * size
-        class_ids: list[Any] = [np.zeros(0, np.int64)] * size
+        maps, class_ids = _no_maps(len(batch["id"]))
         errors = list(batch["error"])
         for rows in _same_size_groups(batch["image"], errors):
             try:
@@ -132,11 +130,7 @@ class CamExtractor:
             except (RuntimeError, ValueError) as err:
                 for row in rows:
                     errors[row] = f"maps failed: {err}"
-        seconds = time.perf_counter() - start
-        out = {key: batch[key] for key in ("id", "image", "gt")}
-        return {**out, "error": np.asarray(errors, dtype=str), "maps": objects(maps),
-                "class_ids": objects(class_ids), "cam_node": np.asarray([_node()] * size),
-                "cam_seconds": np.full(size, seconds / max(size, 1))}
+        return mapped_columns(batch, errors, maps, class_ids, time.perf_counter() - start)
 
     def _maps(self, batch: dict[str, np.ndarray],
               rows: list[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -180,9 +174,7 @@ def load_saved_maps(batch: dict[str, np.ndarray], job: Job,
     computed; a missing, unreadable or wrongly sized map file fails its row."""
     from wsss.cams import read_maps
 
-    size = len(batch["id"])
-    found: list[Any] = [np.zeros((0, 1, 1), np.float16)] * size
-    class_ids: list[Any] = [np.zeros(0, np.int64)] * size
+    found, class_ids = _no_maps(len(batch["id"]))
     errors = list(batch["error"])
     for row, sample_id in enumerate(batch["id"]):
         if errors[row]:
@@ -196,10 +188,23 @@ def load_saved_maps(batch: dict[str, np.ndarray], job: Job,
             found[row], class_ids[row] = row_maps, np.asarray(row_ids, np.int64)
         except INPUT_ERRORS as err:
             errors[row] = str(err)
+    return mapped_columns(batch, errors, found, class_ids, 0.0)
+
+
+def _no_maps(size: int) -> tuple[list[Any], list[Any]]:
+    """Placeholder maps [0, 1, 1] and class ids [0] of ``size`` rows (failed rows keep them)."""
+    return [np.zeros((0, 1, 1), np.float16)] * size, [np.zeros(0, np.int64)] * size
+
+
+def mapped_columns(batch: dict[str, np.ndarray], errors: list[str], maps: list[Any],
+                   class_ids: list[Any], seconds: float) -> dict[str, np.ndarray]:
+    """The output columns of the map stage (see :class:`CamExtractor`) for a decoded batch,
+    its rows' errors, maps and class ids; ``seconds``: the batch's time, spread over its rows."""
+    size = len(batch["id"])
     return {**{key: batch[key] for key in ("id", "image", "gt")},
-            "error": np.asarray(errors, dtype=str), "maps": objects(found),
+            "error": np.asarray(errors, dtype=str), "maps": objects(maps),
             "class_ids": objects(class_ids), "cam_node": np.asarray([_node()] * size),
-            "cam_seconds": np.zeros(size)}
+            "cam_seconds": np.full(size, seconds / max(size, 1))}
 
 
 def refine_and_write(batch: dict[str, np.ndarray], job: Job) -> dict[str, np.ndarray]:

@@ -104,7 +104,7 @@ def run_predict(checkpoint: str | Path, data_root: str | Path, split: str,
     dataset = VOCDataset(data_root, split, max_image_side=max_image_side)
     if state["num_classes"] != dataset.info.num_classes:
         raise CheckpointError(f"{checkpoint} predicts {state['num_classes']} classes but "
-                           f"{data_root} has {dataset.info.num_classes}")
+                              f"{data_root} has {dataset.info.num_classes}")
 
     def make(sample_id: str) -> np.ndarray:
         image = torch.from_numpy(dataset.load_image(sample_id)).permute(2, 0, 1)[None]

@@ -135,7 +135,7 @@ def check_writable(uri_or_path: str | os.PathLike, what: str = "output folder",
     be ``min_free_mb`` free (default ``$WSSS_MIN_FREE_MB`` or 50). OutputError names the
     folder and the problem.
     """
-    probe = f".wsss-write-probe-{uuid.uuid4().hex}"
+    probe, folder = f".wsss-write-probe-{uuid.uuid4().hex}", None
     try:
         loc = Location.parse(uri_or_path)
         if loc.is_local:
@@ -148,8 +148,8 @@ def check_writable(uri_or_path: str | os.PathLike, what: str = "output folder",
     except (OSError, ValueError) as err:
         reason = getattr(err, "strerror", None) or str(err)
         raise OutputError(f"{what} {uri_or_path} is not writable: {reason}") from err
-    if loc.is_local:
-        _check_free_space(loc, what, min_free_mb)
+    if folder is not None:
+        _check_free_space(folder, loc.uri, what, min_free_mb)
     return loc
 
 
@@ -161,12 +161,13 @@ def _nearest_existing(path: Path) -> Path:
     return existing
 
 
-def _check_free_space(loc: Location, what: str, min_free_mb: float | None) -> None:
+def _check_free_space(folder: Path, uri: str, what: str, min_free_mb: float | None) -> None:
+    """OutputError unless the disk of ``folder`` (an existing folder) has room."""
     if min_free_mb is None:
         min_free_mb = float(os.environ.get(MIN_FREE_ENV) or DEFAULT_MIN_FREE_MB)
-    free_mb = shutil.disk_usage(_nearest_existing(Path(loc.root))).free / 2**20
+    free_mb = shutil.disk_usage(folder).free / 2**20
     if free_mb < min_free_mb:
-        raise OutputError(f"{what} {loc.uri} has only {free_mb:.1f} MB free on its disk (at "
+        raise OutputError(f"{what} {uri} has only {free_mb:.1f} MB free on its disk (at "
                           f"least {min_free_mb:g} MB needed; ${MIN_FREE_ENV} sets the minimum)")
 
 

@@ -125,32 +125,43 @@ def start_run(run_name: str, *, experiment: str = "wsss", uri: str | None = None
     import mlflow
 
     uri = check_tracking_uri(uri)
-    # mlflow.set_tracking_uri also sets $MLFLOW_TRACKING_URI; put it back afterwards so one
-    # run's store does not become the default of the next run in this process.
-    previous_env = os.environ.get(URI_ENV)
-    mlflow.set_tracking_uri(uri)
-    experiment_id = ensure_experiment(experiment, uri)
-    all_tags = dict(tags or {})
-    if parent_run_id:
-        all_tags["mlflow.parentRunId"] = parent_run_id
-    run = mlflow.start_run(run_name=run_name, experiment_id=experiment_id, tags=all_tags,
-                           nested=mlflow.active_run() is not None)
-    run_id = run.info.run_id
-    _unsent_files[run_id] = (Path(local_dir or Path.cwd()) / UNSENT_FILE).resolve()
-    status = "FAILED"
+    # mlflow.set_tracking_uri also sets $MLFLOW_TRACKING_URI: restored when the run ends, so
+    # one run's store does not become the default of the next run in this process.
+    with _env_restored(URI_ENV):
+        mlflow.set_tracking_uri(uri)
+        experiment_id = ensure_experiment(experiment, uri)
+        all_tags = dict(tags or {})
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = mlflow.start_run(run_name=run_name, experiment_id=experiment_id, tags=all_tags,
+                               nested=mlflow.active_run() is not None)
+        run_id = run.info.run_id
+        _unsent_files[run_id] = (Path(local_dir or Path.cwd()) / UNSENT_FILE).resolve()
+        status = "FAILED"
+        try:
+            if params:
+                log_params(params)
+            yield run
+            status = "FINISHED"
+        finally:
+            _guarded(uri, run_id, {"kind": "end_run", "status": status},
+                     lambda: mlflow.end_run(status))
+            _warn_kept(run_name, uri, run_id)
+
+
+@contextlib.contextmanager
+def _env_restored(key: str, value: str | None = None) -> Iterator[None]:
+    """Environment variable ``key`` (set to ``value`` when given) restored on exit."""
+    saved = os.environ.get(key)
+    if value is not None:
+        os.environ[key] = value
     try:
-        if params:
-            log_params(params)
-        yield run
-        status = "FINISHED"
+        yield
     finally:
-        _guarded(uri, run_id, {"kind": "end_run", "status": status},
-                 lambda: mlflow.end_run(status))
-        _warn_kept(run_name, uri, run_id)
-        if previous_env is None:
-            os.environ.pop(URI_ENV, None)
+        if saved is None:
+            os.environ.pop(key, None)
         else:
-            os.environ[URI_ENV] = previous_env
+            os.environ[key] = saved
 
 
 def _warn_kept(run_name: str, uri: str, run_id: str) -> None:
@@ -217,16 +228,9 @@ def _guarded(uri: str, run_id: str | None, record: dict[str, Any], send: Callabl
 
 def _end_without_server(end: Callable[[], Any]) -> None:
     """End the local active run without waiting on retries of a server known to be down."""
-    saved = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    try:
-        with contextlib.suppress(Exception):  # the run is popped before the server call
-            end()
-    finally:
-        if saved is None:
-            del os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
-        else:
-            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = saved
+    with _env_restored("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"), \
+            contextlib.suppress(Exception):  # the run is popped before the server call
+        end()
 
 
 def _keep(run_id: str | None, record: dict[str, Any], path: str | Path | None) -> None:
