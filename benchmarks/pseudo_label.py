@@ -237,7 +237,7 @@ def run_rounds(args: argparse.Namespace, view: Path, ckpt: Path,
 
 
 def main(argv: list[str] | None = None) -> None:
-    import ray
+    from wsss.ray_utils import start_local_ray
 
     args = parse_args(argv)
     command = shlex.join([Path(sys.executable).name, *sys.argv])
@@ -245,8 +245,8 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="wsss-bench-pl-"))
     try:
         view, what, ckpt = prepare(args, work)
-        ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False,
-                 log_to_driver=False)
+        start_local_ray(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False,
+                        log_to_driver=False)
         times, busy, steady, identical = run_rounds(args, view, ckpt, work)
         publish(render(args, what, times, busy, steady, identical, command,
                        (load_start, os.getloadavg())), args.out)

@@ -56,30 +56,57 @@ RAY_TEST_ARGS = {"include_dashboard": False, "log_to_driver": False,
                  "runtime_env": {"env_vars": {"OMP_NUM_THREADS": "1"}}}
 
 
-@pytest.fixture(scope="session")
+def _start_test_ray() -> None:
+    from wsss.ray_utils import start_local_ray
+
+    start_local_ray(num_cpus=2, **RAY_TEST_ARGS)
+
+
+@pytest.fixture(scope="module")
 def ray_session():
-    """One local Ray (2 CPUs) shared by every test that needs it."""
+    """A local Ray (2 CPUs) of this test module's own, shut down after its last test.
+
+    One Ray per module: what a test leaves behind in Ray (actors, placement groups, a killed
+    worker) cannot reach the tests of another module.
+    """
     import ray
 
     started = not ray.is_initialized()
-    if started:  # "local": never join another Ray instance found on this machine
-        ray.init(address="local", num_cpus=2, **RAY_TEST_ARGS)
+    if started:  # never join another Ray instance found on this machine
+        _start_test_ray()
     yield
     if started:
         ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def two_node_cluster():
-    """A simulated two-node Ray cluster (2 CPUs per node) for the tests of one module.
+@pytest.fixture(autouse=True, scope="module")
+def _no_ray_left_behind():
+    """A module that started Ray without the fixtures (a stage calling ``init_ray``) has it
+    shut down at its end, so the next module starts from no Ray."""
+    yield
+    import ray
 
-    The session's local Ray, if running, is stopped for the module and started again after.
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture
+def two_node_cluster():
+    """A simulated two-node Ray cluster (2 CPUs per node) for one test.
+
+    The module's local Ray, if running, is stopped for the test and started again after. The
+    cluster gets a lookup folder of its own (``wsss.ray_utils.own_lookup_folder``), so
+    ``ray.cluster_utils.Cluster`` records its address there, not in the machine's
+    ``/tmp/ray/ray_current_cluster`` that other Ray users read.
     """
     import ray
     from ray.cluster_utils import Cluster
 
+    from wsss.ray_utils import own_lookup_folder
+
     was_running = ray.is_initialized()
     ray.shutdown()
+    own_lookup_folder()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
     cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
@@ -88,4 +115,39 @@ def two_node_cluster():
     ray.shutdown()
     cluster.shutdown()
     if was_running:
-        ray.init(address="local", num_cpus=2, **RAY_TEST_ARGS)
+        _start_test_ray()
+
+
+@pytest.fixture
+def ray_with_fault():
+    """``start(spec)`` starts a local Ray whose processes have ``$WSSS_FAULT=spec`` (see
+    ``wsss.faults``). The module's Ray is stopped for the test and started again after."""
+    import ray
+
+    from wsss.faults import FAULT_ENV
+    from wsss.ray_utils import start_local_ray
+
+    was_running = ray.is_initialized()
+    ray.shutdown()
+
+    def start(spec: str) -> None:
+        env = {**RAY_TEST_ARGS["runtime_env"]["env_vars"], FAULT_ENV: spec}
+        start_local_ray(num_cpus=2, **{**RAY_TEST_ARGS, "runtime_env": {"env_vars": env}})
+
+    yield start
+    ray.shutdown()
+    if was_running:
+        _start_test_ray()
+
+
+@pytest.fixture
+def restart_ray():
+    """``restart()`` stops the local Ray (every task and actor in it dies) and starts a new one;
+    a test uses it to be sure that nothing of an interrupted run still works in the background."""
+    import ray
+
+    def restart() -> None:
+        ray.shutdown()
+        _start_test_ray()
+
+    return restart

@@ -1,8 +1,30 @@
-"""Starting or joining Ray, and choosing devices."""
+"""Starting or joining Ray, and choosing devices.
+
+A Ray instance started here must be the one its own processes find. Ray's processes that look
+up "their" cluster without being told its address (Ray Train's placement-group cleaner asks
+the state API through ``ray.util.state``) resolve it like ``ray.init(address=None)`` does: the
+``RAY_ADDRESS`` variable, else the address in ``<ray temp dir>/ray_current_cluster``, which names
+the newest cluster started by ``ray start`` on the machine. When other Ray instances run on the
+machine (another user's job, another test process), that file names one of them: the cleaner
+then asks the wrong cluster whether its Train controller is alive, hears "no such actor", and
+removes the live run's placement group, which kills its workers mid-run ("Destroying worker
+since its placement group was removed"). :func:`start_local_ray` therefore gives each local
+instance its own lookup folder (``$RAY_TMPDIR``, inherited by every process of the instance)
+whose ``ray/ray_current_cluster`` names that instance; session files and logs stay in Ray's
+usual temp folder.
+"""
 
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+# Ray's temp root for sessions and logs, as it was before this process pointed $RAY_TMPDIR at a
+# lookup folder of its own (children inherit it, so nested starts keep the same root).
+SESSION_ROOT_ENV = "WSSS_RAY_SESSION_ROOT"
+ADDRESS_FILE = "ray_current_cluster"  # Ray's own name (ray._private.utils.get_ray_address_file)
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -17,8 +39,47 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
-    else:  # "local": never join another Ray instance found on this machine by accident
-        ray.init(address="local", num_cpus=num_cpus, log_to_driver=True)
+    else:
+        start_local_ray(num_cpus=num_cpus, log_to_driver=True)
+
+
+def start_local_ray(**init_args: Any) -> str:
+    """Start a new local Ray instance that its own processes can find; returns its address.
+
+    ``init_args`` go to ``ray.init`` (``address`` is always ``"local"``: never join another
+    instance found on this machine). Sets ``$RAY_TMPDIR`` of this process (and so of every Ray
+    process it starts) to a fresh lookup folder whose ``ray/ray_current_cluster`` holds the new
+    instance's GCS address; see the module docstring for why.
+    """
+    import ray
+
+    lookup = own_lookup_folder()
+    ray.init(address="local", _temp_dir=os.environ[SESSION_ROOT_ENV], **init_args)
+    address = ray.get_runtime_context().gcs_address
+    (lookup / ADDRESS_FILE).write_text(address)
+    return address
+
+
+def own_lookup_folder() -> Path:
+    """Point ``$RAY_TMPDIR`` of this process at a fresh folder; returns its ``ray/`` subfolder,
+    where Ray's address lookup reads ``ray_current_cluster``.
+
+    Every Ray instance started afterwards by this process inherits the variable, so its
+    processes look their cluster up there (``ray.cluster_utils.Cluster`` also writes its
+    address there) and never in the machine-wide folder other Ray users share.
+    """
+    os.environ.setdefault(SESSION_ROOT_ENV, _default_ray_temp_dir())
+    lookup = Path(tempfile.mkdtemp(prefix="wsss-ray-"))
+    os.environ["RAY_TMPDIR"] = str(lookup)
+    (lookup / "ray").mkdir()
+    return lookup / "ray"
+
+
+def _default_ray_temp_dir() -> str:
+    """Ray's default temp root (``$RAY_TMPDIR``, else ``$TMPDIR``, else /tmp, + ``/ray``), as
+    ``ray._common.utils.get_default_ray_temp_dir`` computes it."""
+    base = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+    return os.path.join(base, "ray")
 
 
 def gpus_available() -> bool:

@@ -87,9 +87,9 @@ class ReleaseStoppedTrials(Callback):
     """Release the Ray Train workers' placement group of a trial that ended or was stopped.
 
     A trial stopped by ASHA takes its Train controller down before the controller can free its
-    workers' resources; Ray normally frees them with a cleaner actor, which cannot find its
-    cluster when several Ray instances share a machine. Removing an already removed group is a
-    no-op, so this is safe either way.
+    workers' resources; Ray normally frees them with a cleaner actor, which needs the state API
+    of the dashboard (a cluster started without one, as the tests do, has none). Removing an
+    already removed group is a no-op, so this is safe either way.
     """
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

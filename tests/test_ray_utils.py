@@ -1,0 +1,76 @@
+"""A local Ray started by ``wsss.ray_utils.start_local_ray`` is the one its own processes find.
+
+Ray Train's placement-group cleaner (a detached actor) looks up its cluster like
+``ray.init(address=None)`` does. When the machine-wide lookup file names another live cluster,
+a plain ``ray.init`` instance's processes find *that* cluster: the cleaner then hears that its
+controller does not exist and removes the live run's placement group, killing its workers. The
+negative control shows the lookup going wrong without the fix, so the test can fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+OTHER_CLUSTER = "203.0.113.7:6379"  # what the machine-wide file names: another instance
+
+PROBE = """
+import json, sys, ray
+from wsss.ray_utils import start_local_ray
+
+args = dict(num_cpus=1, include_dashboard=False, log_to_driver=False)
+if sys.argv[1] == "wsss":
+    start_local_ray(**args)
+else:
+    ray.init(address="local", **args)
+
+@ray.remote(num_cpus=0)
+def lookup():
+    from ray._private.services import canonicalize_bootstrap_address
+    return canonicalize_bootstrap_address(None)  # the cleaner's lookup (ray.util.state)
+
+print(json.dumps({"own": ray.get_runtime_context().gcs_address,
+                  "found": ray.get(lookup.remote())}))
+ray.shutdown()
+"""
+
+
+@pytest.fixture
+def machine_tmp():
+    """Stands for /tmp: the machine-wide folder whose ``ray/ray_current_cluster`` names the
+    newest cluster (short: Ray's socket paths under it must stay within 107 bytes)."""
+    shared = Path(tempfile.mkdtemp(prefix="m-", dir="/tmp"))
+    (shared / "ray").mkdir()
+    (shared / "ray" / "ray_current_cluster").write_text(OTHER_CLUSTER)
+    yield shared
+    shutil.rmtree(shared, ignore_errors=True)
+
+
+def _probe(kind: str, shared: Path, tmp_path: Path) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "WSSS_RAY_SESSION_ROOT")}
+    env.update(RAY_TMPDIR=str(shared), PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-c", PROBE, kind], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_processes_of_a_local_ray_find_their_own_cluster(machine_tmp, tmp_path):
+    plain = _probe("plain", machine_tmp, tmp_path)
+    assert plain["found"] == OTHER_CLUSTER  # the fault: a plain instance's workers look away
+    ours = _probe("wsss", machine_tmp, tmp_path)
+    assert ours["found"] == ours["own"] != OTHER_CLUSTER
+    # the session files stay in the usual Ray folder; the machine-wide file is left alone
+    sessions = sorted((machine_tmp / "ray").glob("session_2*"))
+    assert len(sessions) == 2, sessions
+    assert (machine_tmp / "ray" / "ray_current_cluster").read_text() == OTHER_CLUSTER
