@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -58,76 +57,67 @@ def _kill_tree(proc: subprocess.Popen) -> None:
 
 
 # -- a Ray Train worker killed during training ------------------------------------------------
-def _train_worker_pids() -> list[int]:
-    """Pids of Ray Train workers started by this test process (the local Ray is its child)."""
-    pids = []
-    for proc in _descendants(os.getpid()):
-        try:
-            if "RayTrainWorker" in " ".join(proc.cmdline()):
-                pids.append(proc.pid)
-        except Exception:  # noqa: BLE001  (the process ended meanwhile)
-            continue
-    return pids
+def _logged(uri: str, experiment: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) of every record of metric ``key`` in the experiment's only run."""
+    import mlflow
 
-
-def _checkpointed_epoch(storage: Path) -> int:
-    """The epoch of the run's latest checkpoint that Ray Train registered (0: none yet)."""
-    try:
-        snapshot = json.loads((storage / "checkpoint_manager_snapshot.json").read_text())
-        return int(snapshot["latest_checkpoint_result"]["metrics"]["epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
-
-
-def _kill_worker_after_first_checkpoint(storage: Path, killed: list, stop: threading.Event):
-    """Once a checkpoint is registered, SIGKILL the training worker; records (pid, epoch)."""
-    while not stop.is_set():
-        epoch, pids = _checkpointed_epoch(storage), _train_worker_pids()
-        if epoch and pids:
-            os.kill(pids[0], signal.SIGKILL)
-            killed.append((pids[0], epoch))
-            return
-        time.sleep(0.05)
+    client = mlflow.MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert run.info.status == "FINISHED"
+    return sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
 
 
 @pytest.mark.slow
-def test_killed_training_worker_restarts_from_its_checkpoint(ray_session, synth_root, tmp_path):
-    import mlflow
+def test_killed_training_worker_restarts_from_its_checkpoint(ray_with_fault, synth_root,
+                                                             tmp_path):
+    """The worker is SIGKILLed right after reporting epoch 2 with its checkpoint (fault point
+    ``epoch_reported``): Ray Train starts a new worker group, which resumes from the last
+    checkpoint Ray Train registered (epoch 2, or epoch 1 if the kill came first, and epoch 2 is
+    trained again); the final model holds all 4 epochs and MLflow holds epochs 1-4 once each,
+    with the values of the final checkpoint's history, whichever way the race went."""
     import psutil
 
     from wsss.config import load_config
     from wsss.stages import run_train_classifier
     from wsss.train.checkpoint import load_checkpoint_state
 
-    uri, epochs = f"sqlite:///{tmp_path / 'mlflow.db'}", 4
+    marker, epochs = tmp_path / "killed", 4
+    ray_with_fault(f"epoch_reported:2:{marker}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = load_config(None, [f"data.root={synth_root}", f"train.epochs={epochs}",
                              "data.crop_size=64", "train.batch_size=8", "train.num_workers=1",
                              "train.use_gpu=false", "train.max_failures=3",
                              f"tracking.uri={uri}", "tracking.experiment=faults"])
-    killed, stop = [], threading.Event()
-    storage = tmp_path / "runs" / "killed" / "ray" / "killed"
-    killer = threading.Thread(target=_kill_worker_after_first_checkpoint,
-                              args=(storage, killed, stop))
-    killer.start()
-    try:
-        result = run_train_classifier(cfg, tmp_path / "runs", run_name="killed")
-    finally:
-        stop.set()
-        killer.join()
-    assert killed, "the training worker was never killed"
-    pid, checkpointed = killed[0]
-    assert checkpointed < epochs, "the worker was killed too late to test a restart"
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    result = run_train_classifier(cfg, tmp_path / "runs", run_name="killed")
+    point, step, _, pid = marker.read_text().split()
+    assert (point, step) == ("epoch_reported", "2")  # the worker was killed there
+    assert not psutil.pid_exists(int(pid)) or psutil.Process(int(pid)).status() == "zombie"
     assert load_checkpoint_state(result.checkpoint)["epoch"] == epochs
     assert [h["epoch"] for h in result.history] == list(range(1, epochs + 1))
-    # The restarted worker began after the last checkpoint: epochs up to the checkpointed one
-    # were trained (and logged) once; a restart from scratch would log epoch 1 twice.
-    client = mlflow.MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("faults").experiment_id])
-    steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
-    assert sorted(set(steps)) == list(range(1, epochs + 1))
-    assert all(steps.count(k) == 1 for k in range(1, checkpointed + 1)), steps
-    assert run.info.status == "FINISHED"
+    assert _logged(uri, "faults", "loss") == [(h["epoch"], pytest.approx(h["loss"]))
+                                              for h in result.history]
+
+
+@pytest.mark.slow
+def test_killed_segmenter_worker_logs_each_epoch_once(ray_with_fault, synth_root, tmp_path):
+    """One of two segmenter workers dies right after reporting epoch 1: epochs 1 and 2 reach
+    MLflow once each, with the values of the final checkpoint's history."""
+    from wsss.config import load_config
+    from wsss.data.voc import MASK_DIR
+    from wsss.stages_segmentation import run_train_segmenter
+
+    marker = tmp_path / "killed"
+    ray_with_fault(f"epoch_reported:1:{marker}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = load_config(None, [f"data.root={synth_root}", "segmenter.epochs=2",
+                             "segmenter.batch_size=4", "segmenter.crop_size=64",
+                             "segmenter.num_workers=2", "segmenter.use_gpu=false",
+                             f"tracking.uri={uri}", "tracking.experiment=faults"])
+    result = run_train_segmenter(cfg, synth_root / MASK_DIR, tmp_path / "runs", run_name="seg")
+    assert marker.read_text().startswith("epoch_reported 1")
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    assert _logged(uri, "faults", "loss") == [(h["epoch"], pytest.approx(h["loss"]))
+                                              for h in result.history]
 
 
 def test_max_failures_is_a_config_value():
@@ -179,7 +169,7 @@ def test_killed_sweep_driver_resumes_with_one_child_run_per_trial(tmp_path, synt
                               stderr=subprocess.DEVNULL, start_new_session=True)
     tune_dir = tmp_path / "runs" / "ray" / experiment
     try:  # one trial at a time: a second trial dir means the first finished
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 900  # a hang guard, generous for a loaded machine
         while len(_trial_dirs(tune_dir)) < 2 and driver.poll() is None:
             assert time.monotonic() < deadline, "the sweep's first trial did not finish"
             time.sleep(0.2)
@@ -235,14 +225,15 @@ COMMANDS = ["train-cls", "cam", "refine", "pseudo-label", "train-seg"]
 @pytest.mark.parametrize("command", COMMANDS)
 def test_unreachable_tracking_server_fails_before_any_compute(command, tmp_path, synth_root,
                                                               capsys):
+    import ray
+
     uri, out = _dead_server(), tmp_path / "out"
-    start = time.perf_counter()
     code = main(_cli_args(command, tmp_path, synth_root, out) + ["--tracking-uri", uri])
     err = capsys.readouterr().err
     assert code == 2
     assert f"MLflow tracking server {uri} is not reachable" in err, err
     assert "--tracking-uri" in err and not out.exists()
-    assert time.perf_counter() - start < 15
+    assert not ray.is_initialized()  # nothing was started
 
 
 def test_unreachable_tracking_server_from_the_environment(tmp_path, synth_root, capsys,
@@ -307,6 +298,7 @@ def test_tracking_server_lost_mid_run_keeps_metrics_locally(mlflow_server, tmp_p
     import torch
 
     import wsss.stages as stages
+    from wsss import tracking
     from wsss.config import ExperimentConfig
     from wsss.methods import get_method
     from wsss.train.checkpoint import save_checkpoint
@@ -320,18 +312,23 @@ def test_tracking_server_lost_mid_run_keeps_metrics_locally(mlflow_server, tmp_p
                     has_background=True, epoch=1)
     real_extract = stages._extract_all
 
+    probes, killed_at = [], []  # the run does not wait on a dead server for every record
+
     def server_dies_then_extract(*args, **kwargs):  # the run and its params are on the server
         _kill_tree(server)
+        killed_at.append(len(probes))
         return real_extract(*args, **kwargs)
 
     monkeypatch.setattr(stages, "_extract_all", server_dies_then_extract)
+    real_probe = tracking._health_problem
+    monkeypatch.setattr(tracking, "_health_problem",
+                        lambda *a, **k: probes.append(a) or real_probe(*a, **k))
     out = tmp_path / "cams"
-    start = time.perf_counter()
     code = main(["cam", "--checkpoint", str(checkpoint), "--data", str(synth_root), "--out",
                  str(out), "--device", "cpu", "--tracking-uri", uri])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert time.perf_counter() - start < 60
+    assert len(probes) - killed_at[0] == 1  # once after the first failed call, then no more
     ids = (synth_root / "ImageSets/Segmentation/train.txt").read_text().split()
     assert sorted(p.stem for p in out.glob("*.npz")) == sorted(ids)
     report = json.loads((out / "report.json").read_text())

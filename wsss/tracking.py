@@ -187,16 +187,9 @@ def kept_locally(run_id: str, path: str | Path | None = None) -> tuple[int, Path
     path = Path(path) if path else unsent_file(run_id)
     if not path.is_file():
         return None
-    count = sum(1 for line in path.read_text().splitlines() if _record_run(line) == run_id)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    count = sum(1 for line in lines if _record(line).get("run_id") == run_id)
     return (count, path) if count else None
-
-
-def _record_run(line: str) -> str | None:
-    """The run id of one line of an unsent file (None: blank, or cut short by a kill)."""
-    try:
-        return json.loads(line).get("run_id")
-    except ValueError:
-        return None
 
 
 def _guarded(uri: str, run_id: str | None, record: dict[str, Any], send: Callable[[], Any],
@@ -315,3 +308,68 @@ def log_text(text: str, name: str) -> None:
 def _param_value(value: Any) -> str:
     text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
     return text[:MAX_PARAM_LENGTH]
+
+
+class StepLog:
+    """Per-step metrics of one MLflow run, each step logged once (a re-sent step is skipped).
+
+    A Ray Train worker group that restarts from its last checkpoint trains (and reports) again
+    the epochs after it; a Tune trial that is retried does the same. The steps the run already
+    holds, in the store or in its unsent-records file, are read once when the log is made, so a
+    restarted process does not log them again.
+
+    Args:
+        run_id / uri: the MLflow run and its store.
+        key: a metric logged at every step (its history tells the steps already logged).
+        unsent: the run's unsent-records file (see :func:`log_metrics`).
+    """
+
+    def __init__(self, run_id: str, uri: str | None, key: str,
+                 unsent: str | Path | None = None) -> None:
+        self.run_id, self.uri, self.unsent = run_id, resolve_tracking_uri(uri), unsent
+        self.steps = logged_steps(run_id, key, self.uri, unsent)
+
+    def log(self, metrics: Mapping[str, Any], step: int) -> bool:
+        """Log ``metrics`` at ``step`` unless the run holds that step; True when logged."""
+        if step in self.steps:
+            return False
+        log_metrics(metrics, step=step, run_id=self.run_id, uri=self.uri, unsent=self.unsent)
+        self.steps.add(step)
+        return True
+
+
+def logged_steps(run_id: str, key: str, uri: str | None = None,
+                 unsent: str | Path | None = None) -> set[int]:
+    """Steps at which run ``run_id`` holds metric ``key``: in the store at ``uri`` and in its
+    unsent-records file (a server that does not answer contributes nothing)."""
+    import mlflow
+
+    uri = resolve_tracking_uri(uri)
+    steps: set[int] = set()
+
+    def read() -> None:
+        steps.update(m.step for m in mlflow.MlflowClient(uri).get_metric_history(run_id, key))
+
+    if not is_server(uri) or uri not in _offline:
+        try:
+            read()
+        except Exception:  # noqa: BLE001  (a server gone: its steps are unknown here)
+            if not is_server(uri):
+                raise
+    path = Path(unsent) if unsent else unsent_file(run_id)
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            record = _record(line)
+            if (record.get("run_id") == run_id and record.get("kind") == "metrics"
+                    and key in record.get("values", {}) and record.get("step") is not None):
+                steps.add(int(record["step"]))
+    return steps
+
+
+def _record(line: str) -> dict[str, Any]:
+    """One line of an unsent file as a dict ({} when blank or cut short by a kill)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}

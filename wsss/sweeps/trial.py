@@ -50,7 +50,11 @@ class SweepContext:
 
 class TuneForwarder(TuneReportCallback):
     """Ray Train callback: add the round and ``epoch_total`` to rank 0's report, log it to the
-    trial's MLflow run (step = ``epoch_total``) and hand it to Tune.
+    trial's MLflow run (step = ``epoch_total``) and hand it to Tune, each step once.
+
+    A report of a step the trial's run already holds (an epoch trained again after a worker
+    group restart or a trial retry) is neither logged nor handed to Tune again
+    (:class:`wsss.tracking.StepLog`).
 
     Reports also carry the id of the workers' placement group: when Tune stops a trial (ASHA)
     its Train controller dies with it, and the sweep driver releases that group
@@ -65,16 +69,20 @@ class TuneForwarder(TuneReportCallback):
         self.run_id, self.tracking_uri, self.crash_marker = run_id, tracking_uri, crash_marker
         self.placement_group: str | None = None
         self.recorder = PlacementGroupRecorder(self)
+        self._log: Any = None
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
                      checkpoint: Any) -> None:
-        from wsss.tracking import log_metrics
+        from wsss.tracking import StepLog
 
         first = {**metrics[0], "round": self.round_number,
                  TIME_ATTR: self.epoch_offset + int(metrics[0]["epoch"])}
         if self.placement_group:
             first[PLACEMENT_GROUP] = self.placement_group
-        log_metrics(first, step=first[TIME_ATTR], run_id=self.run_id, uri=self.tracking_uri)
+        if self._log is None:  # made on the first report: a retried trial reads its steps
+            self._log = StepLog(self.run_id, self.tracking_uri, TIME_ATTR)
+        if not self._log.log(first, step=first[TIME_ATTR]):
+            return
         super().after_report(run_context, [first, *metrics[1:]], checkpoint)
         _maybe_crash(self.crash_marker)
 

@@ -9,8 +9,6 @@ logs the epoch to MLflow. A restarted worker group resumes from the last checkpo
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +23,10 @@ from wsss.data.transforms import eval_transform, train_transform
 from wsss.data.voc import DatasetError, VOCDataset, read_info
 from wsss.methods import get_method
 from wsss.metrics import mean_average_precision
-from wsss.tracking import worker_unsent_file
-from wsss.train.checkpoint import load_checkpoint_state, save_checkpoint
-
-MODEL_FILE = "model.pt"
+from wsss.train.checkpoint import (copy_from_ray_checkpoint, load_checkpoint_state,
+                                   save_checkpoint)
+from wsss.train.reporting import (MODEL_FILE, check_optimizer_steps, epoch_callbacks,
+                                  report_epoch)
 
 
 @dataclass
@@ -75,7 +73,8 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, run_name: str,
         cfg: the experiment config (data, model, method, train sections are used).
         out_dir: where ``model.pt`` of the final epoch is written.
         run_name: Ray Train run name (re-using a name resumes that run).
-        mlflow_run_id / tracking_uri: where rank 0 logs per-epoch metrics (optional).
+        mlflow_run_id / tracking_uri: the MLflow run that records each epoch (optional;
+            see ``wsss.train.reporting.EpochRecorder``).
         storage_path: Ray Train storage (local folder or s3://...); default ``out_dir/ray``.
         round_index: which round of a multi-round method (adversarial erasing) this is.
         init_model: ``model.pt`` of the previous round, loaded before training starts.
@@ -106,9 +105,7 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, run_name: str,
     out_dir.mkdir(parents=True, exist_ok=True)
     loop_config = {"cfg": cfg.to_dict(), "train_ids": train_ids, "val_ids": val_ids,
                    "num_fg": info.num_fg, "class_names": list(info.class_names),
-                   "has_background": info.has_background,
-                   "mlflow_run_id": mlflow_run_id, "tracking_uri": tracking_uri,
-                   "unsent_file": worker_unsent_file(mlflow_run_id), "round": round_index,
+                   "has_background": info.has_background, "round": round_index,
                    "init_model": str(init_model) if init_model else None,
                    "mask_eval_ids": list(mask_eval_ids) if mask_eval_ids else None}
     trainer = TorchTrainer(
@@ -121,16 +118,14 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, run_name: str,
             storage_path=storage_path or str(out_dir / "ray"),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=list(callbacks),
+            callbacks=[*epoch_callbacks(mlflow_run_id, tracking_uri), *callbacks],
         ),
     )
     start = time.perf_counter()
     result = trainer.fit()
     seconds = time.perf_counter() - start
-    final = out_dir / MODEL_FILE
-    with result.checkpoint.as_directory() as ckpt_dir:
-        shutil.copyfile(Path(ckpt_dir) / MODEL_FILE, final.with_suffix(".tmp"))
-    final.with_suffix(".tmp").replace(final)
+    check_optimizer_steps(result.metrics, f"classifier run '{run_name}'")
+    final = copy_from_ray_checkpoint(result.checkpoint, MODEL_FILE, out_dir / MODEL_FILE)
     history = load_checkpoint_state(final)["history"]
     return ClassifierResult(final, dict(history[-1]), history, skipped + val_skipped, seconds)
 
@@ -160,15 +155,25 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     for epoch in range(start_epoch, cfg.train.epochs):
         if hasattr(train_loader.sampler, "set_epoch"):
             train_loader.sampler.set_epoch(epoch)
-        loss, logs = _train_one_epoch(method, model, train_loader, optimizer, epoch)
+        loss, logs, steps = _train_one_epoch(method, model, train_loader, optimizer, epoch)
         scheduler.step()
-        metrics = {"epoch": epoch + 1, "loss": loss, **logs, "lr": scheduler.get_last_lr()[0]}
+        metrics = {"epoch": epoch + 1, "loss": loss, **logs, "lr": scheduler.get_last_lr()[0],
+                   "optimizer_steps": steps}
         if val_loader is not None:
             metrics["val_mAP"] = _validate(model, val_loader)
         if config.get("mask_eval_ids") and rank == 0:
             metrics["pseudo_miou"] = _pseudo_miou(method, model, cfg, config["mask_eval_ids"])
         history.append(metrics)
-        _report(history, rank, model, optimizer, scheduler, method, cfg, config)
+
+        def write(path: Path) -> None:
+            save_checkpoint(path, model=getattr(model, "module", model), method=method, cfg=cfg,
+                            class_names=config["class_names"],
+                            has_background=config["has_background"], epoch=epoch + 1,
+                            optimizer=optimizer, scheduler=scheduler, history=history)
+
+        report_epoch(history, rank, write)
+        if steps == 0:
+            break  # nothing was learned: the driver reports it (check_optimizer_steps)
 
 
 def _loaders(cfg: ExperimentConfig, config: dict[str, Any]) -> tuple[DataLoader, DataLoader | None]:
@@ -190,8 +195,10 @@ def _loaders(cfg: ExperimentConfig, config: dict[str, Any]) -> tuple[DataLoader,
     return train_loader, ray.train.torch.prepare_data_loader(val_loader)
 
 
-def _train_one_epoch(method, model, loader, optimizer, epoch: int) -> tuple[float, dict[str, float]]:
-    """One pass over this worker's shard; returns the loss averaged over all workers."""
+def _train_one_epoch(method, model, loader, optimizer,
+                     epoch: int) -> tuple[float, dict[str, float], int]:
+    """One pass over this worker's shard; returns the loss and the method's logged terms
+    averaged over all workers, and the optimizer steps taken by all workers together."""
     model.train()
     total, count, logs_sum = 0.0, 0, {}
     for batch in loader:
@@ -204,7 +211,7 @@ def _train_one_epoch(method, model, loader, optimizer, epoch: int) -> tuple[floa
         for key, value in logs.items():
             logs_sum[key] = logs_sum.get(key, 0.0) + value
     values = _all_reduce_mean([total / max(count, 1)] + [v / max(count, 1) for v in logs_sum.values()])
-    return values[0], dict(zip(logs_sum, values[1:]))
+    return values[0], dict(zip(logs_sum, values[1:])), all_reduce_sum(count)
 
 
 @torch.no_grad()
@@ -230,27 +237,6 @@ def _pseudo_miou(method, model, cfg: ExperimentConfig, ids: list[str]) -> float:
     return float(pseudo_mask_scores(method, model, dataset, ids, cfg.refine).miou)
 
 
-def _report(history, rank, model, optimizer, scheduler, method, cfg, config) -> None:
-    """Rank 0 writes the checkpoint and logs to MLflow; every rank reports to Ray Train."""
-    import ray.train
-
-    from wsss.tracking import log_metrics
-
-    metrics, epoch = history[-1], len(history) - 1
-    if rank != 0:
-        ray.train.report(metrics, checkpoint=None)
-        return
-    if config.get("mlflow_run_id"):
-        log_metrics(metrics, step=epoch + 1, run_id=config["mlflow_run_id"],
-                    uri=config.get("tracking_uri"), unsent=config.get("unsent_file"))
-    with tempfile.TemporaryDirectory() as tmp:
-        save_checkpoint(Path(tmp) / MODEL_FILE, model=getattr(model, "module", model),
-                        method=method, cfg=cfg, class_names=config["class_names"],
-                        has_background=config["has_background"], epoch=epoch + 1,
-                        optimizer=optimizer, scheduler=scheduler, history=history)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
-
 def _resume(checkpoint, model, optimizer, scheduler) -> tuple[int, list[dict[str, Any]]]:
     """Load model/optimizer state from a Ray checkpoint; returns (epoch to start at, history)."""
     if checkpoint is None:
@@ -272,6 +258,16 @@ def _all_reduce_mean(values: list[float]) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     torch.distributed.all_reduce(tensor)
     return (tensor / torch.distributed.get_world_size()).tolist()
+
+
+def all_reduce_sum(value: int) -> int:
+    """``value`` summed over all Ray Train workers (itself without a process group)."""
+    if not torch.distributed.is_initialized():
+        return value
+    device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
+    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+    torch.distributed.all_reduce(tensor)
+    return int(tensor.item())
 
 
 def _all_gather(obj: Any) -> list[Any]:

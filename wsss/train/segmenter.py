@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,12 +34,14 @@ from wsss.config import ExperimentConfig, from_dict
 from wsss.data.transforms import normalize
 from wsss.data.voc import IGNORE_INDEX, DatasetError, VOCDataset, load_mask, read_info
 from wsss.metrics import ConfusionMatrix
-from wsss.models.segmenter import Segmenter, build_segmenter
-from wsss.tracking import worker_unsent_file
+from wsss.models.segmenter import (Segmenter, build_segmenter,
+                                   single_value_batch_norm_in_eval)
 from wsss.train.checkpoint import (CheckpointError, copy_from_ray_checkpoint, load_weights,
                                    read_state, restore_training_state, write_state)
-from wsss.train.classifier import MODEL_FILE, _all_gather, _all_reduce_mean, scan_split
+from wsss.train.classifier import _all_gather, _all_reduce_mean, all_reduce_sum, scan_split
 from wsss.train.classifier import ClassifierResult as TrainResult
+from wsss.train.reporting import (MODEL_FILE, check_optimizer_steps, epoch_callbacks,
+                                  report_epoch)
 
 FORMAT = "wsss.segmenter/1"
 
@@ -137,7 +138,8 @@ def train_segmenter(cfg: ExperimentConfig, pseudo_dir: str | Path, out_dir: str 
         pseudo_dir: folder of ``<id>.png`` pseudo-masks for ``cfg.data.train_split``.
         out_dir: where ``model.pt`` of the final epoch is written.
         run_name: Ray Train run name (re-using a name resumes that run).
-        mlflow_run_id / tracking_uri: where rank 0 logs per-epoch metrics (optional).
+        mlflow_run_id / tracking_uri: the MLflow run that records each epoch (optional;
+            see ``wsss.train.reporting.EpochRecorder``).
         storage_path: Ray Train storage (local folder or s3://...); default ``out_dir/ray``.
     """
     import ray.train
@@ -149,8 +151,6 @@ def train_segmenter(cfg: ExperimentConfig, pseudo_dir: str | Path, out_dir: str 
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(
         cfg.data, root=str(Path(cfg.data.root).resolve())))
     loop_config, skipped = _loop_config(cfg, Path(pseudo_dir).resolve())
-    loop_config.update(mlflow_run_id=mlflow_run_id, tracking_uri=tracking_uri,
-                       unsent_file=worker_unsent_file(mlflow_run_id))
     seg = cfg.segmenter
     use_gpu = gpus_available() if seg.use_gpu is None else seg.use_gpu
     out_dir = Path(out_dir).resolve()
@@ -161,10 +161,12 @@ def train_segmenter(cfg: ExperimentConfig, pseudo_dir: str | Path, out_dir: str 
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=storage_path or str(out_dir / "ray"),
             failure_config=ray.train.FailureConfig(max_failures=seg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)))
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=epoch_callbacks(mlflow_run_id, tracking_uri)))
     start = time.perf_counter()
     result = trainer.fit()
     seconds = time.perf_counter() - start
+    check_optimizer_steps(result.metrics, f"segmenter run '{run_name}'")
     final = copy_from_ray_checkpoint(result.checkpoint, MODEL_FILE, out_dir / MODEL_FILE)
     history = read_state(final, FORMAT, "segmenter")["history"]
     return TrainResult(final, dict(history[-1]), history, skipped, seconds)
@@ -217,7 +219,16 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
             metrics.update(_validate(getattr(model, "module", model), val_ds,
                                      len(config["class_names"])))
         history.append(metrics)
-        _report(history, rank, model, optimizer, scheduler, cfg, config)
+
+        def write(path: Path) -> None:
+            save_segmenter(path, model=getattr(model, "module", model), cfg=cfg,
+                           class_names=config["class_names"],
+                           has_background=config["has_background"], history=history,
+                           optimizer=optimizer, scheduler=scheduler)
+
+        report_epoch(history, rank, write)
+        if metrics["optimizer_steps"] == 0:
+            break  # nothing was learned: the driver reports it (check_optimizer_steps)
 
 
 def _train_loader(cfg: ExperimentConfig, config: dict[str, Any]) -> DataLoader:
@@ -253,26 +264,33 @@ def _batch_losses(model: nn.Module, batch: dict[str, Any], cfg: ExperimentConfig
 
 def _train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                      cfg: ExperimentConfig, has_background: bool) -> dict[str, float]:
-    """One pass over this worker's shard; the loss terms averaged over batches and workers."""
+    """One pass over this worker's shard: the loss terms averaged over batches and workers,
+    and ``optimizer_steps``, the steps of all workers together that had a loss to learn from.
+
+    Every batch takes a step on every worker (DDP needs the same number of backward passes
+    on each), but a cross-entropy batch without a labelled pixel (all 255) has a zero gradient
+    and is not counted. A one-image batch trains with the batch norm layers that would see a
+    single value per channel (ASPP's image pooling) in eval mode
+    (:func:`~wsss.models.segmenter.single_value_batch_norm_in_eval`).
+    """
     model.train()
     sums: dict[str, float] = {}
-    count = 0
+    count = learned = 0
     for batch in loader:
-        if batch["image"].shape[0] < 2:
-            # ASPP's pooled batch norm needs two samples; shards are equal on every worker,
-            # so all workers skip the same step.
-            continue
-        terms = _batch_losses(model, batch, cfg, has_background)
+        with single_value_batch_norm_in_eval(model):
+            terms = _batch_losses(model, batch, cfg, has_background)
         loss = sum(terms.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         count += 1
+        learned += int(cfg.segmenter.mode != "ce" or bool((batch["mask"] != IGNORE_INDEX).any()))
         for key, value in {"loss": loss, **terms}.items():
             sums[key] = sums.get(key, 0.0) + float(value.detach())
     keys = sorted(sums) if sums else ["loss"]
     means = _all_reduce_mean([sums.get(k, 0.0) / max(count, 1) for k in keys])
-    return {(k if k == "loss" else f"loss_{k}"): v for k, v in zip(keys, means)}
+    losses = {(k if k == "loss" else f"loss_{k}"): v for k, v in zip(keys, means)}
+    return {**losses, "optimizer_steps": all_reduce_sum(learned)}
 
 
 @torch.no_grad()
@@ -287,30 +305,6 @@ def _validate(model: nn.Module, dataset: VOCDataset, num_classes: int) -> dict[s
         confusion.update(predict_labels(model, image)[0].cpu(), torch.as_tensor(sample["mask"]))
     scores = sum(_all_gather(confusion)).compute()
     return {"val_miou": scores.miou, "val_pixel_accuracy": scores.pixel_accuracy}
-
-
-def _report(history: list[dict[str, Any]], rank: int, model: nn.Module,
-            optimizer: torch.optim.Optimizer, scheduler: Any, cfg: ExperimentConfig,
-            config: dict[str, Any]) -> None:
-    """Rank 0 writes the checkpoint (with the metrics of every epoch so far) and logs the last
-    epoch to MLflow; every rank reports it to Ray Train."""
-    import ray.train
-
-    from wsss.tracking import log_metrics
-
-    metrics = history[-1]
-    if rank != 0:
-        ray.train.report(metrics, checkpoint=None)
-        return
-    if config.get("mlflow_run_id"):
-        log_metrics(metrics, step=metrics["epoch"], run_id=config["mlflow_run_id"],
-                    uri=config.get("tracking_uri"), unsent=config.get("unsent_file"))
-    with tempfile.TemporaryDirectory() as tmp:
-        save_segmenter(Path(tmp) / MODEL_FILE, model=getattr(model, "module", model), cfg=cfg,
-                       class_names=config["class_names"],
-                       has_background=config["has_background"], history=history,
-                       optimizer=optimizer, scheduler=scheduler)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 def _resume(checkpoint: Any, model: nn.Module, optimizer: torch.optim.Optimizer,
