@@ -379,12 +379,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from wsss.storage import OutputError
     from wsss.tracking import TrackingError
     from wsss.train.checkpoint import CheckpointError
+    from wsss.train.reporting import TrainingError
 
     try:
         preflight(args)
         return args.func(args)
     except (ConfigError, DatasetError, CheckpointError, FileNotFoundError, OutputError,
-            TrackingError) as err:
+            TrackingError, TrainingError) as err:
         print(f"wsss {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -107,6 +107,71 @@ def test_sec_epoch_trains_on_seeds_and_missing_masks_are_listed(seg_set, tmp_pat
     before = [p.detach().clone() for p in model.head.parameters()]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     losses = _train_one_epoch(model, loader, optimizer, cfg, has_background=True)
-    assert {"loss", "loss_seed", "loss_expand", "loss_constrain"} == set(losses)
+    assert {"loss", "loss_seed", "loss_expand", "loss_constrain", "optimizer_steps"} == set(losses)
+    assert losses["optimizer_steps"] == 3  # 11 images in batches of 4
     assert all(np.isfinite(v) and v >= 0 for v in losses.values()), losses
     assert any(not torch.equal(a, b) for a, b in zip(before, model.head.parameters()))
+
+
+def test_single_image_batches_use_running_stats_where_batch_norm_sees_one_value():
+    """ASPP's image-pooling branch reduces a one-image batch to one value per channel, where
+    batch norm cannot train; inside the block that layer uses its running statistics and every
+    other layer still trains on batch statistics."""
+    from wsss.models.segmenter import single_value_batch_norm_in_eval
+
+    torch.manual_seed(0)
+    model = build_segmenter("deeplabv3_resnet18", 6).train()
+    image = torch.randn(1, 3, 64, 64)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        model(image)
+    pooling_bn = model.head[0].convs[-1][2]  # ASPP: [..., ASPPPooling(pool, conv, bn, relu)]
+    trunk_bn = next(m for m in model.trunk.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    pooled, trunk = pooling_bn.running_mean.clone(), trunk_bn.running_mean.clone()
+    with single_value_batch_norm_in_eval(model):
+        logits = model(image)
+    assert logits.shape == (1, 6, 64, 64) and torch.isfinite(logits).all()
+    assert torch.equal(pooling_bn.running_mean, pooled)  # eval mode: statistics untouched
+    assert not torch.equal(trunk_bn.running_mean, trunk)  # trained on the batch
+    assert all(m.training for m in model.modules())
+    with single_value_batch_norm_in_eval(model):  # two images: every layer trains as usual
+        model(torch.randn(2, 3, 64, 64))
+    assert not torch.equal(pooling_bn.running_mean, pooled)
+
+
+def test_batch_size_one_trains(ray_session, seg_set, tmp_path):
+    """``train-seg --batch-size 1`` used to skip every batch and exit 0 with loss 0.0."""
+    from wsss.cli import main
+    from wsss.train.checkpoint import read_state
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = main(["train-seg", "--pseudo-masks", str(seg_set / MASK_DIR), "--data", str(seg_set),
+                 "--batch-size", "1", "--epochs", "1", "--crop-size", "64", "--workers", "2",
+                 "--out", str(tmp_path / "runs"), "--run-name", "one", "--tracking-uri", uri])
+    assert code == 0
+    state = read_state(tmp_path / "runs" / "one" / "model.pt", "wsss.segmenter/1", "segmenter")
+    (epoch,) = state["history"]
+    assert epoch["optimizer_steps"] == 12  # 12 training images, one step each
+    assert epoch["loss"] > 0.0
+    init = build_segmenter("deeplabv3_resnet18", 6).state_dict()
+    assert not torch.equal(state["state_dict"]["head.4.weight"], init["head.4.weight"])
+
+
+def test_a_run_without_an_optimizer_step_is_an_error(ray_session, seg_set, tmp_path, capsys):
+    """Pseudo-masks with no labelled pixel (all 255) give nothing to learn: the command fails,
+    writes no model and closes its MLflow run as FAILED, after one epoch."""
+    from wsss.cli import main
+    from wsss.viz import save_mask_png
+
+    ignored = tmp_path / "ignored"
+    for sample_id in VOCDataset(seg_set, "train").ids:
+        save_mask_png(ignored / f"{sample_id}.png", np.full((64, 64), IGNORE_INDEX, np.uint8))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = main(["train-seg", "--pseudo-masks", str(ignored), "--data", str(seg_set),
+                 "--epochs", "3", "--crop-size", "64", "--workers", "2",
+                 "--out", str(tmp_path / "runs"), "--run-name", "nothing", "--tracking-uri", uri])
+    assert code == 2
+    assert "segmenter run 'nothing' took no optimizer step in epoch 1" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "nothing" / "model.pt").exists()
+    (run,) = mlflow.MlflowClient(uri).search_runs(
+        [mlflow.get_experiment_by_name("wsss").experiment_id])
+    assert run.info.status == "FAILED"

@@ -6,7 +6,9 @@ Both are wrapped in :class:`Segmenter`, whose forward maps images [B, 3, H, W] t
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -77,3 +79,38 @@ def build_segmenter(arch: str, num_classes: int,
             _load_local_weights(model.backbone, Path(pretrained_backbone))
         return Segmenter(model.backbone, model.classifier, num_classes)
     raise ValueError(f"unknown segmenter '{arch}'; choose one of: {', '.join(ARCHS)}")
+
+
+@contextlib.contextmanager
+def single_value_batch_norm_in_eval(model: nn.Module) -> Iterator[None]:
+    """Inside the block, a training-mode batch norm layer whose input holds a single value per
+    channel (B x H x W == 1, e.g. ASPP's image pooling on a one-image batch) normalises with
+    its running statistics, as in eval mode, instead of failing.
+
+    PyTorch's ``BatchNorm`` raises "Expected more than 1 value per channel when training" for
+    such inputs: batch statistics of one value are undefined. Other layers keep training
+    statistics. The hooks are removed when the block ends.
+    """
+    def before(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        x = inputs[0]
+        if module.training and x.numel() // max(x.shape[1], 1) == 1:
+            module.training = False
+            module._wsss_single_value = True  # restored by after()
+
+    def after(module: nn.Module, *_: Any) -> None:
+        if getattr(module, "_wsss_single_value", False):
+            module.training = True
+            del module._wsss_single_value
+
+    handles = []
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            handles += [module.register_forward_pre_hook(before),
+                        module.register_forward_hook(after)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module in model.modules():  # a forward that raised left its layer in eval mode
+            after(module)
