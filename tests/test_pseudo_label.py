@@ -124,7 +124,7 @@ def test_masks_and_maps_equal_the_single_process_path(ray_session, synth_root, c
 @pytest.mark.slow
 def test_resume_after_interruption_writes_each_mask_once(ray_session, synth_root, checkpoint,
                                                          reference, tmp_path, monkeypatch,
-                                                         capsys):
+                                                         capsys, restart_ray):
     import wsss.pseudo_label as pl
 
     _, masks_dir, _ = reference
@@ -144,7 +144,8 @@ def test_resume_after_interruption_writes_each_mask_once(ray_session, synth_root
     with pytest.raises(KeyboardInterrupt):
         main(args)
     monkeypatch.undo()
-    first = _wait_for_stable_listing(out)
+    restart_ray()  # the interrupted run's tasks die with their Ray: no write is still to come
+    first = {p.name for p in out.glob("*.png")}
     assert 0 < len(first) < len(ids), "the run was not interrupted half-way"
     stale = out / f".{ids[0]}.png.x1y2.tmp"  # what a write cut short leaves behind
     stale.write_bytes(b"partial")
@@ -158,18 +159,6 @@ def test_resume_after_interruption_writes_each_mask_once(ray_session, synth_root
     assert sorted(got) == sorted(ids)
     assert all(np.array_equal(got[i], expected[i]) for i in ids)
     assert not list(out.glob(".*.tmp"))
-
-
-def _wait_for_stable_listing(folder: Path, quiet: float = 1.5) -> set[str]:
-    """Mask files in ``folder`` once no new file appeared for ``quiet`` seconds."""
-    names, since = None, time.monotonic()
-    while True:
-        now = {p.name for p in folder.glob("*.png")}
-        if now != names:
-            names, since = now, time.monotonic()
-        elif time.monotonic() - since > quiet:
-            return names
-        time.sleep(0.2)
 
 
 @pytest.mark.slow
@@ -190,40 +179,15 @@ def test_bad_images_are_listed_and_the_rest_done(ray_session, broken_train_set, 
 
 
 # -- a simulated two-node cluster -------------------------------------------------------------
-def _map_actor_pids() -> list[int]:
-    """Pids of this test's map actors (descendants of this process: the cluster's raylets)."""
-    import psutil
-
-    pids = []
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            if "CamExtractor" in " ".join(proc.cmdline()):
-                pids.append(proc.pid)
-        except psutil.Error:
-            continue
-    return pids
-
-
-def _kill_a_map_actor_midway(out: Path, killed: list, inodes: dict, stop: threading.Event):
-    """Once the first mask exists, SIGKILL one map actor; records (pid, masks written).
-
-    Until ``stop``, also records the inodes each mask file had: every atomic write is a new
-    file, so a mask written twice shows up with two inodes.
-    """
-    import os
-    import signal
-
-    deadline = time.monotonic() + 300
-    while not stop.is_set() and time.monotonic() < deadline:
+def _record_inodes(out: Path, inodes: dict, stop: threading.Event) -> None:
+    """Until ``stop``, record the inodes each mask file had: every atomic write is a new file,
+    so a mask written twice shows up with two inodes."""
+    while not stop.is_set():
         for path in out.glob("*.png"):
             try:
                 inodes.setdefault(path.name, set()).add(path.stat().st_ino)
             except FileNotFoundError:
                 continue
-        pids = _map_actor_pids() if not killed else []
-        if inodes and pids:
-            os.kill(pids[0], signal.SIGKILL)
-            killed.append((pids[0], len(inodes)))
         time.sleep(0.05)
 
 
@@ -231,6 +195,8 @@ def _kill_a_map_actor_midway(out: Path, killed: list, inodes: dict, stop: thread
 def test_two_nodes_share_the_work_and_a_killed_actor_loses_nothing(two_node_cluster, synth_root,
                                                                    checkpoint, tmp_path):
     import ray
+
+    from wsss.faults import FAULT_ENV
 
     nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     assert len(nodes) == 2
@@ -242,17 +208,24 @@ def test_two_nodes_share_the_work_and_a_killed_actor_loses_nothing(two_node_clus
     assert set(clean.nodes["cam"]) == nodes, clean.nodes  # a map actor on each node
     assert set(clean.nodes["cam"]) | set(clean.nodes["refine"]) == nodes
 
-    out, killed, inodes, stop = tmp_path / "killed", [], {}, threading.Event()
+    # A new job on the same cluster whose map actors carry the fault: the first actor to
+    # finish its second batch is SIGKILLed before it hands the batch on.
+    marker = tmp_path / "killed"
+    ray.shutdown()
+    ray.init(address=two_node_cluster.address, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1",
+                                       FAULT_ENV: f"map_batch:2:{marker}"}})
+    out, inodes, stop = tmp_path / "killed", {}, threading.Event()
     out.mkdir()
-    killer = threading.Thread(target=_kill_a_map_actor_midway, args=(out, killed, inodes, stop))
-    killer.start()
+    recorder = threading.Thread(target=_record_inodes, args=(out, inodes, stop))
+    recorder.start()
     try:
         report = run_pseudo_label(checkpoint, synth_root, "train", out, cam, RefineConfig(),
                                   _tracking(tmp_path), options)
     finally:
         stop.set()
-        killer.join()
-    assert killed and killed[0][1] < len(ids), f"no actor was killed mid-run: {killed}"
+        recorder.join()
+    assert marker.read_text().startswith("map_batch 2"), "no map actor was killed"
     assert report.done == len(ids) and report.failed == []  # each image reported once
     saved = json.loads((out / "report.json").read_text())
     assert saved["done"] == len(ids) and saved["reused"] == 0

@@ -20,6 +20,7 @@ import numpy as np
 from wsss.config import CamConfig, RefineConfig
 from wsss.data.voc import (IMAGE_DIR, MASK_DIR, DatasetError, DatasetInfo, image_class_ids,
                            load_mask, load_rgb)
+from wsss.faults import fault_point
 from wsss.storage import Location
 
 MAPS_DIR = "maps"
@@ -118,6 +119,7 @@ class CamExtractor:
         self.job, self.device = job, device
         self.method, self.model = classifier_from_state(state, device)
         self.fg = np.asarray(job.info.fg_classes, dtype=np.int64)
+        self.batches = 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         start = time.perf_counter()
@@ -130,6 +132,8 @@ class CamExtractor:
             except (RuntimeError, ValueError) as err:
                 for row in rows:
                     errors[row] = f"maps failed: {err}"
+        self.batches += 1
+        fault_point("map_batch", self.batches)  # tests: an actor killed with its batch done
         return mapped_columns(batch, errors, maps, class_ids, time.perf_counter() - start)
 
     def _maps(self, batch: dict[str, np.ndarray],
