@@ -275,7 +275,7 @@ def mlflow_server(tmp_path, monkeypatch):
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 600  # a hang guard: a loaded machine takes minutes
     while True:
         try:
             with urllib.request.urlopen(f"{uri}/health", timeout=1) as answer:
