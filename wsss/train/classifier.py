@@ -64,6 +64,10 @@ def scan_split(root: str, split: str, max_side: int, optional: bool = True) -> S
     return dataset.scan()
 
 
+# (absolute dataset folder, train split, val split, max image side, absolute pseudo-mask folder)
+DataKey = tuple[str, str, str, int, str | None]
+
+
 @dataclass
 class TrainingData:
     """The splits a training run reads, scanned once in the driver before Ray or MLflow start.
@@ -75,7 +79,7 @@ class TrainingData:
         train / val: the scans of the two splits (``val`` is empty without a val split).
     """
 
-    key: tuple[str, str, str, int, str | None]
+    key: DataKey
     info: DatasetInfo
     train: SplitScan
     val: SplitScan
@@ -95,7 +99,7 @@ class TrainingData:
         return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=self.root))
 
 
-def data_key(cfg: ExperimentConfig, pseudo_dir: str | Path | None = None) -> tuple:
+def data_key(cfg: ExperimentConfig, pseudo_dir: str | Path | None = None) -> DataKey:
     """``TrainingData.key`` of a config (and pseudo-mask folder)."""
     return (str(Path(cfg.data.root).resolve()), cfg.data.train_split, cfg.data.val_split,
             cfg.data.max_image_side, str(Path(pseudo_dir).resolve()) if pseudo_dir else None)
