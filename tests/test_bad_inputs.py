@@ -326,8 +326,8 @@ def test_training_scan_lists_bad_images_with_their_files(tmp_path):
     from wsss.train.classifier import scan_split
 
     root = bad_dataset(tmp_path / "data")
-    good, bad = scan_split(str(root), "train", 64)
-    reasons = dict(bad)
+    scan = scan_split(str(root), "train", 64)
+    good, reasons = scan.ids, dict(scan.skipped)
     assert set(reasons) == set(SKIPPED) and set(CONVERTED) <= set(good)
     for sample_id, (problem, file) in SKIPPED.items():
         assert problem in reasons[sample_id] and str(root / file) in reasons[sample_id]
@@ -368,20 +368,25 @@ def _peak_growth_mib(load) -> float:
 
 @pytest.fixture(scope="module")
 def huge_dataset(tmp_path_factory) -> Path:
-    """8000x6000 images (JPEG and PNG, constant colour: small on disk) with their masks."""
+    """8000x6000 images (JPEG and PNG, constant colour: small on disk) with their masks, and
+    a JPEG stored sideways (6000x8000, EXIF Orientation 6) that is 8000x6000 upright."""
     root = tmp_path_factory.mktemp("huge") / "data"
     for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         (root / sub).mkdir(parents=True)
     image = Image.new("RGB", (8000, 6000), (200, 40, 40))
     image.save(root / "JPEGImages/huge_jpeg.jpg")
     image.save(root / "JPEGImages/huge_png.png")
-    for name in ("huge_jpeg", "huge_png"):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # EXIF Orientation: turn 90 degrees clockwise to view
+    Image.new("RGB", (6000, 8000), (200, 40, 40)).save(root / "JPEGImages/huge_rotated.jpg",
+                                                       exif=exif.tobytes())
+    for name in ("huge_jpeg", "huge_png", "huge_rotated"):
         Image.new("L", (8000, 6000), 15).save(root / f"SegmentationClass/{name}.png")
-    _split(root).write_text("huge_jpeg\nhuge_png\n")
+    _split(root).write_text("huge_jpeg\nhuge_png\nhuge_rotated\n")
     return root
 
 
-@pytest.mark.parametrize("index", [0, 1])
+@pytest.mark.parametrize("index", [0, 1, 2])
 def test_huge_image_is_downscaled_within_the_limit(huge_dataset, index):
     sample = VOCDataset(huge_dataset, "train", max_image_side=1024)[index]
     assert sample["image"].shape == (3, 768, 1024) and sample["mask"].shape == (768, 1024)
@@ -393,7 +398,10 @@ def test_huge_image_decoding_memory_is_bounded(huge_dataset):
     full_mib = 8000 * 6000 * 4 / 2**20  # what PIL holds for the whole picture (4 bytes/pixel)
     jpeg = _peak_growth_mib(lambda: load_rgb(huge_dataset / "JPEGImages/huge_jpeg.jpg", 1024))
     png = _peak_growth_mib(lambda: load_rgb(huge_dataset / "JPEGImages/huge_png.png", 1024))
+    rotated = _peak_growth_mib(
+        lambda: load_rgb(huge_dataset / "JPEGImages/huge_rotated.jpg", 1024))
     assert jpeg < full_mib / 3, f"JPEG decoding grew the peak by {jpeg:.0f} MiB"  # draft: 1/4
+    assert rotated < full_mib / 3, f"EXIF-rotated JPEG grew the peak by {rotated:.0f} MiB"
     # PNG has no reduced decode: the full picture once, then nothing of its size again
     assert png < full_mib + 64, f"PNG decoding grew the peak by {png:.0f} MiB"
 

@@ -1,6 +1,7 @@
 """The ``wsss`` command: one subcommand per pipeline stage.
 
     wsss data synth --out data/synth --n 300 --seed 0
+    wsss data convert-masks --data data/voc
     wsss train-cls --data data/synth --method cam --epochs 8
     wsss cam --checkpoint CKPT --data data/synth --split train --out cams/
     wsss eval --cams cams/ --data data/synth --split train
@@ -96,20 +97,11 @@ def _refine_overrides(args: argparse.Namespace) -> list[str]:
     return extra
 
 
-def cmd_synth(args: argparse.Namespace) -> int:
-    from wsss.data.synthetic import generate_dataset
-
-    info = generate_dataset(args.out, n=args.n, seed=args.seed, image_size=args.image_size)
-    print(f"wrote {args.n} images of {args.image_size}px to {args.out} "
-          f"(classes: {', '.join(info.class_names)})")
-    return 0
-
-
 def cmd_train_cls(args: argparse.Namespace) -> int:
-    from wsss.data.voc import read_info
     from wsss.methods import METHODS  # noqa: F401  (registry for validation)
     from wsss.ray_utils import init_ray
     from wsss.stages import run_train_classifier
+    from wsss.train.classifier import scan_training_data
 
     extra = _opts([("data.root", args.data), ("method.name", args.method),
                    ("train.epochs", args.epochs), ("train.num_workers", args.workers),
@@ -117,19 +109,24 @@ def cmd_train_cls(args: argparse.Namespace) -> int:
                    ("model.backbone", args.backbone), ("model.pretrained", args.pretrained),
                    ("data.crop_size", args.crop_size), ("train.seed", args.seed)])
     cfg = _config(args, extra)
-    read_info(cfg.data.root)  # a missing dataset fails before Ray starts
+    data = scan_training_data(cfg)  # every dataset problem is found before Ray starts
     init_ray(args.address)
-    result = run_train_classifier(cfg, args.out, run_name=args.run_name)
+    result = run_train_classifier(cfg, args.out, run_name=args.run_name, data=data)
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()
                         if isinstance(v, float))
     print(f"\ntrained {cfg.method.name} ({cfg.model.backbone}) for {cfg.train.epochs} epochs on "
           f"{cfg.train.num_workers} worker(s) in {result.seconds:.0f}s: {metrics}")
-    if result.skipped:
-        print(f"skipped {len(result.skipped)} bad sample(s):")
-        for sample_id, reason in result.skipped:
-            print(f"  {sample_id}: {reason}")
+    _print_skipped(result.skipped)
     print(f"checkpoint: {result.checkpoint}")
     return 0
+
+
+def _print_skipped(skipped: list[tuple[str, str]]) -> None:
+    """The ids a training run left out, with their reasons."""
+    if skipped:
+        print(f"skipped {len(skipped)} bad sample(s):")
+        for sample_id, reason in skipped:
+            print(f"  {sample_id}: {reason}")
 
 
 def cmd_cam(args: argparse.Namespace) -> int:
@@ -189,22 +186,24 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
 
 
 def cmd_train_seg(args: argparse.Namespace) -> int:
-    from wsss.data.voc import read_info
     from wsss.ray_utils import init_ray
     from wsss.stages_segmentation import run_train_segmenter
+    from wsss.train.segmenter import scan_segmenter_data
 
     extra = _opts([("data.root", args.data), ("segmenter.arch", args.arch),
                    ("segmenter.epochs", args.epochs), ("segmenter.num_workers", args.workers),
                    ("segmenter.batch_size", args.batch_size), ("segmenter.lr", args.lr),
                    ("segmenter.crop_size", args.crop_size), ("segmenter.mode", args.mode)])
     cfg = _config(args, extra)
-    read_info(cfg.data.root)  # a missing dataset fails before Ray starts
+    data = scan_segmenter_data(cfg, args.pseudo_masks)  # dataset problems: before Ray starts
     init_ray(args.address)
-    result = run_train_segmenter(cfg, args.pseudo_masks, args.out, run_name=args.run_name)
+    result = run_train_segmenter(cfg, args.pseudo_masks, args.out, run_name=args.run_name,
+                                 data=data)
     last = result.history[-1] if result.history else {}
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in last.items() if isinstance(v, float))
     print(f"\ntrained {cfg.segmenter.arch} ({cfg.segmenter.mode}) for {cfg.segmenter.epochs} "
           f"epochs in {result.seconds:.0f}s: {metrics}")
+    _print_skipped(result.skipped)
     print(f"checkpoint: {result.checkpoint}")
     return 0
 
@@ -268,20 +267,14 @@ def _print_report(report, what: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from wsss.cli_data import add_data_commands
     from wsss.methods import METHODS
 
     parser = argparse.ArgumentParser(prog="wsss", description="Weakly supervised semantic "
                                      "segmentation: image-level labels -> maps -> masks.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_cmd",
-                                                                       required=True)
-    p = data.add_parser("synth", help="generate a synthetic VOC-layout dataset")
-    p.add_argument("--out", required=True)
-    p.add_argument("--n", type=int, default=300)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size", type=int, default=112)
-    p.set_defaults(func=cmd_synth)
+    add_data_commands(sub)
 
     p = sub.add_parser("train-cls", help="train a classifier with Ray Train")
     p.add_argument("--data", help="dataset folder (VOC layout)")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 
 from wsss.data.voc import DatasetError
 
@@ -48,12 +48,18 @@ def spectral_residual(image: np.ndarray) -> np.ndarray:
 def load_saliency(root: str | Path, sample_id: str, size: tuple[int, int]) -> np.ndarray:
     """Precomputed map ``<root>/SaliencyMaps/<id>.png`` as float [H, W] in [0, 1].
 
-    Maps of another size than the image (H, W) are resized bilinearly.
+    The map's EXIF orientation is applied (``PIL.ImageOps.exif_transpose``), as for images
+    (``wsss.data.decode``); maps of another size than the image (H, W) are then resized
+    bilinearly.
+
+    Raises:
+        DatasetError: the file is missing or cannot be decoded.
     """
     path = Path(root) / SALIENCY_DIR / f"{sample_id}.png"
     try:
         with Image.open(path) as im:
-            sal = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+            upright = ImageOps.exif_transpose(im)
+            sal = np.asarray(upright.convert("L"), dtype=np.float32) / 255.0
     except (FileNotFoundError, OSError) as err:
         raise DatasetError(f"cannot read saliency map {path}: {err}") from err
     if sal.shape != tuple(size):

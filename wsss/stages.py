@@ -15,7 +15,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from tqdm import tqdm
 from wsss.config import CamConfig, ExperimentConfig, RefineConfig, TrackingConfig
 from wsss.data.transforms import normalize
 from wsss.data.voc import DatasetError, VOCDataset, read_info
+
+if TYPE_CHECKING:
+    from wsss.train.classifier import TrainingData
 
 REPORT_FILE = "report.json"
 GRID_SAMPLES = 8
@@ -76,14 +79,20 @@ def write_json_atomic(path: Path, data: Any) -> Path:
 
 # -- train ------------------------------------------------------------------------------------
 def run_train_classifier(cfg: ExperimentConfig, out_dir: str | Path,
-                         run_name: str | None = None, parent_run_id: str | None = None) -> Any:
+                         run_name: str | None = None, parent_run_id: str | None = None,
+                         data: TrainingData | None = None) -> Any:
     """Train ``cfg.method`` with Ray Train inside an MLflow run; returns ``ClassifierResult``.
 
     Multi-round methods (adversarial erasing) run one Ray Train run per round, each logged as a
     child MLflow run of the method's run; each round starts from the previous round's model.
+    The splits are scanned once, before the MLflow run opens (``data``: the caller's
+    ``wsss.train.classifier.scan_training_data(cfg)``, else scanned here), so a dataset that
+    cannot be trained on raises ``DatasetError`` without leaving a run behind.
     """
     from wsss import tracking
+    from wsss.train.classifier import training_data_for
 
+    data = training_data_for(cfg, data)
     run_name = run_name or f"{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
     rounds = _num_rounds(cfg)
@@ -92,7 +101,7 @@ def run_train_classifier(cfg: ExperimentConfig, out_dir: str | Path,
                             parent_run_id=parent_run_id,
                             local_dir=Path(out_dir) / run_name) as run:
         result = _train_rounds(cfg, Path(out_dir) / run_name, run_name, run.info.run_id, uri,
-                               rounds)
+                               rounds, data)
         tracking.log_metrics({"train_seconds": result.seconds, "skipped": len(result.skipped)})
         tracking.log_text(str(result.checkpoint), "checkpoint_path.txt")
         if result.skipped:
@@ -107,12 +116,13 @@ def _num_rounds(cfg: ExperimentConfig) -> int:
 
 
 def _train_rounds(cfg: ExperimentConfig, out_dir: Path, run_name: str, run_id: str, uri: str,
-                  rounds: int) -> Any:
+                  rounds: int, data: TrainingData) -> Any:
     from wsss import tracking
     from wsss.train.classifier import train_classifier
 
     if rounds == 1:
-        return train_classifier(cfg, out_dir, run_name, mlflow_run_id=run_id, tracking_uri=uri)
+        return train_classifier(cfg, out_dir, run_name, mlflow_run_id=run_id, tracking_uri=uri,
+                                data=data)
     previous, seconds, history = None, 0.0, []
     for k in range(rounds):
         name = f"{run_name}-round{k + 1}"
@@ -121,7 +131,7 @@ def _train_rounds(cfg: ExperimentConfig, out_dir: Path, run_name: str, run_id: s
                                 parent_run_id=run_id) as child:
             result = train_classifier(cfg, out_dir / f"round{k + 1}", name,
                                       mlflow_run_id=child.info.run_id, tracking_uri=uri,
-                                      round_index=k, init_model=previous)
+                                      round_index=k, init_model=previous, data=data)
         tracking.log_metrics({k2: v for k2, v in result.metrics.items() if k2 != "epoch"},
                              step=k + 1)
         previous, seconds = result.checkpoint, seconds + result.seconds

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -17,10 +17,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from wsss.config import ExperimentConfig, RefineConfig, TrackingConfig
+from wsss.data.decode import upright_size
 from wsss.data.voc import DatasetError, VOCDataset, load_mask
 from wsss.metrics import ConfusionMatrix, SegmentationScores
 from wsss.stages import GRID_SAMPLES, REPORT_FILE, StageReport, _plain
 from wsss.viz import save_mask_png
+
+if TYPE_CHECKING:
+    from wsss.train.classifier import TrainingData
 
 _INPUT_ERRORS = (DatasetError, FileNotFoundError, ValueError)
 
@@ -65,14 +69,21 @@ def run_refine(cams_dir: str | Path, data_root: str | Path, split: str, out_dir:
 
 # -- segmenter --------------------------------------------------------------------------------
 def run_train_segmenter(cfg: ExperimentConfig, pseudo_dir: str | Path, out_dir: str | Path,
-                        run_name: str | None = None, parent_run_id: str | None = None) -> Any:
+                        run_name: str | None = None, parent_run_id: str | None = None,
+                        data: TrainingData | None = None) -> Any:
     """Train ``cfg.segmenter`` on ``pseudo_dir`` inside an MLflow run; returns the
     ``TrainResult`` (final checkpoint ``<out_dir>/<run_name>/model.pt`` and per-epoch history).
+
+    The splits are scanned once, before the MLflow run opens (``data``: the caller's
+    ``wsss.train.segmenter.scan_segmenter_data``, else scanned here), so a dataset that cannot
+    be trained on raises ``DatasetError`` without leaving a run behind.
     """
     import json
 
     from wsss import tracking
-    from wsss.train.segmenter import train_segmenter
+    from wsss.train.segmenter import segmenter_data_for, train_segmenter
+
+    data = segmenter_data_for(cfg, pseudo_dir, data)
 
     run_name = run_name or f"seg-{cfg.segmenter.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
     uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
@@ -82,7 +93,7 @@ def run_train_segmenter(cfg: ExperimentConfig, pseudo_dir: str | Path, out_dir: 
                             parent_run_id=parent_run_id,
                             local_dir=Path(out_dir) / run_name) as run:
         result = train_segmenter(cfg, pseudo_dir, Path(out_dir) / run_name, run_name,
-                                 mlflow_run_id=run.info.run_id, tracking_uri=uri)
+                                 mlflow_run_id=run.info.run_id, tracking_uri=uri, data=data)
         tracking.log_metrics({"train_seconds": result.seconds, "skipped": len(result.skipped)})
         tracking.log_text(str(result.checkpoint), "checkpoint_path.txt")
         if result.skipped:
@@ -162,7 +173,8 @@ def score_masks(dataset: VOCDataset, masks_dir: Path,
             if not path.is_file():
                 raise FileNotFoundError(f"mask not found: {path}")
             with Image.open(path) as im:
-                size = (im.size[1], im.size[0])
+                width, height = upright_size(im)
+            size = (height, width)
             pred = load_mask(path, size, info.num_classes, dataset.max_image_side)
             gt = dataset.load_mask(sample_id, pred.shape)
         except _INPUT_ERRORS as err:

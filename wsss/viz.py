@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import os
 import tempfile
-from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
@@ -23,30 +22,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
-IGNORE_COLOUR = (224, 224, 192)  # VOC's colour for index 255 (void / object boundaries)
+# The VOC colour map lives with the dataset readers; re-exported here for the pictures.
+from wsss.data.palette import IGNORE_COLOUR, colorize, voc_palette  # noqa: E402,F401
+
 HEAT_ALPHA = 0.5
 CELL_INCHES = 2.0
-
-
-@lru_cache(maxsize=1)
-def _palette() -> np.ndarray:
-    index = np.arange(256)
-    palette = np.zeros((256, 3), dtype=np.int64)
-    for bit in range(8):  # bit-interleaved colour map of the PASCAL VOC devkit
-        for channel in range(3):
-            palette[:, channel] |= ((index >> (channel + 3 * bit)) & 1) << (7 - bit)
-    palette[255] = IGNORE_COLOUR
-    return palette.astype(np.uint8)
-
-
-def voc_palette() -> np.ndarray:
-    """The PASCAL VOC colour map [256, 3] uint8 (class 1 = (128, 0, 0); 255 = light grey)."""
-    return _palette().copy()
-
-
-def colorize(mask: np.ndarray) -> np.ndarray:
-    """Class-index mask [H, W] (any integer type) -> RGB [H, W, 3] uint8 in the VOC palette."""
-    return _palette()[np.asarray(mask).astype(np.int64) & 255]
 
 
 def write_atomic(path: Path, data: bytes) -> Path:
@@ -185,7 +165,7 @@ def mask_png_bytes(mask: np.ndarray) -> bytes:
             raise ValueError("mask values must lie in 0..255")
         mask = mask.astype(np.uint8)
     image = Image.fromarray(np.ascontiguousarray(mask)).convert("P")
-    image.putpalette(_palette().reshape(-1).tobytes())
+    image.putpalette(voc_palette().reshape(-1).tobytes())
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()

@@ -29,8 +29,8 @@ def test_layout_is_read_by_voc_dataset(synth_root: Path) -> None:
     train, val = read_split(synth_root, "train"), read_split(synth_root, "val")
     assert not set(train) & set(val) and len(val) == round(N * 0.2)
     assert sorted(train + val) == read_split(synth_root, "trainval")
-    good, bad = VOCDataset(synth_root, "trainval").scan()
-    assert bad == [] and len(good) == N
+    scan = VOCDataset(synth_root, "trainval").scan()
+    assert scan.problems == [] and len(scan.ids) == N
     item = VOCDataset(synth_root, "train")[0]
     assert tuple(item["image"].shape) == (3, SIZE, SIZE) and tuple(item["mask"].shape) == (SIZE, SIZE)
     with Image.open(synth_root / "SegmentationClass" / f"{train[0]}.png") as mask:

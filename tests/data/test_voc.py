@@ -96,8 +96,8 @@ def test_id_without_image(voc):
     ds = VOCDataset(voc, "train")
     with pytest.raises(DatasetError, match=r"image not found for id 'b'.*b\.jpg"):
         ds[1]
-    good, bad = ds.scan()
-    assert good == ["a", "c"] and bad[0][0] == "b"
+    scan = ds.scan()
+    assert scan.ids == ["a", "c"] and scan.skipped[0][0] == "b"
 
 
 def test_corrupt_and_truncated_jpeg(voc):
@@ -109,8 +109,8 @@ def test_corrupt_and_truncated_jpeg(voc):
         ds[0]
     with pytest.raises(DatasetError, match=r"cannot read image .*b\.jpg"):
         ds[1]
-    good, bad = ds.scan()
-    assert good == ["c"] and [i for i, _ in bad] == ["a", "b"]
+    scan = ds.scan()
+    assert scan.ids == ["c"] and [i for i, _ in scan.skipped] == ["a", "b"]
 
 
 def test_mask_size_differs_from_image(voc):

@@ -83,6 +83,20 @@ def test_folder_maps_are_read_resized_and_preferred(tmp_path):
         saliency_for(tmp_path, "b", image, "folder")
 
 
+def test_saliency_map_with_exif_orientation_is_read_upright(tmp_path):
+    """A map stored sideways with EXIF Orientation 6 (turn 90 degrees clockwise to view) is
+    turned upright like an image: its salient top-left block stays top-left."""
+    upright = np.zeros((40, 60), np.uint8)
+    upright[:10, :20] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    (tmp_path / "SaliencyMaps").mkdir()
+    Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(
+        tmp_path / "SaliencyMaps/a.png", exif=exif.tobytes())
+    saliency = load_saliency(tmp_path, "a", (40, 60))
+    assert np.array_equal(saliency, upright / 255.0)
+
+
 @pytest.mark.parametrize("params, key", [({"threshold": 0.0}, "threshold"),
                                          ({"fusion": "max"}, "fusion"),
                                          ({"source": "web"}, "source")])

@@ -93,7 +93,8 @@ def test_sec_epoch_trains_on_seeds_and_missing_masks_are_listed(seg_set, tmp_pat
         mask = dataset[index]["mask"].numpy().astype(np.uint8)
         mask[::2] = IGNORE_INDEX  # unseeded rows
         save_mask_png(seeds / f"{sample_id}.png", mask)
-    good, bad = PseudoMaskDataset(seg_set, "train", pseudo_dir=seeds).scan()
+    scan = PseudoMaskDataset(seg_set, "train", pseudo_dir=seeds).scan()
+    good, bad = scan.ids, scan.skipped
     assert good == dataset.ids[1:] and [i for i, _ in bad] == dataset.ids[:1]
     assert "no pseudo-mask" in bad[0][1]
 

@@ -16,14 +16,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torchvision import tv_tensors
 
-IGNORE_INDEX = 255
+from wsss.data import errors
+from wsss.data.decode import fit_size, load_mask, load_rgb  # noqa: F401  (the readers' API)
+from wsss.data.errors import DatasetError
+from wsss.data.palette import IGNORE_INDEX
+
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
     "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
@@ -31,10 +34,6 @@ VOC_CLASSES = (
 )
 IMAGE_DIR, MASK_DIR, SPLIT_DIR = "JPEGImages", "SegmentationClass", "ImageSets/Segmentation"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-
-
-class DatasetError(ValueError):
-    """A dataset file is missing or invalid; the message names the file and the problem."""
 
 
 @dataclass(frozen=True)
@@ -184,7 +183,8 @@ class VOCDataset(torch.utils.data.Dataset):
             path = base / f"{sample_id}{suffix}"
             if path.is_file():
                 return path
-        raise DatasetError(f"image not found for id '{sample_id}': {base / sample_id}.jpg")
+        raise DatasetError(f"image not found for id '{sample_id}': {base / sample_id}.jpg",
+                           errors.IMAGE_MISSING, f"{base / sample_id}.jpg")
 
     def mask_path(self, sample_id: str) -> Path | None:
         path = self.root / MASK_DIR / f"{sample_id}.png"
@@ -219,8 +219,9 @@ class VOCDataset(torch.utils.data.Dataset):
         return {"id": sample_id, "image": image_t, "mask": mask_t,
                 "labels": self.info.multi_hot(class_ids), "class_ids": class_ids}
 
-    def scan(self) -> tuple[list[str], list[tuple[str, str]]]:
-        """Read every sample once; returns (good ids, [(id, problem)]) without raising."""
+    def scan(self) -> SplitScan:
+        """Read every sample once, without raising: the readable ids and the problems of the
+        others (see ``SplitScan``)."""
         good, bad = [], []
         for sample_id in self.ids:
             try:
@@ -228,8 +229,66 @@ class VOCDataset(torch.utils.data.Dataset):
                 self.class_ids(sample_id, self.load_mask(sample_id, image.shape[:2]))
                 good.append(sample_id)
             except DatasetError as err:
-                bad.append((sample_id, str(err)))
-        return good, bad
+                bad.append((sample_id, err))
+        return SplitScan(str(self.root), good, bad)
+
+
+@dataclass
+class SplitScan:
+    """What reading every sample of a split once found.
+
+    Attributes:
+        root: the dataset folder.
+        ids: the readable ids, in split order.
+        problems: ``(id, DatasetError)`` of every other id, in split order; each error's
+            ``kind`` (``wsss.data.errors``) groups it with the others of its kind.
+    """
+
+    root: str
+    ids: list[str] = field(default_factory=list)
+    problems: list[tuple[str, DatasetError]] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """``(id, reason)`` of every unreadable id, as reports list them."""
+        return [(sample_id, str(err)) for sample_id, err in self.problems]
+
+    @property
+    def total(self) -> int:
+        return len(self.ids) + len(self.problems)
+
+    def summary(self, most: int = 5) -> str:
+        """The problems grouped by kind, most common first, one line each (at most ``most``):
+        ``<n> of <total> <kind>: <a file of that kind> (<what is particular to it>)``, and how
+        to convert RGB masks in the VOC colour map when some are."""
+        groups: dict[str, list[DatasetError]] = {}
+        for _, err in self.problems:
+            groups.setdefault(err.kind or "ids have other problems", []).append(err)
+        ranked = sorted(groups.items(), key=lambda item: -len(item[1]))  # stable: ties in order
+        lines = [f"  {len(group)} of {self.total} {kind}: {_sample(group[0])}"
+                 for kind, group in ranked[:most]]
+        if len(ranked) > most:
+            rest = sum(len(group) for _, group in ranked[most:])
+            lines.append(f"  and {rest} more with {len(ranked) - most} other kind(s) of problem")
+        if any(Path(err.path).parent == Path(self.root) / MASK_DIR
+               for err in groups.get(errors.MASK_VOC_COLOURS, [])):
+            lines.append(f"  the RGB masks use the PASCAL VOC colour map: convert them to "
+                         f"palette PNGs (originals kept) with: wsss data convert-masks "
+                         f"--data {self.root}")
+        return "\n".join(lines)
+
+    def require_readable(self, what: str) -> SplitScan:
+        """``self``, or DatasetError ``<what>`` followed by the summary when no id is readable."""
+        if not self.ids:
+            raise DatasetError(f"{what} ({self.total} listed):\n{self.summary()}")
+        return self
+
+
+def _sample(err: DatasetError) -> str:
+    """The file of a problem and what is particular to it (the whole message without a file)."""
+    if err.path is None:
+        return str(err)
+    return f"{err.path} ({err.detail})" if err.detail else err.path
 
 
 def image_class_ids(sample_id: str, mask: np.ndarray | None, labels_file: dict[str, list[int]],
@@ -241,102 +300,15 @@ def image_class_ids(sample_id: str, mask: np.ndarray | None, labels_file: dict[s
         return [int(v) for v in values if v != IGNORE_INDEX]
     if sample_id in labels_file:
         return labels_file[sample_id]
-    raise DatasetError(f"no labels for id '{sample_id}': no mask at "
-                       f"{root}/{MASK_DIR}/{sample_id}.png and no entry in labels.json")
-
-
-# Errors PIL raises for files it cannot decode (DecompressionBombError: over PIL's pixel limit).
-_DECODE_ERRORS = (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,
-                  ValueError)
-
-
-def fit_size(width: int, height: int, max_side: int) -> tuple[int, int]:
-    """(width, height) scaled down, aspect kept, so that the longer side is at most
-    ``max_side``; unchanged when it already fits. Images and their masks share it, so a
-    downscaled pair keeps equal sizes."""
-    longest = max(width, height)
-    if longest <= max_side:
-        return width, height
-    scale = max_side / longest
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-def load_rgb(path: Path | BinaryIO, max_side: int = 1024) -> np.ndarray:
-    """Decode any image (gray, RGBA, CMYK, 16-bit, palette) to RGB uint8 [H, W, 3], downscaled
-    to ``fit_size(..., max_side)``.
-
-    Memory stays bounded for huge images: a JPEG is decoded at 1/2, 1/4 or 1/8 scale by
-    ``Image.draft``; other formats are decoded once and resized before any conversion.
-    ``path`` may be an open binary file; its ``name`` attribute then names it in errors.
-    """
-    try:
-        with Image.open(path) as im:
-            target = fit_size(*im.size, max_side)
-            im.draft("RGB", target)  # JPEG only: DCT scaling to the smallest size >= target
-            im.load()
-            if im.mode in ("P", "PA", "1"):  # resizing would fall back to nearest neighbour
-                im = im.convert("RGBA" if im.mode == "PA" else "RGB")
-            if im.size != target:
-                im = im.resize(target, Image.BILINEAR)
-            if im.mode.startswith("I"):  # 16/32-bit grayscale: rescale to 8 bits
-                arr = np.asarray(im, dtype=np.float32)
-                arr = arr * (255.0 / max(float(arr.max()), 1.0))
-                im = Image.fromarray(arr.astype(np.uint8))
-            return np.asarray(im.convert("RGB")).copy()
-    except _DECODE_ERRORS as err:
-        raise _decode_error("image", _name(path), err) from err
-
-
-def load_mask(path: Path | BinaryIO, size: tuple[int, int], num_classes: int,
-              max_side: int = 1024) -> np.ndarray:
-    """Decode a palette/grayscale mask PNG to uint8 [H, W] and validate it (``path`` may be an
-    open binary file with a ``name``).
-
-    A mask larger than ``max_side`` is downscaled (nearest neighbour) by ``fit_size``, as its
-    image is; ``size`` (H, W) is the size of the loaded image.
-    """
-    name = _name(path)
-    try:
-        with Image.open(path) as im:
-            if im.mode not in ("P", "L"):
-                raise DatasetError(f"mask {name} has mode {im.mode}: expected a palette (P) or "
-                                   f"grayscale (L) PNG of class indices")
-            im.load()
-            target = fit_size(*im.size, max_side)
-            if im.size != target:
-                im = im.resize(target, Image.NEAREST)
-            mask = np.asarray(im).copy()
-    except DatasetError:  # a ValueError too: keep the message as it is
-        raise
-    except _DECODE_ERRORS as err:
-        raise _decode_error("mask", name, err) from err
-    if mask.shape != tuple(size):
-        raise DatasetError(f"mask {name} has size {mask.shape[1]}x{mask.shape[0]} but its image "
-                           f"is {size[1]}x{size[0]}")
-    bad = (mask >= num_classes) & (mask != IGNORE_INDEX)
-    if bad.any():
-        raise DatasetError(f"mask {name} has label value(s) {sorted(set(mask[bad].tolist()))} "
-                           f"outside 0..{num_classes - 1} (255 = ignore)")
-    return mask
-
-
-def _decode_error(what: str, name: str, err: Exception) -> DatasetError:
-    """The DatasetError for a file PIL could not decode (PIL's own text names a file object
-    by its repr, so an unidentified file gets a reason of its own)."""
-    reason = ("not an image PIL can identify (empty, damaged, or of an unknown format)"
-              if isinstance(err, UnidentifiedImageError) else str(err))
-    return DatasetError(f"cannot read {what} {name}: {reason}")
+    mask_file = f"{root}/{MASK_DIR}/{sample_id}.png"
+    raise DatasetError(f"no labels for id '{sample_id}': no mask at {mask_file} and no entry "
+                       f"in labels.json", errors.NO_LABELS, mask_file)
 
 
 def _read_labels_file(path: Path, info: DatasetInfo) -> dict[str, list[int]]:
     if not path.is_file():
         return {}
     return labels_from_text(read_text(path), str(path), info)
-
-
-def _name(path: Any) -> str:
-    """A path as text, or the ``name`` of an open file."""
-    return str(path if isinstance(path, (str, Path)) else getattr(path, "name", path))
 
 
 def labels_from_text(text: str, source: str, info: DatasetInfo) -> dict[str, list[int]]:

@@ -43,6 +43,7 @@ class SweepContext:
     gpus_per_trial: float = 0.0
     crash_marker: str | None = None  # tests: the first report of the sweep crashes its trial
     extra: dict[str, Any] = field(default_factory=dict)
+    training_data: Any = None  # the base config's TrainingData, scanned once by the driver
 
     def base(self) -> ExperimentConfig:
         return from_dict(self.base_config)
@@ -138,7 +139,8 @@ def train_trial(config: dict[str, Any], ctx: SweepContext) -> None:
             cfg, final.parent, f"{trial_id}-round{k + 1}",
             storage_path=f"{ctx.storage_path.rstrip('/')}/{ctx.experiment}-train",
             round_index=k, init_model=previous, mask_eval_ids=ctx.eval_ids,
-            callbacks=[forward, forward.recorder], resources_per_worker=_worker_resources(ctx))
+            callbacks=[forward, forward.recorder], resources_per_worker=_worker_resources(ctx),
+            data=ctx.training_data)
         previous = result.checkpoint
 
 

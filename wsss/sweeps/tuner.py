@@ -18,13 +18,15 @@ from wsss.sweeps.trial import OBJECTIVE, PLACEMENT_GROUP, SweepContext
 
 def main(sweep: Sweep, argv: Sequence[str] | None = None, description: str | None = None) -> int:
     """Entry point of a sweep script: parse options, run the sweep, print the best trial."""
+    from wsss.config import ConfigError
+    from wsss.data.voc import DatasetError
     from wsss.storage import OutputError
     from wsss.tracking import TrackingError
 
     args = build_parser(sweep, description).parse_args(argv)
     try:
         best = run_sweep(sweep, args)
-    except (OutputError, TrackingError) as err:
+    except (ConfigError, DatasetError, OutputError, TrackingError) as err:
         print(f"{sweep.name} sweep: error: {err}", file=sys.stderr)
         return 2
     return 0 if best is not None else 1
@@ -37,17 +39,19 @@ def run_sweep(sweep: Sweep, args: argparse.Namespace) -> dict[str, Any] | None:
     from wsss.sweeps.tracking import sweep_run
 
     from wsss.storage import check_writable
+    from wsss.train.classifier import scan_training_data
 
     start = time.perf_counter()
-    # Before any compute: a tracking server that answers, folders that can be written.
+    # Before any compute: a tracking server that answers, folders that can be written, a
+    # dataset whose training split can be read (scanned once for every trial).
     uri = tracking.check_tracking_uri(args.tracking_uri)
     storage = args.storage_path or str((Path(args.workdir) / "ray").resolve())
     check_writable(args.workdir, "--workdir folder")
     check_writable(storage, "--storage-path folder")
-    init_ray(args.address)
     workdir = (Path(args.workdir) / args.experiment).resolve()
-    data = dataset_root(args, Path(args.workdir).resolve())
-    cfg = base_config(args, data)
+    cfg = base_config(args, dataset_root(args, Path(args.workdir).resolve()))
+    training_data = scan_training_data(cfg)
+    init_ray(args.address)
     tracking.ensure_experiment(args.experiment, uri)
     parent = sweep_run(uri, args.experiment, args.experiment, _sweep_params(args, cfg),
                        args.resume)
@@ -56,7 +60,7 @@ def run_sweep(sweep: Sweep, args: argparse.Namespace) -> dict[str, Any] | None:
                        eval_ids=tuple(select_train_eval_ids(cfg, args.eval_images, args.seed)),
                        workers_per_trial=args.workers_per_trial,
                        gpus_per_trial=args.gpus_per_trial,
-                       crash_marker=os.environ.get(CRASH_ENV),
+                       crash_marker=os.environ.get(CRASH_ENV), training_data=training_data,
                        extra=sweep.prepare(args, cfg, workdir))
     results = make_tuner(sweep, args, ctx, cfg).fit()
     best = record_results(sweep, ctx, cfg, results)

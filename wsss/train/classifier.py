@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from wsss.config import ExperimentConfig, from_dict
 from wsss.data.transforms import eval_transform, train_transform
-from wsss.data.voc import DatasetError, VOCDataset, read_info
+from wsss.data.voc import DatasetError, DatasetInfo, SplitScan, VOCDataset, read_info
 from wsss.methods import get_method
 from wsss.metrics import mean_average_precision
 from wsss.train.checkpoint import (copy_from_ray_checkpoint, load_checkpoint_state,
@@ -49,15 +49,84 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def scan_split(root: str, split: str, max_side: int) -> tuple[list[str], list[tuple[str, str]]]:
-    """Good ids of ``split`` and the (id, problem) list of bad ones; [] if the split is absent."""
+def scan_split(root: str, split: str, max_side: int, optional: bool = True) -> SplitScan:
+    """Every sample of ``split`` read once (``VOCDataset.scan``); an empty scan when the split
+    file does not exist and the split is ``optional`` (a validation split), else the
+    DatasetError naming the missing file."""
     try:
         dataset = VOCDataset(root, split, max_image_side=max_side)
     except DatasetError as err:
-        if "split file not found" in str(err):
-            return [], []
+        if optional and "split file not found" in str(err):
+            return SplitScan(str(root))
         raise
     return dataset.scan()
+
+
+# (absolute dataset folder, train split, val split, max image side, absolute pseudo-mask folder)
+DataKey = tuple[str, str, str, int, str | None]
+
+
+@dataclass
+class TrainingData:
+    """The splits a training run reads, scanned once in the driver before Ray or MLflow start.
+
+    Attributes:
+        key: what was scanned: (absolute dataset folder, train split, val split, max image
+            side, pseudo-mask folder or None); a run given data of another key scans its own.
+        info: the dataset's classes.
+        train / val: the scans of the two splits (``val`` is empty without a val split).
+    """
+
+    key: DataKey
+    info: DatasetInfo
+    train: SplitScan
+    val: SplitScan
+
+    @property
+    def root(self) -> str:
+        return self.key[0]
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """``(id, reason)`` of every unreadable id of both splits."""
+        return self.train.skipped + self.val.skipped
+
+    def config(self, cfg: ExperimentConfig) -> ExperimentConfig:
+        """``cfg`` with the absolute dataset folder (workers run in other folders, or on other
+        nodes, which must see the same path)."""
+        return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=self.root))
+
+
+def data_key(cfg: ExperimentConfig, pseudo_dir: str | Path | None = None) -> DataKey:
+    """``TrainingData.key`` of a config (and pseudo-mask folder)."""
+    return (str(Path(cfg.data.root).resolve()), cfg.data.train_split, cfg.data.val_split,
+            cfg.data.max_image_side, str(Path(pseudo_dir).resolve()) if pseudo_dir else None)
+
+
+def scan_training_data(cfg: ExperimentConfig) -> TrainingData:
+    """Read the train and val splits of ``cfg.data`` once, before any compute.
+
+    Raises:
+        DatasetError: the dataset folder, a file of it or the train split is missing or
+            invalid; the dataset has no foreground class; or no training image is readable
+            (the message counts the problems by kind, with a file of each).
+    """
+    key = data_key(cfg)
+    root = key[0]
+    info = read_info(root)
+    if info.num_fg < 1:
+        raise DatasetError(f"{root}: no foreground classes to train on")
+    train = scan_split(root, cfg.data.train_split, cfg.data.max_image_side, optional=False)
+    train.require_readable(f"{root}: no readable training images in split "
+                           f"'{cfg.data.train_split}'")
+    val = scan_split(root, cfg.data.val_split, cfg.data.max_image_side)
+    return TrainingData(key, info, train, val)
+
+
+def training_data_for(cfg: ExperimentConfig, data: TrainingData | None) -> TrainingData:
+    """``data`` when it was scanned for ``cfg``'s data (``data_key``), else
+    ``scan_training_data(cfg)``."""
+    return data if data is not None and data.key == data_key(cfg) else scan_training_data(cfg)
 
 
 def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, run_name: str,
@@ -66,7 +135,8 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, run_name: str,
                      init_model: str | Path | None = None,
                      mask_eval_ids: Sequence[str] | None = None,
                      callbacks: Sequence[Any] = (),
-                     resources_per_worker: dict[str, float] | None = None) -> ClassifierResult:
+                     resources_per_worker: dict[str, float] | None = None,
+                     data: TrainingData | None = None) -> ClassifierResult:
     """Train one round of ``cfg.method`` with Ray Train; copy the final model to ``out_dir``.
 
     Args:
@@ -82,28 +152,25 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, run_name: str,
             metrics as ``pseudo_miou`` (see ``wsss.train.mask_eval``); None skips it.
         callbacks: Ray Train ``UserCallback``s (a sweep trial forwards reports to Tune).
         resources_per_worker: Ray resources of each worker (default: Ray Train's).
+        data: ``scan_training_data(cfg)`` when the caller scanned already (the split is not
+            read again); scanned here, before Ray starts, when None or scanned for other data
+            (``data_key``).
+
+    Raises:
+        DatasetError: see ``scan_training_data``.
     """
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from wsss.ray_utils import gpus_available, init_ray
 
+    data = training_data_for(cfg, data)
+    cfg, info = data.config(cfg), data.info
     init_ray()
-    # Workers run in other folders (or on other nodes, which must see the same path).
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(
-        cfg.data, root=str(Path(cfg.data.root).resolve())))
-    info = read_info(cfg.data.root)
-    if info.num_fg < 1:
-        raise DatasetError(f"{cfg.data.root}: no foreground classes to train on")
-    train_ids, skipped = scan_split(cfg.data.root, cfg.data.train_split, cfg.data.max_image_side)
-    val_ids, val_skipped = scan_split(cfg.data.root, cfg.data.val_split, cfg.data.max_image_side)
-    if not train_ids:
-        raise DatasetError(f"{cfg.data.root}: no readable training images in split "
-                           f"'{cfg.data.train_split}'")
     use_gpu = gpus_available() if cfg.train.use_gpu is None else cfg.train.use_gpu
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    loop_config = {"cfg": cfg.to_dict(), "train_ids": train_ids, "val_ids": val_ids,
+    loop_config = {"cfg": cfg.to_dict(), "train_ids": data.train.ids, "val_ids": data.val.ids,
                    "num_fg": info.num_fg, "class_names": list(info.class_names),
                    "has_background": info.has_background, "round": round_index,
                    "init_model": str(init_model) if init_model else None,
@@ -127,7 +194,7 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, run_name: str,
     check_optimizer_steps(result.metrics, f"classifier run '{run_name}'")
     final = copy_from_ray_checkpoint(result.checkpoint, MODEL_FILE, out_dir / MODEL_FILE)
     history = load_checkpoint_state(final)["history"]
-    return ClassifierResult(final, dict(history[-1]), history, skipped + val_skipped, seconds)
+    return ClassifierResult(final, dict(history[-1]), history, data.skipped, seconds)
 
 
 def _train_loop_per_worker(config: dict[str, Any]) -> None:

@@ -16,7 +16,6 @@ metrics; a restarted worker group resumes from the last checkpoint.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
 from dataclasses import dataclass
@@ -32,13 +31,15 @@ from torchvision.transforms import v2
 
 from wsss.config import ExperimentConfig, from_dict
 from wsss.data.transforms import normalize
+from wsss.data import errors
 from wsss.data.voc import IGNORE_INDEX, DatasetError, VOCDataset, load_mask, read_info
 from wsss.metrics import ConfusionMatrix
 from wsss.models.segmenter import (Segmenter, build_segmenter,
                                    single_value_batch_norm_in_eval)
 from wsss.train.checkpoint import (CheckpointError, copy_from_ray_checkpoint, load_weights,
                                    read_state, restore_training_state, write_state)
-from wsss.train.classifier import _all_gather, _all_reduce_mean, all_reduce_sum, scan_split
+from wsss.train.classifier import (TrainingData, _all_gather, _all_reduce_mean, all_reduce_sum,
+                                   data_key, scan_split)
 from wsss.train.classifier import ClassifierResult as TrainResult
 from wsss.train.reporting import (MODEL_FILE, check_optimizer_steps, epoch_callbacks,
                                   report_epoch)
@@ -63,7 +64,8 @@ class PseudoMaskDataset(VOCDataset):
     def class_ids(self, sample_id: str, mask: np.ndarray | None) -> list[int]:
         """Image-level labels of ``sample_id``; ``mask`` uint8 [H, W] is its pseudo-mask."""
         if mask is None:
-            raise DatasetError(f"no pseudo-mask for id '{sample_id}' in {self.pseudo_dir}")
+            raise DatasetError(f"no pseudo-mask for id '{sample_id}' in {self.pseudo_dir}",
+                               errors.NO_PSEUDO_MASK, f"{self.pseudo_dir}/{sample_id}.png")
         gt_path = super().mask_path(sample_id)
         gt = None if gt_path is None else load_mask(gt_path, mask.shape, self.info.num_classes,
                                                     self.max_image_side)
@@ -130,7 +132,8 @@ def load_segmenter(path: str | Path,
 def train_segmenter(cfg: ExperimentConfig, pseudo_dir: str | Path, out_dir: str | Path,
                     run_name: str, mlflow_run_id: str | None = None,
                     tracking_uri: str | None = None,
-                    storage_path: str | None = None) -> TrainResult:
+                    storage_path: str | None = None,
+                    data: TrainingData | None = None) -> TrainResult:
     """Train ``cfg.segmenter`` on the pseudo-masks with Ray Train; copy the final model.
 
     Args:
@@ -141,16 +144,21 @@ def train_segmenter(cfg: ExperimentConfig, pseudo_dir: str | Path, out_dir: str 
         mlflow_run_id / tracking_uri: the MLflow run that records each epoch (optional;
             see ``wsss.train.reporting.EpochRecorder``).
         storage_path: Ray Train storage (local folder or s3://...); default ``out_dir/ray``.
+        data: ``scan_segmenter_data(cfg, pseudo_dir)`` when the caller scanned already; scanned
+            here, before Ray starts, when None or scanned for other data (``data_key``).
+
+    Raises:
+        DatasetError: see ``scan_segmenter_data``.
     """
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from wsss.ray_utils import gpus_available, init_ray
 
+    data = segmenter_data_for(cfg, pseudo_dir, data)
+    cfg = data.config(cfg)
     init_ray()
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(
-        cfg.data, root=str(Path(cfg.data.root).resolve())))
-    loop_config, skipped = _loop_config(cfg, Path(pseudo_dir).resolve())
+    loop_config = _loop_config(cfg, data)
     seg = cfg.segmenter
     use_gpu = gpus_available() if seg.use_gpu is None else seg.use_gpu
     out_dir = Path(out_dir).resolve()
@@ -169,23 +177,44 @@ def train_segmenter(cfg: ExperimentConfig, pseudo_dir: str | Path, out_dir: str 
     check_optimizer_steps(result.metrics, f"segmenter run '{run_name}'")
     final = copy_from_ray_checkpoint(result.checkpoint, MODEL_FILE, out_dir / MODEL_FILE)
     history = read_state(final, FORMAT, "segmenter")["history"]
-    return TrainResult(final, dict(history[-1]), history, skipped, seconds)
+    return TrainResult(final, dict(history[-1]), history, data.skipped, seconds)
 
 
-def _loop_config(cfg: ExperimentConfig,
-                 pseudo_dir: Path) -> tuple[dict[str, Any], list[tuple[str, str]]]:
-    """Scan the splits once: the workers' config and the (id, problem) list of bad samples."""
-    info = read_info(cfg.data.root)
-    train_ids, skipped = PseudoMaskDataset(
-        cfg.data.root, cfg.data.train_split, max_image_side=cfg.data.max_image_side,
-        pseudo_dir=str(pseudo_dir)).scan()
-    if not train_ids:
-        raise DatasetError(f"no training image of split '{cfg.data.train_split}' has a "
-                           f"readable pseudo-mask in {pseudo_dir}")
-    val_ids, val_skipped = scan_split(cfg.data.root, cfg.data.val_split, cfg.data.max_image_side)
-    return {"cfg": cfg.to_dict(), "train_ids": train_ids, "val_ids": val_ids,
-            "pseudo_dir": str(pseudo_dir), "class_names": list(info.class_names),
-            "has_background": info.has_background}, skipped + val_skipped
+def scan_segmenter_data(cfg: ExperimentConfig, pseudo_dir: str | Path) -> TrainingData:
+    """Read the training split (images, labels, ``<pseudo_dir>/<id>.png``) and the val split
+    once, before any compute.
+
+    Raises:
+        DatasetError: the dataset or a file of it is missing or invalid, or no training image
+            is usable: readable, labelled and with a readable pseudo-mask (the message counts
+            the problems by kind, with a file of each).
+    """
+    key = data_key(cfg, pseudo_dir)
+    root, pseudo_dir = key[0], key[4]
+    info = read_info(root)
+    train = PseudoMaskDataset(root, cfg.data.train_split, max_image_side=cfg.data.max_image_side,
+                              pseudo_dir=pseudo_dir).scan()
+    train.require_readable(f"{root}: no usable training images in split "
+                           f"'{cfg.data.train_split}' (image, labels and pseudo-mask in "
+                           f"{pseudo_dir})")
+    val = scan_split(root, cfg.data.val_split, cfg.data.max_image_side)
+    return TrainingData(key, info, train, val)
+
+
+def segmenter_data_for(cfg: ExperimentConfig, pseudo_dir: str | Path,
+                       data: TrainingData | None) -> TrainingData:
+    """``data`` when it was scanned for ``cfg``'s data and ``pseudo_dir`` (``data_key``), else
+    ``scan_segmenter_data(cfg, pseudo_dir)``."""
+    if data is not None and data.key == data_key(cfg, pseudo_dir):
+        return data
+    return scan_segmenter_data(cfg, pseudo_dir)
+
+
+def _loop_config(cfg: ExperimentConfig, data: TrainingData) -> dict[str, Any]:
+    """The workers' config of a run on the scanned ``data``."""
+    return {"cfg": cfg.to_dict(), "train_ids": data.train.ids, "val_ids": data.val.ids,
+            "pseudo_dir": data.key[4], "class_names": list(data.info.class_names),
+            "has_background": data.info.has_background}
 
 
 def _train_loop_per_worker(config: dict[str, Any]) -> None:
