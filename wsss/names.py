@@ -37,7 +37,7 @@ two keys of one run differing only in case collide there (mlflow/mlflow#7857). A
 becomes the last part of the per-class keys ``iou/<part>``, ``precision/<part>`` and
 ``recall/<part>`` (:func:`metric_key_part`): NFC-normalized, kept as it is when MLflow allows
 it, else each other character (``/``, ``:``, quotes, emoji...) becomes ``_``, and ``.`` and
-``..`` become ``_`` and ``__``. :func:`class_key_parts` refuses a set of class names whose
+``..`` become ``_`` and ``__``. :func:`check_class_names` refuses a set of class names whose
 parts are longer than 240 characters (250 - ``len("precision/")``) or not distinct once case
 and accents are ignored.
 
@@ -55,6 +55,7 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
+from collections import Counter
 from typing import Callable, Iterable, Sequence
 
 NAME_MAX = 255  # bytes per path component on Linux (<linux/limits.h>)
@@ -180,12 +181,15 @@ def shown(name: str, width: int = 60) -> str:
     return text if len(text) <= width else f"{text[:width]}... ({len(name)} characters)"
 
 
-def check_name(name: str, what: str, rule: Callable[[str], str | None]) -> str:
+def check_name(name: str, what: str, rule: Callable[[str], str | None],
+               purpose: str = "") -> str:
     """``name`` when ``rule`` finds no problem with it; else InvalidNameError
-    ``"<what> '<name>' <problem>"`` (``what``: the option or key, e.g. ``--run-name``)."""
+    ``"<what> '<name>' <problem> (<purpose>)"`` (``what``: the option or key, e.g.
+    ``--run-name``; ``purpose``: where the name goes)."""
     problem = rule(name)
     if problem:
-        raise InvalidNameError(f"{what} {shown(name)} {problem}")
+        raise InvalidNameError(f"{what} {shown(name)} {problem}"
+                               + (f" ({purpose})" if purpose else ""))
     return name
 
 
@@ -205,26 +209,42 @@ def store_form(key: str) -> str:
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
 
 
-def class_key_parts(names: Sequence[str]) -> tuple[str, ...]:
-    """:func:`metric_key_part` of each class name; InvalidNameError when one is too long for
-    ``precision/<part>`` (250 characters) or two parts are alike once case and accents are
+def check_class_names(names: Sequence[str]) -> tuple[str, ...]:
+    """The metric key part (:func:`metric_key_part`) of each class name; InvalidNameError for
+    a name with a control character, a name listed twice, a part too long for
+    ``precision/<part>`` (250 characters), or two parts alike once case and accents are
     ignored (they would collide as metric keys on MySQL and SQL Server)."""
     room = mlflow_limit("MAX_ENTITY_KEY_LENGTH") - max(len(p) + 1 for p in PER_CLASS_METRICS)
-    parts = tuple(metric_key_part(n) for n in names)
+    twice = [name for name, count in Counter(names).items() if count > 1]
+    if twice:
+        raise InvalidNameError(f"duplicate class names: {', '.join(map(shown, twice))} "
+                               f"listed more than once")
     seen: dict[str, str] = {}
-    for name, part in zip(names, parts):
+    for name in names:
+        problem = _text_problem(name)
+        if problem:
+            raise InvalidNameError(f"class name {shown(name)} {problem}")
+        part = metric_key_part(name)
         if len(part) > room:
             raise InvalidNameError(f"class name {shown(name)} has {len(part)} characters; at "
                                    f"most {room} fit in the metric key 'precision/<name>' "
                                    f"(MLflow keys hold {room + len('precision/')})")
         first = seen.setdefault(store_form(part), name)
         if first != name:
-            raise InvalidNameError(
-                f"class names {shown(first)} and {shown(name)} would share the metric key "
-                f"'iou/{part}' (per-class keys keep letters, digits, '_', '-', '.' and spaces, "
-                f"other characters become '_'; keys differing only in case or accents collide "
-                f"in MySQL and SQL Server stores)")
-    return parts
+            raise InvalidNameError(_collision(first, name))
+    return tuple(metric_key_part(n) for n in names)
+
+
+def _collision(first: str, second: str) -> str:
+    """The message for two class names whose metric keys collide."""
+    one, two = metric_key_part(first), metric_key_part(second)
+    if one == two:
+        return (f"class names {shown(first)} and {shown(second)} both give the metric key "
+                f"'iou/{one}' (a per-class key is the name in Unicode NFC form with each "
+                f"character MLflow keys do not allow made '_'); rename one of them")
+    return (f"class names {shown(first)} and {shown(second)} give the metric keys 'iou/{one}' "
+            f"and 'iou/{two}', one key to stores that ignore case and accents (MySQL, SQL "
+            f"Server; mlflow/mlflow#7857); rename one of them")
 
 
 def mapped_class_keys(names: Iterable[str]) -> dict[str, str]:
