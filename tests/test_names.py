@@ -141,9 +141,8 @@ def test_compare_needs_out_for_an_experiment_that_is_no_folder_name(tmp_path, ca
                                                                     no_compute):
     out = Path.cwd() / "runs"
     _refused(["compare", "--experiment", "../../up"],
-             "--experiment '../../up' contains '/', a folder separator, so it cannot name the "
-             "default output folder runs/compare/<experiment>; give --out", capsys, no_compute,
-             out)
+             "--experiment '../../up' contains '/', a folder separator (without --out it names "
+             "the folder runs/compare/<experiment>)", capsys, no_compute, out)
 
 
 @pytest.mark.parametrize("split", ["../../etc/passwd", "..", "a\\b", "x" * 201, "", "t\x07"],

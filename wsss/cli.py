@@ -226,7 +226,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from wsss.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
-    out = args.out or f"runs/compare/{args.experiment}"  # a folder name: checked in preflight
+    out = args.out or f"runs/compare/{args.experiment}"  # a folder name: see check_names
     try:
         table, paths = compare(uri, args.experiment, out)
     except LookupError as err:
@@ -244,13 +244,11 @@ OUTPUT_OPTIONS = {"train-cls": "out", "cam": "out", "refine": "out", "pseudo-lab
 
 
 # The rule each name-giving option must follow, and where its value goes, by option.
-NAME_OPTIONS = {
-    "run_name": (names.folder_name_problem, "a run name is the folder OUT/<run name> and the "
-                                            "Ray Train run's folder"),
-    "experiment": (names.experiment_name_problem, "the MLflow experiment"),
-    "split": (names.path_component_problem, "a split is the file "
-                                            "ImageSets/Segmentation/<split>.txt"),
-}
+NAME_OPTIONS = {"run_name": (names.folder_name_problem, "a run name is the folder OUT/<run "
+                                                        "name> and the Ray Train run's folder"),
+                "experiment": (names.experiment_name_problem, "the MLflow experiment"),
+                "split": (names.path_component_problem, "a split is the file "
+                                                        "ImageSets/Segmentation/<split>.txt")}
 
 
 def check_names(args: argparse.Namespace) -> None:
@@ -262,11 +260,8 @@ def check_names(args: argparse.Namespace) -> None:
         if value is not None:
             names.check_name(value, f"--{option.replace('_', '-')}", rule, purpose)
     if args.command == "compare" and not args.out:
-        problem = names.folder_name_problem(args.experiment)
-        if problem:
-            raise names.InvalidNameError(
-                f"--experiment {names.shown(args.experiment)} {problem}, so it cannot name the "
-                f"default output folder runs/compare/<experiment>; give --out")
+        names.check_name(args.experiment, "--experiment", names.folder_name_problem,
+                         "without --out it names the folder runs/compare/<experiment>")
 
 
 def preflight(args: argparse.Namespace) -> None:
