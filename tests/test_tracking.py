@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from wsss import tracking
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import mlflow
+
+from wsss import names, tracking
 
 
 def test_a_runs_store_does_not_become_the_next_default(tmp_path, monkeypatch):
@@ -45,3 +51,71 @@ def test_step_log_logs_each_step_once_across_restarts(tmp_path):
         False, False, True]
     history = mlflow.MlflowClient(uri).get_metric_history(run_id, "loss")
     assert sorted((m.step, m.value) for m in history) == [(1, 0.9), (2, 0.7), (4, 0.1)]
+# -- params: logged in full where the store allows, kept in full where it does not -------------
+def _store(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def _full_params(client, run_id: str, tmp_path) -> dict:
+    return json.loads(Path(client.download_artifacts(run_id, tracking.PARAMS_ARTIFACT,
+                                                     str(tmp_path))).read_text())
+
+
+def test_a_long_dataset_path_is_logged_in_full(tmp_path):
+    """A 1,077-character path is far below MLflow's 6,000-character limit: logged as it is,
+    with no shortened-keys tag and no artifact."""
+    path = "/data/" + "long_folder_name/" * 63
+    assert len(path) == 1077
+    with tracking.start_run("long-path", uri=_store(tmp_path),
+                            params={"data": {"root": path}}) as run:
+        run_id = run.info.run_id
+    stored = mlflow.MlflowClient(_store(tmp_path)).get_run(run_id)
+    assert stored.data.params["data.root"] == path
+    assert tracking.SHORTENED_TAG not in stored.data.tags
+
+
+def test_a_value_over_the_store_limit_is_shortened_and_kept_in_full(tmp_path):
+    limit = mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
+    assert names.param_value_limit() == limit == 6000
+    long_value, other = "é" * (limit + 1), "ids-" + "7" * (2 * limit)
+    with tracking.start_run("long-value", uri=_store(tmp_path),
+                            params={"data": {"root": long_value, "ok": "short"}}) as run:
+        tracking.log_params({"extra": other})  # a second call adds to the same artifact
+        run_id = run.info.run_id
+    client = mlflow.MlflowClient(_store(tmp_path))
+    stored = client.get_run(run_id)
+    value = stored.data.params["data.root"]
+    assert len(value) == limit and value.startswith("é" * 100)
+    assert value.endswith(f"[cut: {limit + 1} characters in all; full text in "
+                          f"{tracking.PARAMS_ARTIFACT}]")
+    assert stored.data.params["data.ok"] == "short"
+    assert stored.data.tags[tracking.SHORTENED_TAG] == "data.root, extra"
+    assert _full_params(client, run_id, tmp_path) == {"data.root": long_value, "extra": other}
+
+
+def test_sweep_parent_and_trial_runs_keep_long_params_in_full(tmp_path):
+    """The sweep's own runs (MlflowClient, no active run) follow the same rule."""
+    from wsss.config import load_config
+    from wsss.sweeps.tracking import sweep_run, trial_run
+
+    uri, root = _store(tmp_path), "/d/" + "r" * 7000
+    cfg = load_config(None, [f"data.root={root}"])
+    parent = sweep_run(uri, "sweep-x", "sweep-x", {"data": {"root": root}}, resume=False)
+    ctx = SimpleNamespace(experiment="sweep-x", parent_run_id=parent, tracking_uri=uri)
+    trial = trial_run(ctx, "t1", "trial-1", cfg)
+    client = mlflow.MlflowClient(uri)
+    for run_id in (parent, trial):
+        run = client.get_run(run_id)
+        assert len(run.data.params["data.root"]) == names.param_value_limit()
+        assert run.data.tags[tracking.SHORTENED_TAG] == "data.root"
+        assert _full_params(client, run_id, tmp_path / run_id) == {"data.root": root}
+    assert client.get_run(trial).data.params["train.epochs"] == str(cfg.train.epochs)
+
+
+def test_params_go_in_batches_the_store_takes():
+    params = {f"k{i}": "水" * 6000 for i in range(250)}
+    batches = list(tracking.param_batches(params))
+    assert [len(b) for b in batches] == [13] * 19 + [3]  # ~36 KB of JSON each, 500 KB budget
+    assert {k: v for b in batches for k, v in b.items()} == params
+    assert [len(b) for b in tracking.param_batches({f"k{i}": "v" for i in range(250)})] == \
+        [100, 100, 50]

@@ -16,12 +16,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Sequence
 
+from wsss import names
+
 from wsss.config import (BACKBONES, BG_MODES, MAP_KINDS, SEGMENTER_ARCHS, SEGMENTER_MODES,
-                         ConfigError, ExperimentConfig, load_config)
+                         ConfigError, ExperimentConfig, load_config, override)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -53,10 +54,9 @@ def _config(args: argparse.Namespace, extra: list[str]) -> ExperimentConfig:
 
 
 def _opts(pairs: list[tuple[str, object]]) -> list[str]:
-    """``key=value`` overrides for the options the user gave (None = not given); text is
-    quoted so that YAML keeps it text (a folder called ``2024`` stays a string)."""
-    return [f"{key}={json.dumps(value) if isinstance(value, str) else value}"
-            for key, value in pairs if value is not None]
+    """``key=value`` overrides for the options the user gave (None = not given); text stays
+    exactly that text (``wsss.config.override``)."""
+    return [override(key, value) for key, value in pairs if value is not None]
 
 
 def _add_cam_options(p: argparse.ArgumentParser) -> None:
@@ -225,7 +225,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from wsss.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
-    out = args.out or f"runs/compare/{args.experiment}"
+    out = args.out or f"runs/compare/{args.experiment}"  # a folder name: see check_names
     try:
         table, paths = compare(uri, args.experiment, out)
     except LookupError as err:
@@ -242,12 +242,34 @@ OUTPUT_OPTIONS = {"train-cls": "out", "cam": "out", "refine": "out", "pseudo-lab
                   "train-seg": "out", "predict": "out", "eval": "masks_out"}
 
 
+# The rule each name-giving option must follow, and where its value goes, by option.
+NAME_OPTIONS = {"run_name": (names.folder_name_problem, "a run name is the folder OUT/<run "
+                                                        "name> and the Ray Train run's folder"),
+                "experiment": (names.experiment_name_problem, "the MLflow experiment"),
+                "split": (names.path_component_problem, "a split is the file "
+                                                        "ImageSets/Segmentation/<split>.txt")}
+
+
+def check_names(args: argparse.Namespace) -> None:
+    """InvalidNameError naming the option and the rule for a name that cannot go where it
+    goes: ``--run-name`` (the folder ``OUT/<name>``), ``--experiment``, ``--split`` (the file
+    ``<split>.txt``); ``wsss compare`` without ``--out`` makes a folder of the experiment."""
+    for option, (rule, purpose) in NAME_OPTIONS.items():
+        value = getattr(args, option, None)
+        if value is not None:
+            names.check_name(value, f"--{option.replace('_', '-')}", rule, purpose)
+    if args.command == "compare" and not args.out:
+        names.check_name(args.experiment, "--experiment", names.folder_name_problem,
+                         "without --out it names the folder runs/compare/<experiment>")
+
+
 def preflight(args: argparse.Namespace) -> None:
-    """Fail before any compute: the output folder must be writable (with free space) and an
-    MLflow tracking server must answer."""
+    """Fail before any compute: names must fit where they go, the output folder must be
+    writable (with free space) and an MLflow tracking server must answer."""
     from wsss.storage import check_writable
     from wsss.tracking import check_tracking_uri
 
+    check_names(args)
     if hasattr(args, "tracking_uri"):
         uri = args.tracking_uri
         if uri is None and hasattr(args, "config"):
@@ -377,8 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         preflight(args)
         return args.func(args)
-    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError, OutputError,
-            TrackingError, TrainingError) as err:
+    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError,
+            names.InvalidNameError, OutputError, TrackingError, TrainingError) as err:
         print(f"wsss {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -11,7 +11,7 @@ import dataclasses
 import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
@@ -36,6 +36,10 @@ class DataConfig:
     loader_workers: int = 0
 
     def validate(self) -> None:
+        from wsss.names import path_component_problem
+
+        for key in ("train_split", "val_split"):  # files <root>/ImageSets/Segmentation/<x>.txt
+            _check_name(f"data.{key}", getattr(self, key), path_component_problem)
         _check(self.crop_size >= 16, "data.crop_size", self.crop_size, ">= 16")
         _check(self.max_image_side >= self.crop_size, "data.max_image_side", self.max_image_side,
                ">= data.crop_size")
@@ -115,6 +119,11 @@ class TrackingConfig:
 
     uri: str | None = None
     experiment: str = "wsss"
+
+    def validate(self) -> None:
+        from wsss.names import experiment_name_problem
+
+        _check_name("tracking.experiment", self.experiment, experiment_name_problem)
 
 
 BG_MODES = ("threshold", "power")
@@ -379,6 +388,25 @@ def _dataclass_type(f: dataclasses.Field) -> type | None:
 def _check(ok: bool, key: str, value: Any, expected: str) -> None:
     if not ok:
         raise ConfigError(f"config value {key}={value!r} is out of range: expected {expected}")
+
+
+def _check_name(key: str, value: str, rule: Callable[[str], str | None]) -> None:
+    """ConfigError naming ``key`` when ``rule`` (from ``wsss.names``) finds ``value`` unfit."""
+    from wsss.names import shown
+
+    problem = rule(value)
+    if problem:
+        raise ConfigError(f"config value {key}={shown(value)} {problem}")
+
+
+def override(key: str, value: Any) -> str:
+    """The ``key=value`` override (see :func:`apply_overrides`) that sets ``key`` to exactly
+    ``value``: text is written as a double-quoted YAML scalar, so a folder called ``2024``,
+    ``yes`` or ``a: b`` stays that text (any character, emoji included, reads back the same)."""
+    if isinstance(value, str):
+        text = yaml.safe_dump(value, default_style='"', width=float("inf"), allow_unicode=False)
+        return f"{key}={text.strip().removesuffix('...').strip()}"
+    return f"{key}={value}"
 
 
 def _check_choice(key: str, value: Any, choices: Sequence[str]) -> None:

@@ -19,7 +19,6 @@ Conventions:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from wsss.data.voc import IGNORE_INDEX
+from wsss.names import check_class_names, mapped_class_keys
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -264,8 +264,12 @@ class SegmentationScores:
 
         Keys: ``miou``, ``pixel_accuracy``, ``macro_precision``, ``macro_recall``,
         ``fg_precision``/``fg_recall`` (with a background), and ``iou/<name>``,
-        ``precision/<name>``, ``recall/<name>`` for each class whose value is not NaN.
+        ``precision/<name>``, ``recall/<name>`` for each class whose value is not NaN, the
+        name made a valid MLflow key part by ``wsss.names.metric_key_part`` (``table()``
+        lists the names it changed). Raises ``wsss.names.InvalidNameError`` when two class
+        names would give one key (``wsss.names.check_class_names``).
         """
+        parts = check_class_names(self.class_names)
         out = {"miou": self.miou, "pixel_accuracy": self.pixel_accuracy,
                "macro_precision": self.macro_precision, "macro_recall": self.macro_recall}
         if self.fg_precision is not None:
@@ -273,13 +277,14 @@ class SegmentationScores:
             out["fg_recall"] = self.fg_recall
         for key, values in (("iou", self.iou), ("precision", self.precision),
                             ("recall", self.recall)):
-            for name, value in zip(self.class_names, values):
+            for part, value in zip(parts, values):
                 if not np.isnan(value):
-                    out[f"{key}/{_metric_name(name)}"] = value
+                    out[f"{key}/{part}"] = value
         return out
 
     def table(self) -> str:
-        """Fixed-width table (class, IoU, precision, recall in %) plus summary lines."""
+        """Fixed-width table (class, IoU, precision, recall in %) plus summary lines and, for
+        each class whose name ``summary()`` had to change in its metric keys, those keys."""
         width = max([5] + [len(n) for n in self.class_names])
         header = f"{'class':<{width}}  {'IoU':>7}  {'prec':>7}  {'recall':>7}"
         lines = [header, "-" * len(header)]
@@ -294,6 +299,9 @@ class SegmentationScores:
             bg = self.class_names[self.background]
             lines.append(f"foreground (not '{bg}'): precision {_pct(self.fg_precision).strip()}"
                          f"  recall {_pct(self.fg_recall).strip()}")
+        for part, name in mapped_class_keys(self.class_names).items():
+            lines.append(f"metric keys iou/{part}, precision/{part}, recall/{part}: "
+                         f"class {name!r}")
         return "\n".join(lines)
 
 
@@ -302,11 +310,6 @@ def _pct(value: float | None) -> str:
     if value is None or np.isnan(value):
         return f"{'-':>7}"
     return f"{100.0 * value:7.2f}"
-
-
-def _metric_name(name: str) -> str:
-    """Class name made safe for tracking keys (letters, digits, ``_-. ``)."""
-    return re.sub(r"[^0-9A-Za-z_\-. ]", "_", name)
 
 
 # ---------------------------------------------------------------- multi-label classification

@@ -30,7 +30,8 @@ import numpy as np
 
 from wsss.config import CamConfig, RefineConfig, TrackingConfig
 from wsss.data.voc import (IMAGE_DIR, IMAGE_SUFFIXES, MASK_DIR, SPLIT_DIR, DatasetError,
-                           decode_text, info_from_text, labels_from_text, split_from_text)
+                           decode_text, info_from_text, labels_from_text,
+                           split_file as split_file_name, split_from_text)
 from wsss.pseudo_label_tasks import (Job, CamExtractor, block_confusion, decode_batch,
                                      refine_and_write)
 from wsss.stages import GRID_SAMPLES, REPORT_FILE, StageReport
@@ -114,7 +115,7 @@ def read_rows(data: Location, split: str, only: Sequence[str] | None = None
         raise DatasetError(f"dataset folder not found: {data.uri}")
     classes = _read_text(data, "classes.txt") if data.is_file("classes.txt") else None
     info = info_from_text(data.uri, classes, data.name("classes.txt"))
-    split_file = (SPLIT_DIR, f"{split}.txt")
+    split_file = (SPLIT_DIR, split_file_name(split))
     if not data.is_file(*split_file):
         available = [n[:-4] for n in data.list_files(SPLIT_DIR) if n.endswith(".txt")]
         raise DatasetError(f"split file not found: {data.name(*split_file)} (available "

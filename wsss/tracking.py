@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from wsss.config import flatten
+from wsss.names import mlflow_limit, param_value_limit, tag_value_limit
 
-MAX_PARAM_LENGTH = 500
+PARAMS_ARTIFACT = "params_full.json"  # full text of the params that had to be shortened
+SHORTENED_TAG = "wsss.params_shortened"  # the keys of those params
 URI_ENV = "MLFLOW_TRACKING_URI"
 UNSENT_FILE = "mlflow_unsent.jsonl"
 UNSENT_ARTIFACTS = "mlflow_unsent_artifacts"
@@ -37,6 +39,7 @@ HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TI
 
 _offline: dict[str, str] = {}  # server URI -> why it stopped answering (this process)
 _unsent_files: dict[str, Path] = {}  # run id -> where its unsent records go (this process)
+_shortened: dict[str, dict[str, str]] = {}  # run id -> {key: full text} of shortened params
 
 
 class TrackingError(RuntimeError):
@@ -242,18 +245,80 @@ def _active_run_id() -> str | None:
     return run.info.run_id if run else None
 
 
-def log_params(params: Mapping[str, Any]) -> None:
-    """Log a (nested) dict as dotted params, values cut to MLflow's length limit."""
+def log_params(params: Mapping[str, Any], run_id: str | None = None,
+               uri: str | None = None) -> dict[str, str]:
+    """Log a (nested) dict as dotted params of the active run (or of ``run_id`` at ``uri``).
+
+    Values are logged in full up to MLflow's limit (``MAX_PARAM_VAL_LENGTH``, 6,000
+    characters in MLflow 3.17). A longer value is shortened (it ends with a note saying so);
+    its full text goes to the run's artifact ``params_full.json`` (``{key: full value}``, all
+    shortened params of the run) and the tag ``wsss.params_shortened`` lists the keys.
+    Returns ``{key: full value}`` of the values shortened by this call.
+    """
     import mlflow
+    from mlflow.entities import Param
 
     flat = flatten_params(params)
-    _guarded(mlflow.get_tracking_uri(), _active_run_id(), {"kind": "params", "values": flat},
-             lambda: mlflow.log_params(flat))
+    stored, full = fit_params(flat)
+    if run_id is None:
+        run_id, uri = _active_run_id(), mlflow.get_tracking_uri()
+    uri = resolve_tracking_uri(uri)
+    if full:
+        _shortened.setdefault(run_id or "", {}).update(full)
+    client = mlflow.MlflowClient(uri)
+
+    def send() -> None:
+        for batch in param_batches(stored):
+            client.log_batch(run_id, params=[Param(k, v) for k, v in batch.items()])
+        if full:
+            every = _shortened[run_id or ""]
+            client.log_text(run_id, json.dumps(every, indent=2, ensure_ascii=False),
+                            PARAMS_ARTIFACT)
+            client.set_tag(run_id, SHORTENED_TAG, shorten(", ".join(every), tag_value_limit(),
+                                                          f"all keys in {PARAMS_ARTIFACT}"))
+
+    _guarded(uri, run_id, {"kind": "params", "values": flat}, send)
+    return full
+
+
+def param_batches(params: Mapping[str, str]) -> Iterator[dict[str, str]]:
+    """``params`` in batches that one ``log_batch`` call takes: at most
+    ``MAX_PARAMS_TAGS_PER_BATCH`` entries and, as JSON, under ``MAX_BATCH_LOG_REQUEST_SIZE``
+    bytes (non-ASCII text may take 6 bytes a character there)."""
+    count = mlflow_limit("MAX_PARAMS_TAGS_PER_BATCH")
+    budget = mlflow_limit("MAX_BATCH_LOG_REQUEST_SIZE") // 2  # room for the request's frame
+    batch: dict[str, str] = {}
+    size = 0
+    for key, value in params.items():
+        item = len(json.dumps([key, value]))
+        if batch and (len(batch) >= count or size + item > budget):
+            yield batch
+            batch, size = {}, 0
+        batch[key], size = value, size + item
+    if batch:
+        yield batch
 
 
 def flatten_params(params: Mapping[str, Any]) -> dict[str, str]:
-    """A (nested) dict as dotted keys with string values cut to MLflow's length limit."""
-    return {k: _param_value(v) for k, v in flatten(params).items()}
+    """A (nested) dict as dotted keys with text values (lists joined by commas), in full."""
+    return {k: _param_text(v) for k, v in flatten(params).items()}
+
+
+def fit_params(flat: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(``flat`` with each value fitted to MLflow's param limit, ``{key: full value}`` of the
+    values that had to be shortened)."""
+    limit = param_value_limit()
+    stored = {k: shorten(v, limit, f"full text in {PARAMS_ARTIFACT}") for k, v in flat.items()}
+    return stored, {k: v for k, v in flat.items() if stored[k] != v}
+
+
+def shorten(text: str, limit: int, where: str) -> str:
+    """``text`` when it has at most ``limit`` characters, else its start followed by a note
+    ``... [cut: N characters in all; <where>]`` so that the whole has ``limit`` characters."""
+    if len(text) <= limit:
+        return text
+    note = f" ... [cut: {len(text)} characters in all; {where}]"
+    return text[:max(limit - len(note), 0)] + note[:limit]
 
 
 def log_metrics(metrics: Mapping[str, Any], step: int | None = None,
@@ -305,9 +370,8 @@ def log_text(text: str, name: str) -> None:
              {"kind": "text", "name": name, "text": text}, lambda: mlflow.log_text(text, name))
 
 
-def _param_value(value: Any) -> str:
-    text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-    return text[:MAX_PARAM_LENGTH]
+def _param_text(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 class StepLog:

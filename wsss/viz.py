@@ -85,7 +85,8 @@ def overlay_grid(images: np.ndarray | Sequence[np.ndarray], maps: Sequence[np.nd
         for col, (picture, caption) in enumerate(panels):
             ax = axes[row, col]
             ax.imshow(picture, interpolation="nearest")
-            ax.set_title((prefix if col == 0 else "") + caption, fontsize=7)
+            # Class names and ids are text: a "$" must not start matplotlib's math mode.
+            ax.set_title((prefix if col == 0 else "") + caption, fontsize=7, parse_math=False)
             ax.set_axis_off()
     fig.tight_layout()
     return _save_figure(fig, Path(path))

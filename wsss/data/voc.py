@@ -26,6 +26,7 @@ from wsss.data import errors
 from wsss.data.decode import fit_size, load_mask, load_rgb  # noqa: F401  (the readers' API)
 from wsss.data.errors import DatasetError
 from wsss.data.palette import IGNORE_INDEX
+from wsss.names import InvalidNameError, check_class_names, path_component_problem, shown
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -87,30 +88,37 @@ def read_text(path: Path) -> str:
 
 
 def decode_text(data: bytes, source: str) -> str:
-    """``data`` decoded as UTF-8; ``source`` names the file in the error."""
+    """``data`` decoded as UTF-8 (a leading byte-order mark dropped); ``source`` names the
+    file in the error."""
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise DatasetError(f"{source}: not UTF-8 text ({err.reason} at byte {err.start})") from err
 
 
 def info_from_text(root: str, classes_text: str | None, source: str) -> DatasetInfo:
     """``DatasetInfo`` from the content of ``classes.txt`` (None: VOC's classes); ``source``
-    names the file in errors."""
+    names the file in errors.
+
+    One name a line, white space at either end dropped, blank lines skipped. DatasetError
+    for a name with a control character, a name listed twice, and names whose per-class
+    metric keys would be too long or collide (``wsss.names.check_class_names``).
+    """
     if classes_text is None:
-        names = VOC_CLASSES
-    else:
-        names = tuple(line.strip() for line in classes_text.splitlines() if line.strip())
-        if not names:
-            raise DatasetError(f"{source}: no class names")
-        if len(set(names)) != len(names):
-            raise DatasetError(f"{source}: duplicate class names")
+        return DatasetInfo(root, VOC_CLASSES, True)
+    names = tuple(line.strip() for line in classes_text.splitlines() if line.strip())
+    if not names:
+        raise DatasetError(f"{source}: no class names")
+    try:
+        check_class_names(names)
+    except InvalidNameError as err:
+        raise DatasetError(f"{source}: {err}") from err
     return DatasetInfo(root, names, names[0].lower() == "background")
 
 
 def read_split(root: str | Path, split: str) -> list[str]:
     """Ids listed in ``ImageSets/Segmentation/<split>.txt`` (first column, blank lines skipped)."""
-    path = Path(root) / SPLIT_DIR / f"{split}.txt"
+    path = Path(root) / SPLIT_DIR / split_file(split)
     if not path.is_file():
         available = sorted(p.stem for p in path.parent.glob("*.txt")) if path.parent.is_dir() else []
         raise DatasetError(f"split file not found: {path} (available splits: "
@@ -121,21 +129,38 @@ def read_split(root: str | Path, split: str) -> list[str]:
 def split_from_text(text: str, source: str) -> list[str]:
     """Ids of a split file's content (first column, blank lines skipped); ``source`` names the
     file in errors."""
-    ids = [line.split()[0] for line in text.splitlines() if line.strip()]
-    if not ids:
+    numbered = [(n, line.split()[0]) for n, line in enumerate(text.splitlines(), 1)
+                if line.strip()]
+    if not numbered:
         raise DatasetError(f"split file is empty: {source}")
-    for sample_id in ids:
+    first_line: dict[str, int] = {}
+    for number, sample_id in numbered:
         check_id(sample_id, source)
-    return ids
+        if sample_id in first_line:  # its outputs would be written twice
+            raise DatasetError(f"{source}: id {shown(sample_id)} is listed twice (lines "
+                               f"{first_line[sample_id]} and {number})")
+        first_line[sample_id] = number
+    return [sample_id for _, sample_id in numbered]
 
 
 def check_id(sample_id: str, source: str) -> None:
-    """DatasetError unless ``sample_id`` is a plain file name: no folder separator, not ``.``
-    or ``..``, no control character, so ``<folder>/<id>.<ext>`` stays inside ``<folder>``."""
-    if (sample_id in (".", "..") or "/" in sample_id or "\\" in sample_id
-            or any(ord(ch) < 32 or ord(ch) == 127 for ch in sample_id)):
-        raise DatasetError(f"{source}: id {sample_id!r} is not a plain file name (ids name "
-                           f"files inside the dataset folder)")
+    """DatasetError unless ``sample_id`` is a plain file name (``wsss.names.
+    path_component_problem``): no folder separator, not ``.`` or ``..``, no control character,
+    at most 200 bytes, so ``<folder>/<id>.<ext>`` stays inside ``<folder>`` and fits."""
+    problem = path_component_problem(sample_id)
+    if problem:
+        raise DatasetError(f"{source}: id {shown(sample_id)} is not a plain file name: it "
+                           f"{problem} (ids name files inside the dataset folder)")
+
+
+def split_file(split: str) -> str:
+    """The file name ``<split>.txt`` of a split; DatasetError when ``split`` is not a plain
+    file name (``wsss.names.path_component_problem``)."""
+    problem = path_component_problem(split)
+    if problem:
+        raise DatasetError(f"split name {shown(split)} is not a plain file name: it {problem} "
+                           f"(splits are files {SPLIT_DIR}/<split>.txt)")
+    return f"{split}.txt"
 
 
 @dataclass

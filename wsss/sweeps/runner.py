@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from wsss.config import ExperimentConfig, load_config
+from wsss.config import ExperimentConfig, load_config, override
 from wsss.sweeps.spaces import LR, Knob, Space, apply_trial
 from wsss.sweeps.trial import TIME_ATTR, train_trial
 
@@ -124,12 +124,13 @@ def build_parser(sweep: Sweep, description: str | None) -> argparse.ArgumentPars
 
 def base_config(args: argparse.Namespace, data_root: Path) -> ExperimentConfig:
     """Defaults for every trial; ``--smoke-test`` makes them tiny."""
-    overrides = [f"data.root={data_root}", f"train.seed={args.seed}", "train.batch_size=8",
-                 f"train.epochs={args.epochs or (1 if args.smoke_test else 4)}",
+    epochs = args.epochs or (1 if args.smoke_test else 4)
+    overrides = [override("data.root", str(data_root)), f"train.seed={args.seed}",
+                 "train.batch_size=8", f"train.epochs={epochs}",
                  f"data.crop_size={64 if args.smoke_test else 96}",
-                 f"tracking.experiment={args.experiment}"]
+                 override("tracking.experiment", args.experiment)]
     if args.tracking_uri:
-        overrides.append(f"tracking.uri={args.tracking_uri}")
+        overrides.append(override("tracking.uri", args.tracking_uri))
     return load_config(None, overrides + list(args.overrides))
 
 

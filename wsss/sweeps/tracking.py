@@ -20,20 +20,31 @@ def _client(uri: str) -> Any:
 
 
 def find_runs(uri: str, experiment: str, filters: Mapping[str, str]) -> list[Any]:
-    """Runs of ``experiment`` whose tags equal ``filters``, newest first ([] if none)."""
+    """Runs of ``experiment`` whose tags equal ``filters`` exactly, newest first ([] if none).
+
+    Each value goes into the search filter as a quoted literal (``wsss.names.filter_literal``)
+    when one can hold it; every run found is then compared in Python too, so a value no
+    literal can express (both quotes) and stores that compare text loosely (MySQL ignores case
+    and trailing spaces) cannot widen or change the match.
+    """
+    from wsss.names import filter_literal
+
     client = _client(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return []
-    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in filters.items())
-    return client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time DESC"],
-                              max_results=10000)
+    clauses = [f"tags.`{key}` = {filter_literal(value)}" for key, value in filters.items()
+               if filter_literal(value) is not None]
+    runs = client.search_runs([exp.experiment_id], " and ".join(clauses),
+                              order_by=["attributes.start_time DESC"], max_results=10000)
+    return [run for run in runs
+            if all(run.data.tags.get(key) == value for key, value in filters.items())]
 
 
 def sweep_run(uri: str, experiment: str, sweep_name: str, params: Mapping[str, Any],
               resume: bool) -> str:
     """Id of the sweep's parent run: the newest one when resuming, else a new one."""
-    from wsss.tracking import ensure_experiment, flatten_params
+    from wsss.tracking import ensure_experiment, log_params
 
     if resume:
         runs = find_runs(uri, experiment, {ROLE: "sweep", SWEEP: sweep_name})
@@ -43,14 +54,13 @@ def sweep_run(uri: str, experiment: str, sweep_name: str, params: Mapping[str, A
     client = _client(uri)
     run = client.create_run(ensure_experiment(experiment, uri), run_name=sweep_name,
                             tags={ROLE: "sweep", SWEEP: sweep_name, "stage": "sweep"})
-    for key, value in flatten_params(params).items():
-        client.log_param(run.info.run_id, key, value)
+    log_params(params, run_id=run.info.run_id, uri=uri)
     return run.info.run_id
 
 
 def trial_run(ctx: Any, trial_id: str, trial_name: str, cfg: ExperimentConfig) -> str:
     """Id of the trial's child run (created on the trial's first start, reused on retries)."""
-    from wsss.tracking import ensure_experiment, flatten_params
+    from wsss.tracking import ensure_experiment, log_params
 
     filters = {ROLE: "trial", SWEEP: ctx.experiment, TRIAL_ID: trial_id,
                "mlflow.parentRunId": ctx.parent_run_id}
@@ -61,11 +71,7 @@ def trial_run(ctx: Any, trial_id: str, trial_name: str, cfg: ExperimentConfig) -
         return runs[0].info.run_id
     run = client.create_run(ensure_experiment(ctx.experiment, ctx.tracking_uri),
                             run_name=trial_name, tags={**filters, "stage": "sweep-trial"})
-    from mlflow.entities import Param
-
-    params = [Param(k, v) for k, v in flatten_params(cfg.to_dict()).items()]
-    for start in range(0, len(params), 100):
-        client.log_batch(run.info.run_id, params=params[start:start + 100])
+    log_params(cfg.to_dict(), run_id=run.info.run_id, uri=ctx.tracking_uri)
     return run.info.run_id
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -20,13 +21,14 @@ def main(sweep: Sweep, argv: Sequence[str] | None = None, description: str | Non
     """Entry point of a sweep script: parse options, run the sweep, print the best trial."""
     from wsss.config import ConfigError
     from wsss.data.voc import DatasetError
+    from wsss.names import InvalidNameError
     from wsss.storage import OutputError
     from wsss.tracking import TrackingError
 
     args = build_parser(sweep, description).parse_args(argv)
     try:
         best = run_sweep(sweep, args)
-    except (ConfigError, DatasetError, OutputError, TrackingError) as err:
+    except (ConfigError, DatasetError, InvalidNameError, OutputError, TrackingError) as err:
         print(f"{sweep.name} sweep: error: {err}", file=sys.stderr)
         return 2
     return 0 if best is not None else 1
@@ -35,6 +37,7 @@ def main(sweep: Sweep, argv: Sequence[str] | None = None, description: str | Non
 def run_sweep(sweep: Sweep, args: argparse.Namespace) -> dict[str, Any] | None:
     """Run (or resume) the sweep; returns the best trial's row (None if no trial scored)."""
     from wsss import tracking
+    from wsss.names import check_name, sweep_experiment_problem
     from wsss.ray_utils import init_ray
     from wsss.sweeps.tracking import sweep_run
 
@@ -42,8 +45,11 @@ def run_sweep(sweep: Sweep, args: argparse.Namespace) -> dict[str, Any] | None:
     from wsss.train.classifier import scan_training_data
 
     start = time.perf_counter()
-    # Before any compute: a tracking server that answers, folders that can be written, a
-    # dataset whose training split can be read (scanned once for every trial).
+    # Before any compute: names that fit, a tracking server that answers, folders that can be
+    # written, a dataset whose training split can be read (scanned once for every trial).
+    check_name(args.experiment, "--experiment", sweep_experiment_problem,
+               "a sweep's experiment is also its Tune run name and a folder under --workdir "
+               "and --storage-path")
     uri = tracking.check_tracking_uri(args.tracking_uri)
     storage = args.storage_path or str((Path(args.workdir) / "ray").resolve())
     check_writable(args.workdir, "--workdir folder")
@@ -186,6 +192,6 @@ def _print_summary(args: argparse.Namespace, uri: str, parent: str, best: dict |
     print(f"\nsweep '{args.experiment}' finished in {seconds:.0f}s; best trial "
           f"{best['trial_id']}: {OBJECTIVE}={best['objective']:.4f} ({knobs})\n"
           f"MLflow: parent run {parent} in experiment '{args.experiment}' at {uri}\n"
-          f"  wsss compare --experiment {args.experiment}"
+          f"  wsss compare --experiment {shlex.quote(args.experiment)}"
           + (f" --tracking-uri {uri}" if args.tracking_uri else "") + "\n"
           f"  mlflow ui --backend-store-uri {uri}")
