@@ -77,7 +77,8 @@ def class_scores(maps: np.ndarray | torch.Tensor, class_ids: Sequence[int],
 
 
 def dense_crf(image: np.ndarray, probs: np.ndarray, params: RefineConfig) -> np.ndarray:
-    """Mean-field inference of a fully connected CRF (Kraehenbuehl & Koltun, 2011).
+    """Mean-field inference of a fully connected CRF (Kraehenbuehl & Koltun, 2011), computed by
+    pydensecrf in a warm child process (``wsss.native_crf``).
 
     Unary ``-log(clip(probs, crf_min_prob, 1))``; a Gaussian kernel (``crf_gaussian_sxy``,
     ``crf_gaussian_compat``) and a bilateral kernel (``crf_bilateral_sxy``,
@@ -91,7 +92,16 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, params: RefineConfig) -> np.
 
     Returns:
         float32 [K, H, W], per-pixel distributions (``probs`` itself when K <= 1).
+
+    Raises:
+        ValueError: mismatched shapes, NaN or infinite probabilities, an image too large for
+            pydensecrf, or (``ConfigError``, naming the key) a ``crf_*`` value outside what
+            pydensecrf computes correctly on this image (``wsss.crf_limits``).
+        NativeCrash: pydensecrf crashed (segfault, abort); the next call starts a new worker.
     """
+    from wsss.crf_limits import size_violation
+    from wsss.native_crf import CRF_WORKER, MeanFieldJob, mean_field
+
     params.validate()
     probs = np.asarray(probs, dtype=np.float32)
     image = np.asarray(image)
@@ -101,17 +111,19 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, params: RefineConfig) -> np.
     num, height, width = probs.shape
     if num <= 1:
         return probs
-    import pydensecrf.densecrf as dcrf
-
-    crf = dcrf.DenseCRF2D(width, height, num)
+    params.check_crf(width, height)
+    too_large = size_violation(width, height, num)
+    if too_large is not None:
+        raise ValueError(too_large)
+    if not np.isfinite(probs).all():
+        raise ValueError("the CRF's class probabilities contain NaN or infinity")
     unary = -np.log(np.clip(probs, params.crf_min_prob, 1.0)).reshape(num, -1)
-    crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
-    crf.addPairwiseGaussian(sxy=params.crf_gaussian_sxy, compat=params.crf_gaussian_compat)
-    crf.addPairwiseBilateral(sxy=params.crf_bilateral_sxy, srgb=params.crf_bilateral_srgb,
-                             rgbim=np.ascontiguousarray(image, dtype=np.uint8),
-                             compat=params.crf_bilateral_compat)
-    refined = crf.inference(params.crf_iterations)
-    return np.asarray(refined, dtype=np.float32).reshape(num, height, width)
+    job = MeanFieldJob(np.ascontiguousarray(image, dtype=np.uint8),
+                       np.ascontiguousarray(unary, dtype=np.float32),
+                       (params.crf_gaussian_sxy, params.crf_gaussian_compat),
+                       (params.crf_bilateral_sxy, params.crf_bilateral_srgb,
+                        params.crf_bilateral_compat), params.crf_iterations)
+    return CRF_WORKER.call(mean_field, job).reshape(num, height, width)
 
 
 def normalise_scores(scores: np.ndarray, eps: float = 1e-8) -> np.ndarray:

@@ -19,10 +19,12 @@ from tqdm import tqdm
 from wsss.config import ExperimentConfig, RefineConfig, TrackingConfig
 from wsss.data.voc import DatasetError, VOCDataset, load_mask
 from wsss.metrics import ConfusionMatrix, SegmentationScores
+from wsss.native_crf import NativeCrash
 from wsss.stages import GRID_SAMPLES, REPORT_FILE, StageReport, _plain
 from wsss.viz import save_mask_png
 
-_INPUT_ERRORS = (DatasetError, FileNotFoundError, ValueError)
+# one image's failure: a bad input, or its dense CRF crashed in the worker process
+_INPUT_ERRORS = (DatasetError, FileNotFoundError, ValueError, NativeCrash)
 
 
 # -- refine -----------------------------------------------------------------------------------
