@@ -18,13 +18,14 @@ from wsss.sweeps.trial import OBJECTIVE, PLACEMENT_GROUP, SweepContext
 
 def main(sweep: Sweep, argv: Sequence[str] | None = None, description: str | None = None) -> int:
     """Entry point of a sweep script: parse options, run the sweep, print the best trial."""
+    from wsss.config import ConfigError
     from wsss.storage import OutputError
     from wsss.tracking import TrackingError
 
     args = build_parser(sweep, description).parse_args(argv)
     try:
         best = run_sweep(sweep, args)
-    except (OutputError, TrackingError) as err:
+    except (ConfigError, OutputError, TrackingError) as err:
         print(f"{sweep.name} sweep: error: {err}", file=sys.stderr)
         return 2
     return 0 if best is not None else 1
@@ -34,6 +35,7 @@ def run_sweep(sweep: Sweep, args: argparse.Namespace) -> dict[str, Any] | None:
     """Run (or resume) the sweep; returns the best trial's row (None if no trial scored)."""
     from wsss import tracking
     from wsss.ray_utils import init_ray
+    from wsss.sweeps.spaces import check_space
     from wsss.sweeps.tracking import sweep_run
 
     from wsss.storage import check_writable
@@ -44,10 +46,11 @@ def run_sweep(sweep: Sweep, args: argparse.Namespace) -> dict[str, Any] | None:
     storage = args.storage_path or str((Path(args.workdir) / "ray").resolve())
     check_writable(args.workdir, "--workdir folder")
     check_writable(storage, "--storage-path folder")
-    init_ray(args.address)
     workdir = (Path(args.workdir) / args.experiment).resolve()
     data = dataset_root(args, Path(args.workdir).resolve())
     cfg = base_config(args, data)
+    check_space(sweep.space(args.smoke_test), cfg)  # every proposal is a valid config
+    init_ray(args.address)
     tracking.ensure_experiment(args.experiment, uri)
     parent = sweep_run(uri, args.experiment, args.experiment, _sweep_params(args, cfg),
                        args.resume)
