@@ -42,17 +42,23 @@ def _job(height: int = 60, width: int = 80, bilateral_sxy: float = 80.0) -> Mean
 def test_a_native_crash_fails_the_call_and_the_next_call_gets_a_new_worker():
     good = _job()
     assert np.array_equal(CRF_WORKER.call(mean_field, good), mean_field(good))
+    first = CRF_WORKER.pid
     with pytest.raises(NativeCrash, match=r"^dense CRF crashed \(SIGSEGV\)$"):
         CRF_WORKER.call(mean_field, _job(bilateral_sxy=float("nan")))  # segfaults pydensecrf
+    assert CRF_WORKER.pid is None
     assert np.array_equal(CRF_WORKER.call(mean_field, good), mean_field(good))
+    assert CRF_WORKER.pid not in (None, first)
 
 
 def test_an_exception_in_the_worker_is_raised_in_the_caller():
     job = _job()
     wrong = MeanFieldJob(job.image, job.unary[:, :-1].copy(), job.gaussian, job.bilateral, 5)
+    CRF_WORKER.call(mean_field, job)
+    worker = CRF_WORKER.pid
     with pytest.raises(ValueError, match="Bad shape for unary energy"):
         CRF_WORKER.call(mean_field, wrong)
     assert CRF_WORKER.call(mean_field, job).shape == (3, 60 * 80)
+    assert CRF_WORKER.pid == worker  # an exception is not a crash: the same child goes on
 
 
 # -- batch stages: one image's CRF aborts -----------------------------------------------------

@@ -22,6 +22,7 @@ This module imports only numpy (and pydensecrf when a call runs): it is what the
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import signal
@@ -88,6 +89,12 @@ class NativeWorker:
         self._process: subprocess.Popen | None = None
         self._conn: Connection | None = None
         self._owner = 0  # pid that started the child (a forked copy must start its own)
+
+    @property
+    def pid(self) -> int | None:
+        """The process id of the current child (None before the first call and after a crash
+        or ``close``)."""
+        return self._process.pid if self._process is not None else None
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` in the child (``fn`` and the arguments must pickle); raises what
@@ -164,6 +171,9 @@ def serve(fd: int) -> None:
             fn, args = conn.recv()
         except EOFError:
             return
+        except Exception as err:  # noqa: BLE001 - e.g. a function the child cannot import
+            conn.send((False, RuntimeError(f"the worker process cannot load the call: {err}")))
+            continue
         if crash_sha1 and _first_array_sha1(args) == crash_sha1:
             os.abort()
         try:
@@ -187,3 +197,4 @@ def _first_array_sha1(args: tuple) -> str | None:
 
 
 CRF_WORKER = NativeWorker("dense CRF")
+atexit.register(CRF_WORKER.close)  # without it the child still ends: it reads end-of-file

@@ -20,7 +20,9 @@ import numpy as np
 import torch
 
 from wsss.config import RefineConfig
+from wsss.crf_limits import size_violation
 from wsss.data.voc import IGNORE_INDEX
+from wsss.native_crf import CRF_WORKER, MeanFieldJob, mean_field
 
 BACKGROUND = 0
 
@@ -94,14 +96,25 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, params: RefineConfig) -> np.
         float32 [K, H, W], per-pixel distributions (``probs`` itself when K <= 1).
 
     Raises:
+        ValueError: see :func:`crf_job`.
+        NativeCrash: pydensecrf crashed (segfault, abort); the next call starts a new worker.
+    """
+    job = crf_job(image, probs, params)
+    if job is None:
+        return np.asarray(probs, dtype=np.float32)
+    height, width = job.image.shape[:2]
+    return CRF_WORKER.call(mean_field, job).reshape(-1, height, width)
+
+
+def crf_job(image: np.ndarray, probs: np.ndarray, params: RefineConfig) -> MeanFieldJob | None:
+    """The checked input of :func:`dense_crf` for ``wsss.native_crf.mean_field``: contiguous
+    image uint8 [H, W, 3] and unary float32 [K, H * W], the kernels; None when K <= 1.
+
+    Raises:
         ValueError: mismatched shapes, NaN or infinite probabilities, an image too large for
             pydensecrf, or (``ConfigError``, naming the key) a ``crf_*`` value outside what
             pydensecrf computes correctly on this image (``wsss.crf_limits``).
-        NativeCrash: pydensecrf crashed (segfault, abort); the next call starts a new worker.
     """
-    from wsss.crf_limits import size_violation
-    from wsss.native_crf import CRF_WORKER, MeanFieldJob, mean_field
-
     params.validate()
     probs = np.asarray(probs, dtype=np.float32)
     image = np.asarray(image)
@@ -110,7 +123,7 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, params: RefineConfig) -> np.
                          f"got {image.shape}")
     num, height, width = probs.shape
     if num <= 1:
-        return probs
+        return None
     params.check_crf(width, height)
     too_large = size_violation(width, height, num)
     if too_large is not None:
@@ -118,12 +131,11 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, params: RefineConfig) -> np.
     if not np.isfinite(probs).all():
         raise ValueError("the CRF's class probabilities contain NaN or infinity")
     unary = -np.log(np.clip(probs, params.crf_min_prob, 1.0)).reshape(num, -1)
-    job = MeanFieldJob(np.ascontiguousarray(image, dtype=np.uint8),
-                       np.ascontiguousarray(unary, dtype=np.float32),
-                       (params.crf_gaussian_sxy, params.crf_gaussian_compat),
-                       (params.crf_bilateral_sxy, params.crf_bilateral_srgb,
-                        params.crf_bilateral_compat), params.crf_iterations)
-    return CRF_WORKER.call(mean_field, job).reshape(num, height, width)
+    return MeanFieldJob(np.ascontiguousarray(image, dtype=np.uint8),
+                        np.ascontiguousarray(unary, dtype=np.float32),
+                        (params.crf_gaussian_sxy, params.crf_gaussian_compat),
+                        (params.crf_bilateral_sxy, params.crf_bilateral_srgb,
+                         params.crf_bilateral_compat), params.crf_iterations)
 
 
 def normalise_scores(scores: np.ndarray, eps: float = 1e-8) -> np.ndarray:
