@@ -100,6 +100,28 @@ def test_width_limits_scale_with_the_largest_image():
         load_config(None, ["refine.crf_gaussian_sxy=0.3", "data.max_image_side=4096"])
 
 
+def test_stage_functions_check_the_refine_config_before_any_work(tmp_path, monkeypatch):
+    """Python callers of the batch stages get the same error, before any file is read."""
+    from wsss.pseudo_label import PipelineOptions, run_pseudo_label
+    from wsss.rescore import rescore_maps
+    from wsss.stages_segmentation import run_refine
+
+    monkeypatch.setattr("wsss.ray_utils.init_ray", _no_ray)
+    cfg = RefineConfig(crf_gaussian_sxy=0.05)  # fine on small images, too narrow at 1024 px
+    message = re.escape("config value refine.crf_gaussian_sxy=0.05 is out of range: expected "
+                        ">= 0.0854 for the Gaussian kernel on images up to 1024x1024 px")
+    missing, out = tmp_path / "missing", tmp_path / "out"
+    with pytest.raises(ConfigError, match=message):
+        run_refine(missing, missing, "train", out, cfg, max_image_side=1024)
+    with pytest.raises(ConfigError, match=message):
+        run_pseudo_label(missing, missing, "train", out, refine_cfg=cfg,
+                         options=PipelineOptions(max_image_side=1024))
+    with pytest.raises(ConfigError, match=message):
+        next(rescore_maps(missing, missing, "train", ["a"], cfg, "cam", max_image_side=1024))
+    assert not out.exists()
+    cfg.validate_for(64)  # 0.05 px is valid on images up to 64 px: no error
+
+
 def _at_the_limit(side: int) -> RefineConfig:
     """Every kernel width lowered to the smallest value the check accepts on side x side
     images: each refusal names the next width to raise and the value it needs."""

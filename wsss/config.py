@@ -170,6 +170,12 @@ class RefineConfig:
             _check(0.0 <= getattr(self, key) <= 1.0, f"refine.{key}", getattr(self, key),
                    "in [0, 1]")
 
+    def validate_for(self, max_image_side: int) -> None:
+        """``validate``, and the CRF limits on images up to ``max_image_side`` px a side (what
+        a stage checks before any work; raises ConfigError)."""
+        self.validate()
+        self.check_crf(max_image_side, max_image_side)
+
     def check_crf(self, width: int = 1, height: int = 1) -> None:
         """Raise ConfigError naming the first ``crf_*`` value that pydensecrf cannot compute
         correctly on images up to ``width`` x ``height`` px (limits: ``wsss.crf_limits``)."""
