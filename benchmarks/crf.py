@@ -1,8 +1,11 @@
-"""Dense CRF over the present classes only vs over all classes (absent ones scored 0).
+"""Dense CRF over the present classes only vs over all classes (absent ones scored 0); and the
+cost of containing pydensecrf in a warm child process (``wsss.native_crf``) vs calling it in
+this process.
 
 Both variants refine the same CAM-like maps of the same images in one process: labels are
 compared pixel by pixel and the two are timed image by image in alternating order, so
-background load affects them alike. The maps imitate upsampled class activation maps: the
+background load affects them alike. The containment comparison times the very same CRF input
+(present classes) both ways, also alternating, and checks that the results are identical. The maps imitate upsampled class activation maps: the
 one-hot ground truth of the present classes, average-pooled by 16 and bilinearly upsampled.
 Images are MSRC-21 photographs (about 320x213, 2-3 of 21 classes present) when the dataset is
 found, else synthetic images of that size.
@@ -29,7 +32,8 @@ import torch.nn.functional as F
 
 from cams import cpu_model  # benchmarks/cams.py (this folder is on sys.path as a script)
 from wsss.config import RefineConfig
-from wsss.refine import dense_crf, normalise_scores
+from wsss.native_crf import CRF_WORKER, mean_field
+from wsss.refine import crf_job, normalise_scores
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "crf.md"
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "msrc21"
@@ -105,10 +109,16 @@ def synthetic_cases(args: argparse.Namespace) -> tuple[list[Case], int, str]:
     return cases, args.num_classes, "synthetic images 320x213"
 
 
+def solve(image: np.ndarray, probs: np.ndarray, cfg: RefineConfig) -> np.ndarray:
+    """``wsss.refine.dense_crf`` computed in this process (so its CPU time is counted here):
+    distributions [K, H * W]."""
+    return mean_field(crf_job(image, probs, cfg))
+
+
 def refine_present(image: np.ndarray, maps: np.ndarray, ids: np.ndarray, num_classes: int,
                    cfg: RefineConfig) -> np.ndarray:
     """Labels [H, W] of the CRF over the K present classes only."""
-    return ids[dense_crf(image, normalise_scores(maps), cfg).argmax(axis=0)]
+    return ids[solve(image, normalise_scores(maps), cfg).argmax(axis=0)].reshape(maps.shape[1:])
 
 
 def refine_all(image: np.ndarray, maps: np.ndarray, ids: np.ndarray, num_classes: int,
@@ -116,7 +126,7 @@ def refine_all(image: np.ndarray, maps: np.ndarray, ids: np.ndarray, num_classes
     """Labels [H, W] of the CRF over all classes: the same probabilities, absent classes 0."""
     full = np.zeros((num_classes,) + maps.shape[1:], dtype=np.float32)
     full[ids] = normalise_scores(maps)
-    return dense_crf(image, full, cfg).argmax(axis=0)
+    return solve(image, full, cfg).argmax(axis=0).reshape(maps.shape[1:])
 
 
 VARIANTS = {"present classes only": refine_present, "all classes": refine_all}
@@ -152,6 +162,68 @@ def run(cases: list[Case], num_classes: int, repeats: int) -> tuple[dict, dict, 
     return wall, cpu, (same_pixels, total, same_images)
 
 
+def run_containment(cases: list[Case], repeats: int) -> tuple[dict, dict, bool]:
+    """Wall and CPU seconds per repeat of the CRF in this process and in the child process
+    (same inputs, order alternating per image); whether the results are identical.
+
+    The contained CPU time is this process's (pickling, socket) plus the child's (psutil).
+    """
+    import psutil
+
+    jobs = [crf_job(image, normalise_scores(maps), RefineConfig()) for image, maps, _ in cases]
+    CRF_WORKER.call(mean_field, jobs[0])  # warm-up: starts the child
+    child = psutil.Process(CRF_WORKER.pid)
+
+    def cpu() -> float:
+        times = child.cpu_times()
+        return time.process_time() + times.user + times.system
+
+    modes = {"in-process call": lambda job: mean_field(job),
+             "contained (child process)": lambda job: CRF_WORKER.call(mean_field, job)}
+    wall: dict[str, list[float]] = {name: [] for name in modes}
+    cpus: dict[str, list[float]] = {name: [] for name in modes}
+    identical = True
+    for repeat in range(repeats):
+        spent = {name: [0.0, 0.0] for name in modes}
+        for index, job in enumerate(jobs):
+            results = []
+            for name in list(modes)[::1 if (index + repeat) % 2 == 0 else -1]:
+                start, start_cpu = time.perf_counter(), cpu()
+                results.append(modes[name](job))
+                spent[name][0] += time.perf_counter() - start
+                spent[name][1] += cpu() - start_cpu
+            identical &= bool(np.array_equal(*results))
+        for name, (seconds, cpu_seconds) in spent.items():
+            wall[name].append(seconds)
+            cpus[name].append(cpu_seconds)
+        print(f"containment repeat {repeat}: " + ", ".join(
+            f"{k} {w:.2f}s wall {c:.2f}s CPU" for k, (w, c) in spent.items()),
+            file=sys.stderr, flush=True)
+    return wall, cpus, identical
+
+
+def containment_lines(cases: list[Case], results: tuple[dict, dict, bool]) -> list[str]:
+    """Markdown section: seconds per image both ways (wall and CPU) and their ratios."""
+    wall, cpus, identical = results
+    inside, contained = "in-process call", "contained (child process)"
+    med = {k: statistics.median(v) / len(cases) for k, v in wall.items()}
+    med_cpu = {k: statistics.median(v) / len(cases) for k, v in cpus.items()}
+    lines = ["## Contained CRF vs in-process call", "",
+             f"The same {len(cases)} CRF inputs (present classes) solved by pydensecrf in this "
+             "process and in the warm child process `wsss.native_crf.CRF_WORKER` (input and "
+             "output pickled over a socket), alternating per image; "
+             f"{len(next(iter(wall.values())))} repeat(s). CPU: this process plus the child.",
+             "", "| mode | wall s / image (median) | min wall s / image | CPU s / image "
+             "(median) |", "|---|---:|---:|---:|"]
+    for name in (inside, contained):
+        lines.append(f"| {name} | {med[name]:.4f} | {min(wall[name]) / len(cases):.4f} | "
+                     f"{med_cpu[name]:.4f} |")
+    return lines + ["", f"- contained / in-process: **{med[contained] / med[inside]:.3f}x** "
+                    f"wall (median), {min(wall[contained]) / min(wall[inside]):.3f}x wall "
+                    f"(fastest repeats), **{med_cpu[contained] / med_cpu[inside]:.3f}x CPU**",
+                    f"- results identical: {identical}", ""]
+
+
 def machine_lines(command: str, load: tuple[tuple[float, ...], tuple[float, ...]]) -> list[str]:
     """Markdown 'Command' and 'Machine' sections (shared by the segmentation benchmark)."""
     return ["## Command", "", "```", command, "```", "", "## Machine", "",
@@ -162,7 +234,7 @@ def machine_lines(command: str, load: tuple[tuple[float, ...], tuple[float, ...]
 
 
 def render(description: str, cases: list[Case], num_classes: int, results: tuple,
-           command: str, load: tuple) -> str:
+           containment: tuple, command: str, load: tuple) -> str:
     wall, cpu, (same_pixels, total, same_images) = results
     med = {k: statistics.median(v) for k, v in wall.items()}
     med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
@@ -188,6 +260,7 @@ def render(description: str, cases: list[Case], num_classes: int, results: tuple
               "fully identical",
               f"- speed-up of present-only over all classes: **{ratio:.2f}x** wall (median), "
               f"{ratio_cpu:.2f}x CPU", ""]
+    lines += containment_lines(cases, containment)
     return "\n".join(lines + machine_lines(command, load)) + "\n"
 
 
@@ -198,7 +271,8 @@ def main(argv: list[str] | None = None) -> None:
     has_data = (args.data / "ImageSets").is_dir()
     cases, num_classes, description = dataset_cases(args) if has_data else synthetic_cases(args)
     results = run(cases, num_classes, args.repeats)
-    publish(render(description, cases, num_classes, results, command,
+    containment = run_containment(cases, args.repeats)
+    publish(render(description, cases, num_classes, results, containment, command,
                    (load_start, os.getloadavg())), args.out)
 
 

@@ -518,7 +518,7 @@ def test_unknown_config_key_lists_the_valid_ones(override, message, tmp_path, tr
      "config value method.params.dilations=() is out of range: expected a non-empty list of "
      "distinct positive integers that includes 1"),
     ("refine", ["refine.crf_iterations=0"],
-     "config value refine.crf_iterations=0 is out of range: expected >= 1"),
+     "config value refine.crf_iterations=0 is out of range: expected in [1, 100]"),
     ("refine", ["refine.crf_iterations=ten"],
      "config value refine.crf_iterations='ten' has the wrong type: expected an integer"),
     ("train-cls", ["method.name=mdc", "method.params.dilations=3"],

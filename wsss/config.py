@@ -168,11 +168,7 @@ class RefineConfig:
         _check(0.0 <= self.bg_threshold <= 1.0, "refine.bg_threshold", self.bg_threshold,
                "in [0, 1]")
         _check(self.bg_power > 0, "refine.bg_power", self.bg_power, "> 0")
-        for key in ("crf_gaussian_sxy", "crf_bilateral_sxy", "crf_bilateral_srgb"):
-            _check(getattr(self, key) > 0, f"refine.{key}", getattr(self, key), "> 0")
-        for key in ("crf_gaussian_compat", "crf_bilateral_compat"):
-            _check(getattr(self, key) >= 0, f"refine.{key}", getattr(self, key), ">= 0")
-        _check(self.crf_iterations >= 1, "refine.crf_iterations", self.crf_iterations, ">= 1")
+        self.check_crf()
         _check(0.0 < self.crf_min_prob < 1.0, "refine.crf_min_prob", self.crf_min_prob,
                "in (0, 1)")
         _check_choice("refine.crf_unary", self.crf_unary, CRF_UNARIES)
@@ -182,6 +178,21 @@ class RefineConfig:
         for key in ("fg_confidence", "bg_confidence"):
             _check(0.0 <= getattr(self, key) <= 1.0, f"refine.{key}", getattr(self, key),
                    "in [0, 1]")
+
+    def validate_for(self, max_image_side: int) -> None:
+        """``validate``, and the CRF limits on images up to ``max_image_side`` px a side (what
+        a stage checks before any work; raises ConfigError)."""
+        self.validate()
+        self.check_crf(max_image_side, max_image_side)
+
+    def check_crf(self, width: int = 1, height: int = 1) -> None:
+        """Raise ConfigError naming the first ``crf_*`` value that pydensecrf cannot compute
+        correctly on images up to ``width`` x ``height`` px (limits: ``wsss.crf_limits``)."""
+        from wsss.crf_limits import crf_violation
+
+        found = crf_violation(dataclasses.asdict(self), width, height)
+        if found is not None:
+            _check(False, f"refine.{found.key}", found.value, found.expected)
 
 
 @dataclass(frozen=True)
@@ -247,6 +258,8 @@ class ExperimentConfig:
             section = getattr(self, f.name)
             if hasattr(section, "validate"):
                 section.validate()
+        side = self.data.max_image_side  # the largest image any stage refines
+        self.refine.check_crf(side, side)
         return self
 
     def to_dict(self) -> dict[str, Any]:

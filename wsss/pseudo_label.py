@@ -210,12 +210,15 @@ def run_pseudo_label(checkpoint: str | Path, data: str | Path, split: str, out: 
     """Write ``OUT/<id>.png`` pseudo-masks for every image of ``split`` (or only ``ids``)
     with Ray Data.
 
-    Ray must be initialised (``wsss.ray_utils.init_ray``). Records one MLflow run.
+    Ray must be initialised (``wsss.ray_utils.init_ray``). Records one MLflow run. Raises
+    ConfigError before any work when ``refine_cfg`` is out of range for
+    ``options.max_image_side`` (``RefineConfig.validate_for``).
     """
     import ray
 
     from wsss import tracking
 
+    refine_cfg.validate_for(options.max_image_side)
     data_loc, out_loc = Location.parse(data), Location.parse(out)
     state = _load_checkpoint(checkpoint)
     info, labels, rows = read_rows(data_loc, split, ids)

@@ -21,10 +21,12 @@ from wsss.config import CamConfig, RefineConfig
 from wsss.data.voc import (IMAGE_DIR, MASK_DIR, DatasetError, DatasetInfo, image_class_ids,
                            load_mask, load_rgb)
 from wsss.faults import fault_point
+from wsss.native_crf import NativeCrash
 from wsss.storage import Location
 
 MAPS_DIR = "maps"
-INPUT_ERRORS = (DatasetError, FileNotFoundError, ValueError, OSError)
+# one image's failure: a bad input, or its dense CRF crashed in the worker process
+INPUT_ERRORS = (DatasetError, FileNotFoundError, ValueError, OSError, NativeCrash)
 
 
 @dataclass(frozen=True)

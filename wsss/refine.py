@@ -20,7 +20,9 @@ import numpy as np
 import torch
 
 from wsss.config import RefineConfig
+from wsss.crf_limits import size_violation
 from wsss.data.voc import IGNORE_INDEX
+from wsss.native_crf import CRF_WORKER, MeanFieldJob, mean_field
 
 BACKGROUND = 0
 
@@ -77,7 +79,8 @@ def class_scores(maps: np.ndarray | torch.Tensor, class_ids: Sequence[int],
 
 
 def dense_crf(image: np.ndarray, probs: np.ndarray, params: RefineConfig) -> np.ndarray:
-    """Mean-field inference of a fully connected CRF (Kraehenbuehl & Koltun, 2011).
+    """Mean-field inference of a fully connected CRF (Kraehenbuehl & Koltun, 2011), computed by
+    pydensecrf in a warm child process (``wsss.native_crf``).
 
     Unary ``-log(clip(probs, crf_min_prob, 1))``; a Gaussian kernel (``crf_gaussian_sxy``,
     ``crf_gaussian_compat``) and a bilateral kernel (``crf_bilateral_sxy``,
@@ -91,6 +94,26 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, params: RefineConfig) -> np.
 
     Returns:
         float32 [K, H, W], per-pixel distributions (``probs`` itself when K <= 1).
+
+    Raises:
+        ValueError: see :func:`crf_job`.
+        NativeCrash: pydensecrf crashed (segfault, abort); the next call starts a new worker.
+    """
+    job = crf_job(image, probs, params)
+    if job is None:
+        return np.asarray(probs, dtype=np.float32)
+    height, width = job.image.shape[:2]
+    return CRF_WORKER.call(mean_field, job).reshape(-1, height, width)
+
+
+def crf_job(image: np.ndarray, probs: np.ndarray, params: RefineConfig) -> MeanFieldJob | None:
+    """The checked input of :func:`dense_crf` for ``wsss.native_crf.mean_field``: contiguous
+    image uint8 [H, W, 3] and unary float32 [K, H * W], the kernels; None when K <= 1.
+
+    Raises:
+        ValueError: mismatched shapes, NaN or infinite probabilities, an image too large for
+            pydensecrf, or (``ConfigError``, naming the key) a ``crf_*`` value outside what
+            pydensecrf computes correctly on this image (``wsss.crf_limits``).
     """
     params.validate()
     probs = np.asarray(probs, dtype=np.float32)
@@ -100,18 +123,19 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, params: RefineConfig) -> np.
                          f"got {image.shape}")
     num, height, width = probs.shape
     if num <= 1:
-        return probs
-    import pydensecrf.densecrf as dcrf
-
-    crf = dcrf.DenseCRF2D(width, height, num)
+        return None
+    params.check_crf(width, height)
+    too_large = size_violation(width, height, num)
+    if too_large is not None:
+        raise ValueError(too_large)
+    if not np.isfinite(probs).all():
+        raise ValueError("the CRF's class probabilities contain NaN or infinity")
     unary = -np.log(np.clip(probs, params.crf_min_prob, 1.0)).reshape(num, -1)
-    crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
-    crf.addPairwiseGaussian(sxy=params.crf_gaussian_sxy, compat=params.crf_gaussian_compat)
-    crf.addPairwiseBilateral(sxy=params.crf_bilateral_sxy, srgb=params.crf_bilateral_srgb,
-                             rgbim=np.ascontiguousarray(image, dtype=np.uint8),
-                             compat=params.crf_bilateral_compat)
-    refined = crf.inference(params.crf_iterations)
-    return np.asarray(refined, dtype=np.float32).reshape(num, height, width)
+    return MeanFieldJob(np.ascontiguousarray(image, dtype=np.uint8),
+                        np.ascontiguousarray(unary, dtype=np.float32),
+                        (params.crf_gaussian_sxy, params.crf_gaussian_compat),
+                        (params.crf_bilateral_sxy, params.crf_bilateral_srgb,
+                         params.crf_bilateral_compat), params.crf_iterations)
 
 
 def normalise_scores(scores: np.ndarray, eps: float = 1e-8) -> np.ndarray:

@@ -42,12 +42,15 @@ def rescore_maps(maps: str | Path, data: str | Path, split: str, ids: Sequence[s
     turns maps into masks; yield the running scores after each of ``chunks`` equal chunks.
 
     Ray must be initialised. Ids whose image or maps cannot be read are listed in ``failed``.
+    Raises ConfigError before any work when ``refine_cfg`` is out of range for
+    ``max_image_side`` (``RefineConfig.validate_for``).
     """
     import ray
 
     from wsss.metrics import ConfusionMatrix
     from wsss.pseudo_label import read_rows
 
+    refine_cfg.validate_for(max_image_side)
     data_loc, maps_loc = Location.parse(data), Location.parse(maps)
     info, labels, rows = read_rows(data_loc, split, ids)
     job = Job(data_loc, None, info, method_name, dict(method_params or {}), refine=refine_cfg,

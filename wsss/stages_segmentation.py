@@ -20,13 +20,15 @@ from wsss.config import ExperimentConfig, RefineConfig, TrackingConfig
 from wsss.data.decode import upright_size
 from wsss.data.voc import DatasetError, VOCDataset, load_mask
 from wsss.metrics import ConfusionMatrix, SegmentationScores
+from wsss.native_crf import NativeCrash
 from wsss.stages import GRID_SAMPLES, REPORT_FILE, StageReport, _plain
 from wsss.viz import save_mask_png
 
 if TYPE_CHECKING:
     from wsss.train.classifier import TrainingData
 
-_INPUT_ERRORS = (DatasetError, FileNotFoundError, ValueError)
+# one image's failure: a bad input, or its dense CRF crashed in the worker process
+_INPUT_ERRORS = (DatasetError, FileNotFoundError, ValueError, NativeCrash)
 
 
 # -- refine -----------------------------------------------------------------------------------
@@ -38,12 +40,14 @@ def run_refine(cams_dir: str | Path, data_root: str | Path, split: str, out_dir:
 
     Each mask is ``wsss.refine.pseudo_mask`` of the image's maps (background score, dense CRF
     over the present classes, confidence marking with 255). The report's ``scores`` hold the
-    masks' mIoU against ground truth (ids with a ground-truth mask only).
+    masks' mIoU against ground truth (ids with a ground-truth mask only). Raises ConfigError
+    before any work when ``refine_cfg`` is out of range (``RefineConfig.validate_for``).
     """
     from wsss import tracking
     from wsss.cams import load_maps
     from wsss.stages import make_pseudo_mask, maps_method
 
+    refine_cfg.validate_for(max_image_side)
     dataset = VOCDataset(data_root, split, max_image_side=max_image_side)
     cams_dir, out_dir = Path(cams_dir), Path(out_dir)
     method = maps_method(cams_dir)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from wsss.config import ConfigError, ExperimentConfig, from_dict
 
@@ -38,6 +38,14 @@ class Knob:
         if self.integer:
             return trial.suggest_int(name, int(self.low), int(self.high), log=self.log)
         return trial.suggest_float(name, float(self.low), float(self.high), log=self.log)
+
+    def ends(self) -> tuple[Any, ...]:
+        """The extreme values this knob can take: every choice, or both ends of its range."""
+        if self.choices is not None:
+            return tuple(self.choices)
+        if self.integer:
+            return int(self.low), int(self.high)
+        return float(self.low), float(self.high)
 
 
 def dilation_sets(rates: Sequence[int] = (2, 3, 6, 9, 12), max_size: int = 3) -> tuple[str, ...]:
@@ -123,6 +131,17 @@ class Space:
                 knob.suggest(trial, f"{name}{SEP}{knob.key}")
         return dict(self.constants) or None
 
+    def corners(self) -> Iterator[dict[str, Any]]:
+        """Every trial config (constants included) with each knob at one of its ``ends``."""
+        for name in self.methods or [None]:
+            pairs = [(k.key, k.ends()) for k in self.knobs]
+            if name is not None:
+                pairs += [("method.name", (name,))] + [
+                    (f"{name}{SEP}{k.key}", self.overrides.get(k.key, k).ends())
+                    for k in method_knobs(name)]
+            for values in itertools.product(*(ends for _, ends in pairs)):
+                yield {**self.constants, **dict(zip([key for key, _ in pairs], values))}
+
     def keys(self) -> list[str]:
         """The knob names this space can suggest (for tables and plots)."""
         names = [k.key for k in self.knobs]
@@ -130,6 +149,23 @@ class Space:
             names.append("method.name")
             names += [f"{m}{SEP}{k.key}" for m in self.methods for k in method_knobs(m)]
         return names
+
+
+def check_space(space: Space, base: ExperimentConfig) -> None:
+    """Raise ConfigError when the space can propose a config that is not valid on ``base``.
+
+    Every config check is a range per key, and the dense-CRF width limits (which tie widths
+    to ``data.max_image_side``) only loosen as a width grows, so the space is valid exactly
+    when all its corners (:meth:`Space.corners`) are.
+    """
+    for corner in space.corners():
+        try:
+            apply_trial(base, corner)
+        except ConfigError as err:
+            knobs = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                              for k, v in trial_settings(corner).items())
+            raise ConfigError(f"the search space can propose an invalid config ({knobs}): "
+                              f"{err}") from None
 
 
 def trial_settings(trial_config: Mapping[str, Any]) -> dict[str, Any]:

@@ -39,6 +39,7 @@ def run_sweep(sweep: Sweep, args: argparse.Namespace) -> dict[str, Any] | None:
     from wsss import tracking
     from wsss.names import check_name, sweep_experiment_problem
     from wsss.ray_utils import init_ray
+    from wsss.sweeps.spaces import check_space
     from wsss.sweeps.tracking import sweep_run
 
     from wsss.storage import check_writable
@@ -56,6 +57,7 @@ def run_sweep(sweep: Sweep, args: argparse.Namespace) -> dict[str, Any] | None:
     check_writable(storage, "--storage-path folder")
     workdir = (Path(args.workdir) / args.experiment).resolve()
     cfg = base_config(args, dataset_root(args, Path(args.workdir).resolve()))
+    check_space(sweep.space(args.smoke_test), cfg)  # every proposal is a valid config
     training_data = scan_training_data(cfg)
     init_ray(args.address)
     tracking.ensure_experiment(args.experiment, uri)
