@@ -44,12 +44,11 @@ class TrackingError(RuntimeError):
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
-    """``uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``."""
-    if uri:
-        return uri
-    if os.environ.get(URI_ENV):
-        return os.environ[URI_ENV]
-    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    """``uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``; a relative
+    local store made absolute (``wsss.storage.absolute``), as Ray workers run elsewhere."""
+    from wsss.storage import absolute
+
+    return absolute(uri or os.environ.get(URI_ENV) or f"sqlite:///{Path.cwd() / 'mlflow.db'}")
 
 
 def _artifact_location(uri: str) -> str | None:

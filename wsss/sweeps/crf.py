@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from wsss.config import ExperimentConfig
 from wsss.sweeps.runner import SAMPLE_IMAGES, Sweep
@@ -52,6 +52,7 @@ class CrfSweep(Sweep):
     """Refine knobs on the maps of ``--checkpoint`` (or of a CAM classifier trained first)."""
 
     time_attr: str = CHUNK_ATTR
+    path_options: Sequence[str] = ("checkpoint",)
 
     def resources(self, args: argparse.Namespace) -> Any:
         """The trial function (a little memory) plus one CPU bundle per refine worker."""
@@ -89,7 +90,7 @@ class CrfSweep(Sweep):
             raise RuntimeError(f"map extraction failed for {len(report.failed)} image(s), "
                                f"e.g. {report.failed[0]}; see {out / 'report.json'}")
         state = load_checkpoint_state(checkpoint)
-        return {"maps_dir": str(out / "maps"), "checkpoint": str(Path(checkpoint).resolve()),
+        return {"maps_dir": str(out / "maps"), "checkpoint": str(checkpoint),
                 "method": state["method"], "method_params": dict(state["method_params"])}
 
     def full_length(self, cfg: ExperimentConfig, trial_config: dict[str, Any]) -> int:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from wsss.sweeps.runner import (CRASH_ENV, Sweep, base_config, build_parser, dataset_root,
+from wsss.sweeps.runner import (CRASH_ENV, Sweep, base_config, dataset_root, parse_options,
                                 select_train_eval_ids)
 from ray.tune import Callback
 
@@ -21,7 +21,7 @@ def main(sweep: Sweep, argv: Sequence[str] | None = None, description: str | Non
     from wsss.storage import OutputError
     from wsss.tracking import TrackingError
 
-    args = build_parser(sweep, description).parse_args(argv)
+    args = parse_options(sweep, argv, description)
     try:
         best = run_sweep(sweep, args)
     except (OutputError, TrackingError) as err:
@@ -31,7 +31,9 @@ def main(sweep: Sweep, argv: Sequence[str] | None = None, description: str | Non
 
 
 def run_sweep(sweep: Sweep, args: argparse.Namespace) -> dict[str, Any] | None:
-    """Run (or resume) the sweep; returns the best trial's row (None if no trial scored)."""
+    """Run (or resume) the sweep; returns the best trial's row (None if no trial scored).
+
+    ``args`` come from :func:`~wsss.sweeps.runner.parse_options` (absolute paths)."""
     from wsss import tracking
     from wsss.ray_utils import init_ray
     from wsss.sweeps.tracking import sweep_run
@@ -41,12 +43,12 @@ def run_sweep(sweep: Sweep, args: argparse.Namespace) -> dict[str, Any] | None:
     start = time.perf_counter()
     # Before any compute: a tracking server that answers, folders that can be written.
     uri = tracking.check_tracking_uri(args.tracking_uri)
-    storage = args.storage_path or str((Path(args.workdir) / "ray").resolve())
+    storage = args.storage_path or str(Path(args.workdir) / "ray")
     check_writable(args.workdir, "--workdir folder")
     check_writable(storage, "--storage-path folder")
     init_ray(args.address)
-    workdir = (Path(args.workdir) / args.experiment).resolve()
-    data = dataset_root(args, Path(args.workdir).resolve())
+    workdir = Path(args.workdir) / args.experiment  # absolute: see parse_options
+    data = dataset_root(args, Path(args.workdir))
     cfg = base_config(args, data)
     tracking.ensure_experiment(args.experiment, uri)
     parent = sweep_run(uri, args.experiment, args.experiment, _sweep_params(args, cfg),
