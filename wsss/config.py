@@ -288,12 +288,9 @@ NOT_PATHS = ("imagenet",)
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """Read a YAML config (or the defaults when ``path`` is None) and apply dotted overrides.
-
-    Relative paths under :data:`PATH_KEYS` are made absolute against the working directory
-    (``wsss.storage.absolute``: URIs stay as given), so Ray workers, which run elsewhere,
-    find the same files. ConfigError names a missing file, a bad key or value.
-    """
+    """Read a YAML config (or the defaults when ``path`` is None) and apply dotted overrides;
+    relative paths under :data:`PATH_KEYS` made absolute (``wsss.storage.absolute``), as Ray
+    workers run elsewhere. ConfigError names a missing file, a bad key or value."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)

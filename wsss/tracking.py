@@ -31,6 +31,7 @@ MAX_PARAM_LENGTH = 500
 URI_ENV = "MLFLOW_TRACKING_URI"
 UNSENT_FILE = "mlflow_unsent.jsonl"
 UNSENT_ARTIFACTS = "mlflow_unsent_artifacts"
+UNSENT_RUN_PREFIX = "unsent-"  # a stand-in run id for a run the server could not create
 HEALTH_TIMEOUT_S = 5.0
 # A dead server fails fast instead of MLflow's default of minutes of retries (user values win).
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
@@ -204,8 +205,13 @@ def _guarded(uri: str, run_id: str | None, record: dict[str, Any], send: Callabl
     and return True (False: sent).
 
     Once a server failed, later calls to it in this process are not tried (only kept), so a
-    run does not wait on retries for every metric. Errors of local stores are raised as before.
+    run does not wait on retries for every metric. Records of a stand-in run id
+    (``UNSENT_RUN_PREFIX...``: the run was never created) are only kept. Errors of local
+    stores are raised as before.
     """
+    if run_id and run_id.startswith(UNSENT_RUN_PREFIX):
+        _keep(run_id, record, path)
+        return True
     if not is_server(uri):
         send()
         return False

@@ -43,7 +43,8 @@ def crf_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         metrics = {OBJECTIVE: scored.scores.miou, CHUNK_ATTR: chunk, "images": scored.images,
                    "images_failed": len(scored.failed),
                    "pixel_accuracy": scored.scores.pixel_accuracy}
-        log_metrics(metrics, step=chunk, run_id=run_id, uri=ctx.tracking_uri)
+        log_metrics(metrics, step=chunk, run_id=run_id, uri=ctx.tracking_uri,
+                    unsent=ctx.unsent_file)
         ray.tune.report(metrics)
 
 
