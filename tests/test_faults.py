@@ -511,6 +511,9 @@ def test_tracking_server_lost_mid_sweep_keeps_the_trials_records(mlflow_server, 
         assert closed[trial_id]["metrics"]["objective"] == pytest.approx(objective)
         assert closed[trial_id]["tags"]["wsss.status"] == "completed"
         assert closed[trial_id]["status"] == "FINISHED"
+        pictures = Path(closed[trial_id]["pictures_dir"])
+        assert pictures == tmp_path / "runs" / experiment / "samples" / trial_id
+        assert (pictures / "cam_overlays.png").is_file()
     (summary,) = [r for r in records if r["kind"] == "close_sweep_run"]
     assert summary["best"]["objective"] == pytest.approx(max(objectives.values()))
     assert summary["metrics"]["trials"] == 2

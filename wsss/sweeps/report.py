@@ -44,15 +44,19 @@ def run_status(row: dict[str, Any]) -> str:
 
 
 def close_trial_run(uri: str, experiment: str, parent_run_id: str, row: dict[str, Any],
-                    time_attr: str, artifacts: Sequence[Path] = (),
-                    unsent: str | Path | None = None) -> None:
+                    time_attr: str, pictures: Callable[[], Sequence[Path]] = tuple,
+                    pictures_dir: Path | None = None, unsent: str | Path | None = None) -> None:
     """Log the trial's final objective, progress, knobs and pictures to its child run (found by
     trial id under the parent) and end it; a run closed before (a resumed sweep) is left alone.
 
-    When the tracking server does not answer, or has no run for the trial (it started while the
-    server was down), the same goes to ``unsent`` as one ``close_trial_run`` record that names
-    the trial id (``wsss.tracking``'s local fallback).
+    ``pictures`` makes the trial's pictures (in ``pictures_dir``) and is called at most once,
+    only for a run still open. When the tracking server does not answer, or has no run for the
+    trial (it started while the server was down), the same goes to ``unsent`` as one
+    ``close_trial_run`` record naming the trial id (``wsss.tracking``'s local fallback), and
+    the pictures are made in ``pictures_dir``.
     """
+    from functools import cache
+
     from wsss.sweeps.tracking import find_trial_run
     from wsss.tracking import _guarded, _keep
 
@@ -62,16 +66,21 @@ def close_trial_run(uri: str, experiment: str, parent_run_id: str, row: dict[str
     tags = {"wsss.status": row["status"], KNOBS_TAG: json.dumps(row["knobs"], default=str)}
     record = {"kind": "close_trial_run", "trial_id": row["trial_id"],
               "parent_run_id": parent_run_id, "metrics": metrics, "tags": tags,
-              "artifacts": [str(p) for p in artifacts], "status": run_status(row)}
-    found: dict[str, Any] = {}
+              "pictures_dir": str(pictures_dir) if pictures_dir else None,
+              "status": run_status(row)}
+    pictures, found = cache(pictures), {}
 
     def send() -> None:
         run = found["run"] = find_trial_run(uri, experiment, parent_run_id, row["trial_id"])
         if run is not None and "wsss.status" not in run.data.tags:
-            _end_run(_client(uri), run.info.run_id, metrics, tags, artifacts, record["status"])
+            _end_run(_client(uri), run.info.run_id, metrics, tags, pictures(), record["status"])
 
-    if not _guarded(uri, None, record, send, unsent) and found["run"] is None:
+    kept = _guarded(uri, None, record, send, unsent)
+    if not kept and found["run"] is None:
         _keep(None, record, unsent)
+        kept = True
+    if kept:
+        pictures()
 
 
 def _end_run(client: Any, run_id: str, metrics: dict[str, float], tags: dict[str, str],

@@ -268,17 +268,19 @@ def record_results(sweep: Sweep, ctx: SweepContext, cfg: Any,
     from wsss.sweeps.report import close_trial_run, summarize_sweep
 
     for row in rows:
+        folder = Path(ctx.workdir) / "samples" / row["trial_id"]
         close_trial_run(ctx.tracking_uri, ctx.experiment, ctx.parent_run_id, row,
-                        sweep.time_attr, _trial_samples(sweep, ctx, cfg, row), ctx.unsent_file)
+                        sweep.time_attr, lambda: _trial_samples(sweep, ctx, cfg, row, folder),
+                        folder, ctx.unsent_file)
     return summarize_sweep(ctx.tracking_uri, ctx.parent_run_id, rows, sweep.time_attr,
                            Path(ctx.workdir) / "summary", ctx.unsent_file)
 
 
-def _trial_samples(sweep: Sweep, ctx: SweepContext, cfg: Any,
-                   row: dict[str, Any]) -> list[Path]:
+def _trial_samples(sweep: Sweep, ctx: SweepContext, cfg: Any, row: dict[str, Any],
+                   out_dir: Path) -> list[Path]:
     """The trial's pictures; a failure is reported, never allowed to lose the summary."""
     try:
-        return sweep.samples(ctx, cfg, row, Path(ctx.workdir) / "samples" / row["trial_id"])
+        return sweep.samples(ctx, cfg, row, out_dir)
     except Exception as err:  # noqa: BLE001
         print(f"warning: no samples for trial {row['trial_id']}: {err}", file=sys.stderr)
         return []
