@@ -204,6 +204,105 @@ def test_killed_sweep_driver_resumes_with_one_child_run_per_trial(tmp_path, synt
         best["objective"])
 
 
+# -- a sweep that fails or is stopped: its MLflow runs are closed -----------------------------
+MLFLOW_STATUS = {"completed": "FINISHED", "stopped early": "KILLED", "error": "FAILED"}
+
+
+def _inject_failure(where: str, monkeypatch) -> None:
+    """Make the sweep raise RuntimeError in its preparation, in Tuner.fit (at the first trial
+    result) or while it records the trials' results."""
+    import wsss.sweeps.report as report
+    from wsss.sweeps.runner import Sweep
+    from wsss.sweeps.tuner import ReleaseStoppedTrials
+
+    def fail(*args, **kwargs):
+        raise RuntimeError(f"injected failure in {where}")
+
+    target = {"prepare": (Sweep, "prepare"), "fit": (ReleaseStoppedTrials, "on_trial_result"),
+              "record": (report, "close_trial_run")}[where]
+    monkeypatch.setattr(*target, fail)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where, child_statuses", [("prepare", []), ("fit", ["KILLED"]),
+                                                    ("record", ["FINISHED"])])
+def test_failing_sweep_closes_its_runs_as_failed(where, child_statuses, tmp_path, synth_root,
+                                                 ray_session, monkeypatch):
+    """The parent run ends FAILED; a trial run left open ends with its trial's outcome when
+    Tune's results are in (the trial completed: FINISHED), else KILLED (cut short)."""
+    from ray.tune.error import TuneError
+
+    run_script, stored_sweep = _sweep_test_helpers()
+    _inject_failure(where, monkeypatch)
+    # Tune hands a callback's error on as a TuneError holding its traceback.
+    with pytest.raises((RuntimeError, TuneError), match=f"injected failure in {where}"):
+        run_script("hide_and_seek", tmp_path, synth_root, "--num-samples", "1")
+    parent, children = stored_sweep(f"sqlite:///{tmp_path / 'mlflow.db'}", "test-hide_and_seek")
+    assert parent.info.status == "FAILED"
+    assert [c.info.status for c in children] == child_statuses
+
+
+def _first_report(tune_dir: Path) -> bool:
+    """Whether a trial of the Tune experiment in ``tune_dir`` has reported."""
+    return any(p.stat().st_size > 0 for p in tune_dir.glob("train_trial_*/result.json"))
+
+
+def _sweep_command(tmp_path: Path, synth_root: Path, experiment: str, uri: str,
+                   *extra: str) -> list[str]:
+    return [sys.executable, str(ROOT / "sweeps/hide_and_seek.py"), "--smoke-test",
+            "--num-samples", "2", "--max-concurrent", "1", "--data", str(synth_root),
+            "--eval-images", "8", "--workdir", str(tmp_path / "runs"), "--tracking-uri", uri,
+            "--experiment", experiment, *extra]
+
+
+def _start_sweep(argv: list[str], cwd: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _wait_for(condition, driver: subprocess.Popen, what: str, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert driver.poll() is None, f"the sweep ended before {what}"
+        assert time.monotonic() < deadline, f"no {what} within {seconds:.0f}s"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_stopped_sweep_closes_its_runs_as_killed(signum, tmp_path, synth_root, ray_session):
+    """Ctrl+C or SIGTERM mid-sweep: exit status 128 + signal, the parent and the open trial
+    runs end KILLED; ``--resume`` reopens them and finishes the sweep."""
+    run_script, stored_sweep = _sweep_test_helpers()
+    uri, experiment = f"sqlite:///{tmp_path / 'mlflow.db'}", "test-hide_and_seek"
+    driver = _start_sweep(_sweep_command(tmp_path, synth_root, experiment, uri), tmp_path)
+    try:
+        _wait_for(lambda: _first_report(tmp_path / "runs/ray" / experiment), driver,
+                  "a trial reported")
+        os.kill(driver.pid, signum)
+        out, err = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            _kill_tree(driver)
+    assert driver.returncode == 128 + signum, err[-3000:]
+    assert f"stopped by {signal.Signals(signum).name}" in err
+    parent, children = stored_sweep(uri, experiment)
+    assert parent.info.status == "KILLED"
+    assert children and [c.info.status for c in children] == ["KILLED"] * len(children)
+    if signum == signal.SIGINT:
+        return  # one resume is enough
+    best, _ = run_script("hide_and_seek", tmp_path, synth_root, "--max-concurrent", "1",
+                         "--resume")
+    parent, children = stored_sweep(uri, experiment)
+    assert best is not None and parent.info.status == "FINISHED"
+    assert len({c.data.tags["wsss.trial_id"] for c in children}) == len(children) == 2
+    for child in children:
+        assert child.info.status == MLFLOW_STATUS[child.data.tags["wsss.status"]]
+        assert "objective" in child.data.metrics
+
+
 # -- MLflow unreachable -----------------------------------------------------------------------
 def _cli_args(command: str, tmp_path: Path, synth_root: Path, out: Path) -> list[str]:
     """Arguments of ``command`` whose inputs need not exist: checks must come first."""
@@ -344,6 +443,79 @@ def test_tracking_server_lost_mid_run_keeps_metrics_locally(mlflow_server, tmp_p
     assert "MLflow did not answer" in captured.out and str(unsent) in captured.out
     assert f"MLflow at {uri} stopped answering" in captured.err
     assert mlflow.active_run() is None
+
+
+def _trial_report(uri: str, experiment: str) -> bool:
+    """Whether a trial run of ``experiment`` on the server at ``uri`` has a pseudo_miou."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return exp is not None and bool(client.search_runs(
+        [exp.experiment_id], "tags.`wsss.role` = 'trial' and metrics.pseudo_miou >= 0"))
+
+
+@pytest.mark.slow
+def test_tracking_server_lost_mid_sweep_keeps_the_trials_records(mlflow_server, tmp_path,
+                                                                 synth_root):
+    """The server dies after the first trial's first report: the sweep finishes (exit 0), the
+    first trial's later metrics, the second trial's run, metrics and objective and the sweep's
+    summary are in the sweep's unsent file, which the end summary names."""
+    import mlflow
+
+    uri, server = mlflow_server
+    experiment = "test-lost"
+    driver = _start_sweep(_sweep_command(tmp_path, synth_root, experiment, uri, "--epochs", "2",
+                                         "--scheduler", "fifo"), tmp_path)
+    try:
+        _wait_for(lambda: _trial_report(uri, experiment), driver, "a trial reported")
+        _kill_tree(server)
+        out, err = driver.communicate(timeout=900)
+    finally:
+        if driver.poll() is None:
+            _kill_tree(driver)
+    assert driver.returncode == 0, err[-3000:]
+    unsent = tmp_path / "runs" / experiment / "mlflow_unsent.jsonl"
+    records = [json.loads(line) for line in unsent.read_text().splitlines()]
+    assert f"MLflow did not answer: {len(records)} record(s) kept in {unsent}" in out
+    assert f"MLflow at {uri} did not answer during sweep '{experiment}'" in err
+    first, second = _trial_ids(tmp_path / "runs/ray" / experiment)
+
+    # The first trial's run was on the server before it died, with its epoch-1 report only.
+    store = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'server.db'}")
+    (run,) = [r for r in store.search_runs([store.get_experiment_by_name(experiment)
+                                            .experiment_id]) if r.data.tags.get(
+        "wsss.trial_id") == first]
+    assert [m.step for m in store.get_metric_history(run.info.run_id, "pseudo_miou")] == [1]
+
+    def reports(run_id: str) -> dict[int, float]:
+        return {r["step"]: r["values"]["pseudo_miou"] for r in records
+                if r["kind"] == "metrics" and r["run_id"] == run_id}
+
+    # Its epoch-2 report, under its run id; the second trial (started while the server was
+    # down) under a stand-in id, with its tags and params.
+    assert list(reports(run.info.run_id)) == [2]
+    (created,) = [r for r in records if r["kind"] == "create_run"]
+    assert created["trial_id"] == second and created["run_id"] == f"unsent-trial-{second}"
+    assert created["tags"]["mlflow.parentRunId"] == run.data.tags["mlflow.parentRunId"]
+    assert "method.params.hide_prob" in created["params"]
+    assert list(reports(created["run_id"])) == [1, 2]
+    # Each trial's close (final objective = its last report) and the sweep's summary.
+    closed = {r["trial_id"]: r for r in records if r["kind"] == "close_trial_run"}
+    assert set(closed) == {first, second}
+    objectives = {first: reports(run.info.run_id)[2], second: reports(created["run_id"])[2]}
+    for trial_id, objective in objectives.items():
+        assert closed[trial_id]["metrics"]["objective"] == pytest.approx(objective)
+        assert closed[trial_id]["tags"]["wsss.status"] == "completed"
+        assert closed[trial_id]["status"] == "FINISHED"
+        pictures = Path(closed[trial_id]["pictures_dir"])
+        assert pictures == tmp_path / "runs" / experiment / "samples" / trial_id
+        assert (pictures / "cam_overlays.png").is_file()
+    (summary,) = [r for r in records if r["kind"] == "close_sweep_run"]
+    assert summary["best"]["objective"] == pytest.approx(max(objectives.values()))
+    assert summary["metrics"]["trials"] == 2
+    assert all(Path(p).is_file() for p in summary["artifacts"])  # trials.csv, plots
+    assert f"{summary['best']['objective']:.4f}" in out
 
 
 def test_worker_metrics_for_a_dead_server_go_to_the_given_file(tmp_path):

@@ -23,7 +23,8 @@ def test_a_runs_store_does_not_become_the_next_default(tmp_path, monkeypatch):
     monkeypatch.setenv(tracking.URI_ENV, "sqlite:///chosen.db")
     with tracking.start_run("second", uri=first):
         pass
-    assert tracking.resolve_tracking_uri() == "sqlite:///chosen.db"
+    # the environment's relative store, made absolute (Ray workers run in other folders)
+    assert tracking.resolve_tracking_uri() == f"sqlite:///{tmp_path / 'chosen.db'}"
 
 
 def test_step_log_logs_each_step_once_across_restarts(tmp_path):

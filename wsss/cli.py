@@ -387,9 +387,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Options naming local files or folders (URIs stay as given; see wsss.storage.absolute).
+PATH_OPTIONS = ("config", "data", "out", "checkpoint", "cams", "pseudo_masks", "masks",
+                "masks_out", "tracking_uri")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from wsss.storage import absolute_options
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = absolute_options(parser.parse_args(argv), PATH_OPTIONS)
     from wsss.data.voc import DatasetError
     from wsss.storage import OutputError
     from wsss.tracking import TrackingError

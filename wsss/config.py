@@ -304,8 +304,15 @@ def from_dict(data: Mapping[str, Any] | None, cls: type = ExperimentConfig, pref
     return cfg
 
 
+# Keys naming local files or folders; values that are not paths are left as they are.
+PATH_KEYS = ("data.root", "model.pretrained", "segmenter.pretrained_backbone", "tracking.uri")
+NOT_PATHS = ("imagenet",)
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """Read a YAML config (or the defaults when ``path`` is None) and apply dotted overrides."""
+    """Read a YAML config (or the defaults when ``path`` is None) and apply dotted overrides;
+    relative paths under :data:`PATH_KEYS` made absolute (``wsss.storage.absolute``), as Ray
+    workers run elsewhere. ConfigError names a missing file, a bad key or value."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -315,7 +322,21 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         if loaded is not None and not isinstance(loaded, Mapping):
             raise ConfigError(f"{path}: top level must be a mapping")
         data = dict(loaded or {})
-    return from_dict(apply_overrides(data, overrides))
+    return _absolute_paths(from_dict(apply_overrides(data, overrides)))
+
+
+def _absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` with the text values of :data:`PATH_KEYS` made absolute."""
+    from wsss.storage import absolute
+
+    for key in PATH_KEYS:
+        section_name, name = key.split(".")
+        section = getattr(cfg, section_name)
+        value = getattr(section, name)
+        if isinstance(value, str) and value not in NOT_PATHS:
+            section = dataclasses.replace(section, **{name: absolute(value)})
+            cfg = dataclasses.replace(cfg, **{section_name: section})
+    return cfg
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

@@ -16,11 +16,47 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 TEMP_SUFFIX = ".tmp"
 MIN_FREE_ENV = "WSSS_MIN_FREE_MB"
 DEFAULT_MIN_FREE_MB = 50.0
+
+
+SQLITE_PREFIX = "sqlite:///"
+
+
+def is_uri(text: str) -> bool:
+    """Whether ``text`` is a URI (``scheme://...``) rather than a local path."""
+    return "://" in text
+
+
+def absolute(uri_or_path: str | os.PathLike) -> str:
+    """A local path made absolute against the working directory (``~`` expanded, symlinks
+    resolved), as every process of a run needs it (Ray workers and Ray storage run elsewhere).
+
+    A relative SQLite URI (``sqlite:///mlflow.db``, SQLAlchemy's form of a relative file) gets
+    the absolute path of its file (``sqlite:////abs/mlflow.db``); any other URI (``s3://``,
+    ``gs://``, ``file://``, ``http(s)://``, ``sqlite:////abs``) is returned as given. Calling it
+    again changes nothing.
+    """
+    text = str(uri_or_path)
+    if text.startswith(SQLITE_PREFIX):
+        file = text[len(SQLITE_PREFIX):]
+        return text if file.startswith("/") or not file else SQLITE_PREFIX + absolute(file)
+    if is_uri(text):
+        return text
+    return str(Path(text).expanduser().resolve())
+
+
+def absolute_options(options: Any, names: Sequence[str]) -> Any:
+    """``options`` (an ``argparse.Namespace``) with each attribute of ``names`` that is set
+    made :func:`absolute`; attributes it does not have, or that are None, are left alone."""
+    for name in names:
+        value = getattr(options, name, None)
+        if value is not None:
+            setattr(options, name, absolute(value))
+    return options
 
 
 class OutputError(ValueError):
@@ -42,8 +78,8 @@ class Location:
         import pyarrow.fs as pafs
 
         text = str(uri_or_path)
-        if "://" not in text:
-            return cls(pafs.LocalFileSystem(), str(Path(text).expanduser().resolve()), text)
+        if not is_uri(text):
+            return cls(pafs.LocalFileSystem(), absolute(text), text)
         try:
             filesystem, root = pafs.FileSystem.from_uri(text)
         except (pa.ArrowInvalid, ValueError) as err:

@@ -33,6 +33,7 @@ SHORTENED_TAG = "wsss.params_shortened"  # the keys of those params
 URI_ENV = "MLFLOW_TRACKING_URI"
 UNSENT_FILE = "mlflow_unsent.jsonl"
 UNSENT_ARTIFACTS = "mlflow_unsent_artifacts"
+UNSENT_RUN_PREFIX = "unsent-"  # a stand-in run id for a run the server could not create
 HEALTH_TIMEOUT_S = 5.0
 # A dead server fails fast instead of MLflow's default of minutes of retries (user values win).
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
@@ -47,12 +48,11 @@ class TrackingError(RuntimeError):
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
-    """``uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``."""
-    if uri:
-        return uri
-    if os.environ.get(URI_ENV):
-        return os.environ[URI_ENV]
-    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    """``uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``; a relative
+    local store made absolute (``wsss.storage.absolute``), as Ray workers run elsewhere."""
+    from wsss.storage import absolute
+
+    return absolute(uri or os.environ.get(URI_ENV) or f"sqlite:///{Path.cwd() / 'mlflow.db'}")
 
 
 def _artifact_location(uri: str) -> str | None:
@@ -201,8 +201,13 @@ def _guarded(uri: str, run_id: str | None, record: dict[str, Any], send: Callabl
     and return True (False: sent).
 
     Once a server failed, later calls to it in this process are not tried (only kept), so a
-    run does not wait on retries for every metric. Errors of local stores are raised as before.
+    run does not wait on retries for every metric. Records of a stand-in run id
+    (``UNSENT_RUN_PREFIX...``: the run was never created) are only kept. Errors of local
+    stores are raised as before.
     """
+    if run_id and run_id.startswith(UNSENT_RUN_PREFIX):
+        _keep(run_id, record, path)
+        return True
     if not is_server(uri):
         send()
         return False
@@ -245,9 +250,10 @@ def _active_run_id() -> str | None:
     return run.info.run_id if run else None
 
 
-def log_params(params: Mapping[str, Any], run_id: str | None = None,
-               uri: str | None = None) -> dict[str, str]:
-    """Log a (nested) dict as dotted params of the active run (or of ``run_id`` at ``uri``).
+def log_params(params: Mapping[str, Any], run_id: str | None = None, uri: str | None = None,
+               unsent: str | Path | None = None) -> dict[str, str]:
+    """Log a (nested) dict as dotted params of the active run (or of ``run_id`` at ``uri``;
+    ``unsent``: where records a dead server cannot take go, see :func:`log_metrics`).
 
     Values are logged in full up to MLflow's limit (``MAX_PARAM_VAL_LENGTH``, 6,000
     characters in MLflow 3.17). A longer value is shortened (it ends with a note saying so);
@@ -277,7 +283,7 @@ def log_params(params: Mapping[str, Any], run_id: str | None = None,
             client.set_tag(run_id, SHORTENED_TAG, shorten(", ".join(every), tag_value_limit(),
                                                           f"all keys in {PARAMS_ARTIFACT}"))
 
-    _guarded(uri, run_id, {"kind": "params", "values": flat}, send)
+    _guarded(uri, run_id, {"kind": "params", "values": flat}, send, unsent)
     return full
 
 
@@ -414,7 +420,7 @@ def logged_steps(run_id: str, key: str, uri: str | None = None,
     def read() -> None:
         steps.update(m.step for m in mlflow.MlflowClient(uri).get_metric_history(run_id, key))
 
-    if not is_server(uri) or uri not in _offline:
+    if not run_id.startswith(UNSENT_RUN_PREFIX) and (not is_server(uri) or uri not in _offline):
         try:
             read()
         except Exception:  # noqa: BLE001  (a server gone: its steps are unknown here)

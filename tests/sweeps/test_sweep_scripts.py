@@ -6,19 +6,23 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.slow
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "sweeps"
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = ROOT / "sweeps"
 
 
 def run_script(name: str, tmp_path: Path, data: Path, *extra: str) -> tuple[dict | None, str]:
     """Run ``sweeps/<name>.py --smoke-test`` in this process; returns (best row, tracking URI)."""
-    from wsss.sweeps.runner import build_parser
+    from wsss.sweeps.runner import parse_options
     from wsss.sweeps.tuner import run_sweep
 
     sweep = runpy.run_path(str(SCRIPTS / f"{name}.py"))["SWEEP"]
@@ -26,7 +30,7 @@ def run_script(name: str, tmp_path: Path, data: Path, *extra: str) -> tuple[dict
     argv = ["--smoke-test", "--num-samples", "2", "--max-concurrent", "2", "--data", str(data),
             "--eval-images", "8", "--workdir", str(tmp_path / "runs"), "--tracking-uri", uri,
             "--experiment", f"test-{name}", *extra]
-    return run_sweep(sweep, build_parser(sweep, None).parse_args(argv)), uri
+    return run_sweep(sweep, parse_options(sweep, argv)), uri
 
 
 def stored_sweep(uri: str, experiment: str) -> tuple[object, list]:
@@ -120,3 +124,54 @@ def test_crf_sweep_scores_refined_masks_of_one_checkpoint(tmp_path, synth_root, 
     # pipeline extracted the maps of the 8 scored images once.
     assert len(list((tmp_path / "runs/test-crf/classifier").glob("*/model.pt"))) == 1
     assert len(list((tmp_path / "runs/test-crf/pseudo-labels/maps").glob("*.npz"))) == 8
+
+
+def run_command(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """A sweep script run as a user runs it, from folder ``cwd`` (its own local Ray)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "WSSS_STORAGE_PATH")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, *argv], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=900)
+
+
+def test_relative_paths_run_and_resume_from_the_same_folder(tmp_path, synth_root):
+    """Relative --storage-path, --workdir, --data and sqlite store: the sweep runs, resumes from
+    the same folder, and a --resume from another folder says where the sweep's state is."""
+    import mlflow
+
+    from wsss.sweeps.tuner import STORAGE_TAG
+
+    here = tmp_path.resolve()
+    argv = [str(SCRIPTS / "hide_and_seek.py"), "--smoke-test", "--num-samples", "1",
+            "--data", os.path.relpath(synth_root, here), "--eval-images", "8",
+            "--storage-path", "rel_storage/ray", "--workdir", "runs",
+            "--tracking-uri", "sqlite:///mlflow.db", "--experiment", "rel"]
+    first = run_command(argv, here)
+    assert first.returncode == 0, first.stderr[-3000:]
+    tune_dir = here / "rel_storage/ray/rel"
+    assert (tune_dir / "tuner.pkl").is_file()
+    assert list((here / "rel_storage/ray/rel-train").glob("*/checkpoint_*"))  # Ray Train's too
+    uri = f"sqlite:///{here / 'mlflow.db'}"
+    parent, children = stored_sweep(uri, "rel")
+    assert parent.info.status == "FINISHED" and len(children) == 1
+    assert parent.data.tags[STORAGE_TAG] == str(tune_dir)
+
+    again = run_command([*argv, "--resume"], here)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming sweep from {tune_dir}" in again.stdout
+    parent_after, children_after = stored_sweep(uri, "rel")
+    assert parent_after.info.run_id == parent.info.run_id
+    assert parent_after.info.status == "FINISHED"
+    assert [c.info.run_id for c in children_after] == [children[0].info.run_id]
+    client = mlflow.MlflowClient(uri)
+    assert client.get_run(parent.info.run_id).data.metrics["trials"] == 1
+
+    elsewhere = here / "elsewhere"
+    elsewhere.mkdir()
+    other = [a if a != "sqlite:///mlflow.db" else uri for a in argv]
+    moved = run_command([*other, "--resume"], elsewhere)
+    assert moved.returncode == 2
+    assert (f"hide_and_seek sweep: error: --resume: sweep 'rel' keeps its state in {tune_dir}, "
+            f"not in {elsewhere / 'rel_storage/ray/rel'}") in moved.stderr
+    assert f"--storage-path {here / 'rel_storage/ray'}" in moved.stderr
+    assert list(elsewhere.iterdir()) == []  # stopped before any compute

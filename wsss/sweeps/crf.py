@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from wsss.config import ExperimentConfig
 from wsss.sweeps.runner import SAMPLE_IMAGES, Sweep
@@ -43,7 +43,8 @@ def crf_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         metrics = {OBJECTIVE: scored.scores.miou, CHUNK_ATTR: chunk, "images": scored.images,
                    "images_failed": len(scored.failed),
                    "pixel_accuracy": scored.scores.pixel_accuracy}
-        log_metrics(metrics, step=chunk, run_id=run_id, uri=ctx.tracking_uri)
+        log_metrics(metrics, step=chunk, run_id=run_id, uri=ctx.tracking_uri,
+                    unsent=ctx.unsent_file)
         ray.tune.report(metrics)
 
 
@@ -52,6 +53,7 @@ class CrfSweep(Sweep):
     """Refine knobs on the maps of ``--checkpoint`` (or of a CAM classifier trained first)."""
 
     time_attr: str = CHUNK_ATTR
+    path_options: Sequence[str] = ("checkpoint",)
 
     def resources(self, args: argparse.Namespace) -> Any:
         """The trial function (a little memory) plus one CPU bundle per refine worker."""
@@ -89,7 +91,7 @@ class CrfSweep(Sweep):
             raise RuntimeError(f"map extraction failed for {len(report.failed)} image(s), "
                                f"e.g. {report.failed[0]}; see {out / 'report.json'}")
         state = load_checkpoint_state(checkpoint)
-        return {"maps_dir": str(out / "maps"), "checkpoint": str(Path(checkpoint).resolve()),
+        return {"maps_dir": str(out / "maps"), "checkpoint": str(checkpoint),
                 "method": state["method"], "method_params": dict(state["method_params"])}
 
     def full_length(self, cfg: ExperimentConfig, trial_config: dict[str, Any]) -> int:

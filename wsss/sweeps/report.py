@@ -1,5 +1,9 @@
 """After a sweep: close each trial's MLflow run with its objective and pictures, and give the
-parent run the best config, a table of all trials and plots (objective vs each knob, history).
+parent run the best config, a table of all trials and plots (objective vs each knob, history);
+or, when the sweep fails or is stopped, close its open runs as FAILED / KILLED.
+
+A tracking server that does not answer loses nothing: what it could not take goes to the sweep's
+unsent file as JSON records (``wsss.tracking``'s local fallback, ``mlflow_unsent.jsonl``).
 """
 
 from __future__ import annotations
@@ -8,7 +12,6 @@ import csv
 import json
 import math
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -34,39 +37,129 @@ def trial_row(result: Any, full_length: Callable[[dict[str, Any]], int], time_at
             "knobs": {k: v for k, v in result.config.items() if not k.startswith("_")}}
 
 
-def close_trial_run(uri: str, run_id: str, row: dict[str, Any], time_attr: str,
-                    artifacts: Sequence[Path] = ()) -> None:
-    """Log the final objective, progress, knobs and pictures; end the run."""
-    client = _client(uri)
+def run_status(row: dict[str, Any]) -> str:
+    """The MLflow status a trial's run ends with: FAILED (error), KILLED (stopped early) or
+    FINISHED."""
+    return {"error": "FAILED", "stopped early": "KILLED"}.get(row["status"], "FINISHED")
+
+
+def close_trial_run(uri: str, experiment: str, parent_run_id: str, row: dict[str, Any],
+                    time_attr: str, pictures: Callable[[], Sequence[Path]] = tuple,
+                    pictures_dir: Path | None = None, unsent: str | Path | None = None) -> None:
+    """Log the trial's final objective, progress, knobs and pictures to its child run (found by
+    trial id under the parent) and end it; a run closed before (a resumed sweep) is left alone.
+
+    ``pictures`` makes the trial's pictures (in ``pictures_dir``) and is called at most once,
+    only for a run still open. When the tracking server does not answer, or has no run for the
+    trial (it started while the server was down), the same goes to ``unsent`` as one
+    ``close_trial_run`` record naming the trial id (``wsss.tracking``'s local fallback), and
+    the pictures are made in ``pictures_dir``.
+    """
+    from functools import cache
+
+    from wsss.sweeps.tracking import find_trial_run
+    from wsss.tracking import _guarded, _keep
+
+    metrics = {f"{time_attr}_run": row[time_attr]}
     if not math.isnan(row["objective"]):
-        client.log_metric(run_id, "objective", row["objective"])
-    client.log_metric(run_id, f"{time_attr}_run", row[time_attr])
-    client.set_tag(run_id, "wsss.status", row["status"])
-    client.set_tag(run_id, KNOBS_TAG, json.dumps(row["knobs"], default=str))
+        metrics["objective"] = row["objective"]
+    tags = {"wsss.status": row["status"], KNOBS_TAG: json.dumps(row["knobs"], default=str)}
+    record = {"kind": "close_trial_run", "trial_id": row["trial_id"],
+              "parent_run_id": parent_run_id, "metrics": metrics, "tags": tags,
+              "pictures_dir": str(pictures_dir) if pictures_dir else None,
+              "status": run_status(row)}
+    pictures, found = cache(pictures), {}
+
+    def send() -> None:
+        run = found["run"] = find_trial_run(uri, experiment, parent_run_id, row["trial_id"])
+        if run is not None and "wsss.status" not in run.data.tags:
+            _end_run(_client(uri), run.info.run_id, metrics, tags, pictures(), record["status"])
+
+    kept = _guarded(uri, None, record, send, unsent)
+    if not kept and found["run"] is None:
+        _keep(None, record, unsent)
+        kept = True
+    if kept:
+        pictures()
+
+
+def _end_run(client: Any, run_id: str, metrics: dict[str, float], tags: dict[str, str],
+             artifacts: Sequence[Path], status: str, artifact_path: str = "samples") -> None:
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value)
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
     for path in artifacts:
-        client.log_artifact(run_id, str(path), artifact_path="samples")
-    status = {"error": "FAILED", "stopped early": "KILLED"}.get(row["status"], "FINISHED")
+        client.log_artifact(run_id, str(path), artifact_path=artifact_path)
     client.set_terminated(run_id, status=status)
 
 
-def summarize_sweep(uri: str, parent_run_id: str, rows: list[dict[str, Any]],
-                    time_attr: str) -> dict[str, Any] | None:
-    """Best config, trials table and plots on the parent run; returns the best row."""
-    client = _client(uri)
+def summarize_sweep(uri: str, parent_run_id: str, rows: list[dict[str, Any]], time_attr: str,
+                    out_dir: Path, unsent: str | Path | None = None) -> dict[str, Any] | None:
+    """Best config, trials table and plots (written to ``out_dir``) on the parent run, which
+    then ends FINISHED; returns the best row (None if no trial scored).
+
+    When the tracking server does not answer, all of it goes to ``unsent`` as one
+    ``close_sweep_run`` record (the tables and plots stay in ``out_dir``).
+    """
+    from wsss.tracking import _guarded
+
     scored = [r for r in rows if not math.isnan(r["objective"])]
     best = max(scored, key=lambda r: r["objective"]) if scored else None
-    with tempfile.TemporaryDirectory() as tmp:
-        for path in write_outputs(rows, Path(tmp), time_attr):
-            client.log_artifact(parent_run_id, str(path))
-    ran = sum(r[time_attr] for r in rows)
-    full = sum(r["full"] for r in rows)
-    client.log_metric(parent_run_id, "trials", len(rows))
-    client.log_metric(parent_run_id, f"{time_attr}_run", ran)
-    client.log_metric(parent_run_id, f"{time_attr}_full_budget", full)
-    if best is not None:
-        _log_best(client, parent_run_id, best)
-    client.set_terminated(parent_run_id, status="FINISHED")
+    outputs = write_outputs(rows, out_dir, time_attr)
+    metrics = {"trials": len(rows), f"{time_attr}_run": sum(r[time_attr] for r in rows),
+               f"{time_attr}_full_budget": sum(r["full"] for r in rows)}
+    best_config = None if best is None else {"trial_id": best["trial_id"],
+                                             "objective": best["objective"],
+                                             "config": best["knobs"]}
+    record = {"kind": "close_sweep_run", "metrics": metrics, "best": best_config,
+              "artifacts": [str(p) for p in outputs], "status": "FINISHED"}
+
+    def send() -> None:
+        client = _client(uri)
+        if best is not None:
+            _log_best(client, parent_run_id, best)
+        _end_run(client, parent_run_id, metrics, {}, outputs, "FINISHED", artifact_path=None)
+
+    _guarded(uri, parent_run_id, record, send, unsent)
     return best
+
+
+def end_sweep_run(uri: str, experiment: str, parent_run_id: str, status: str,
+                  trial_statuses: dict[str, str], unsent: str | Path | None = None) -> None:
+    """End a sweep that failed (``status`` FAILED) or was interrupted (KILLED): its child runs
+    still RUNNING end with their trial's outcome from ``trial_statuses`` (trial id -> MLflow
+    status, known once Tune's results are in), else KILLED (cut short with the sweep); then the
+    parent run ends with ``status``. A tracking server that does not answer: one
+    ``end_sweep_run`` record in ``unsent``.
+    """
+    from wsss.sweeps.tracking import trial_runs
+    from wsss.tracking import _guarded
+
+    def send() -> None:
+        client = _client(uri)
+        for trial_id, run in trial_runs(uri, experiment, parent_run_id).items():
+            if run.info.status == "RUNNING":
+                client.set_terminated(run.info.run_id, trial_statuses.get(trial_id, "KILLED"))
+        client.set_terminated(parent_run_id, status=status)
+
+    record = {"kind": "end_sweep_run", "status": status, "trial_statuses": trial_statuses}
+    _guarded(uri, parent_run_id, record, send, unsent)
+
+
+def unsent_records(path: str | Path) -> int:
+    """Records in the sweep's unsent file (every process of the sweep appends to it; a line cut
+    short by a killed process is not counted); 0 when there is none."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    count = 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            count += isinstance(json.loads(line), dict)
+        except ValueError:
+            continue
+    return count
 
 
 def _log_best(client: Any, run_id: str, best: dict[str, Any]) -> None:

@@ -31,6 +31,7 @@ class Sweep:
     constants: dict[str, Any] = dataclasses.field(default_factory=dict)
     methods: Sequence[str] | None = None
     smoke_knobs: Sequence[Knob] = ()  # replace knobs of the same key in --smoke-test
+    path_options: Sequence[str] = ()  # this sweep's own options that name local files
     trainable: Callable[..., None] = train_trial
     time_attr: str = TIME_ATTR
     # The trial function itself: training trials only wait on Ray Train workers, which ask for
@@ -122,6 +123,21 @@ def build_parser(sweep: Sweep, description: str | None) -> argparse.ArgumentPars
     return p
 
 
+# Options of every sweep that name local files or folders (URIs stay as given).
+PATH_OPTIONS = ("data", "storage_path", "workdir", "tracking_uri")
+
+
+def parse_options(sweep: Sweep, argv: Sequence[str] | None = None,
+                  description: str | None = None) -> argparse.Namespace:
+    """The sweep's options, with every local path made absolute against the working directory
+    (``wsss.storage.absolute``): Ray storage, Ray workers and a later ``--resume`` from the
+    same folder all see the same files. argparse exits with status 2 on a bad option."""
+    from wsss.storage import absolute_options
+
+    args = build_parser(sweep, description).parse_args(argv)
+    return absolute_options(args, (*PATH_OPTIONS, *sweep.path_options))
+
+
 def base_config(args: argparse.Namespace, data_root: Path) -> ExperimentConfig:
     """Defaults for every trial; ``--smoke-test`` makes them tiny."""
     epochs = args.epochs or (1 if args.smoke_test else 4)
@@ -139,7 +155,7 @@ def dataset_root(args: argparse.Namespace, workdir: Path) -> Path:
     from wsss.data.synthetic import generate_dataset
 
     if args.data:
-        return Path(args.data).resolve()
+        return Path(args.data)
     n, size = (24, 64) if args.smoke_test else (120, 96)
     root = workdir / f"data/synth-{n}-{size}"
     if not (root / "classes.txt").is_file():

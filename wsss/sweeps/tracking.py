@@ -58,21 +58,66 @@ def sweep_run(uri: str, experiment: str, sweep_name: str, params: Mapping[str, A
     return run.info.run_id
 
 
-def trial_run(ctx: Any, trial_id: str, trial_name: str, cfg: ExperimentConfig) -> str:
-    """Id of the trial's child run (created on the trial's first start, reused on retries)."""
-    from wsss.tracking import ensure_experiment, log_params
+def unsent_run_id(trial_id: str) -> str:
+    """Stand-in run id of a trial whose child run the tracking server could not create: the
+    trial's records are kept under it in the sweep's unsent file."""
+    from wsss.tracking import UNSENT_RUN_PREFIX
 
-    filters = {ROLE: "trial", SWEEP: ctx.experiment, TRIAL_ID: trial_id,
-               "mlflow.parentRunId": ctx.parent_run_id}
-    runs = find_runs(ctx.tracking_uri, ctx.experiment, filters)
+    return f"{UNSENT_RUN_PREFIX}trial-{trial_id}"
+
+
+def trial_filters(experiment: str, parent_run_id: str, trial_id: str) -> dict[str, str]:
+    """The tags that name one trial's child run."""
+    return {ROLE: "trial", SWEEP: experiment, TRIAL_ID: trial_id,
+            "mlflow.parentRunId": parent_run_id}
+
+
+def trial_run(ctx: Any, trial_id: str, trial_name: str, cfg: ExperimentConfig) -> str:
+    """Id of the trial's child run (created on the trial's first start, reopened on retries).
+
+    A tracking server that does not answer: the run's tags and params are kept as one
+    ``create_run`` record in the sweep's unsent file (``ctx.unsent_file``), and the stand-in
+    :func:`unsent_run_id` is returned, under which the trial's later records are kept too.
+    """
+    from wsss.tracking import _guarded, flatten_params, log_params
+
+    tags = {**trial_filters(ctx.experiment, ctx.parent_run_id, trial_id), "stage": "sweep-trial"}
+    params = flatten_params(cfg.to_dict())
+    opened: dict[str, Any] = {}
+    record = {"kind": "create_run", "run_id": unsent_run_id(trial_id), "trial_id": trial_id,
+              "experiment": ctx.experiment, "run_name": trial_name, "tags": tags,
+              "params": params}
+    if _guarded(ctx.tracking_uri, None, record,
+                lambda: opened.update(_open_trial_run(ctx, trial_id, trial_name, tags)),
+                ctx.unsent_file):
+        return unsent_run_id(trial_id)
+    if opened["created"]:
+        log_params(cfg.to_dict(), run_id=opened["run_id"], uri=ctx.tracking_uri,
+                   unsent=ctx.unsent_file)
+    return opened["run_id"]
+
+
+def _open_trial_run(ctx: Any, trial_id: str, trial_name: str,
+                    tags: Mapping[str, str]) -> dict[str, Any]:
+    """{"run_id", "created"}: the trial's run, found again (a retry: reopened) or created."""
+    from wsss.tracking import ensure_experiment
+
+    found = find_trial_run(ctx.tracking_uri, ctx.experiment, ctx.parent_run_id, trial_id)
     client = _client(ctx.tracking_uri)
-    if runs:
-        client.set_tag(runs[0].info.run_id, "wsss.retried", "true")
-        return runs[0].info.run_id
+    if found is not None:
+        run_id = found.info.run_id
+        client.set_tag(run_id, "wsss.retried", "true")
+        client.update_run(run_id, status="RUNNING")  # closed as KILLED by an interrupted sweep
+        return {"run_id": run_id, "created": False}
     run = client.create_run(ensure_experiment(ctx.experiment, ctx.tracking_uri),
-                            run_name=trial_name, tags={**filters, "stage": "sweep-trial"})
-    log_params(cfg.to_dict(), run_id=run.info.run_id, uri=ctx.tracking_uri)
-    return run.info.run_id
+                            run_name=trial_name, tags=dict(tags))
+    return {"run_id": run.info.run_id, "created": True}
+
+
+def find_trial_run(uri: str, experiment: str, parent_run_id: str, trial_id: str) -> Any:
+    """The trial's child run (None if the store has none)."""
+    runs = find_runs(uri, experiment, trial_filters(experiment, parent_run_id, trial_id))
+    return runs[0] if runs else None
 
 
 def trial_runs(uri: str, experiment: str, parent_run_id: str) -> dict[str, Any]:

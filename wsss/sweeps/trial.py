@@ -38,6 +38,7 @@ class SweepContext:
     experiment: str
     tracking_uri: str
     parent_run_id: str
+    unsent_file: str | None = None  # records a dead tracking server could not take
     eval_ids: tuple[str, ...] = ()
     workers_per_trial: int = 1
     gpus_per_trial: float = 0.0
@@ -64,10 +65,11 @@ class TuneForwarder(TuneReportCallback):
     """
 
     def __init__(self, round_number: int, epoch_offset: int, run_id: str, tracking_uri: str,
-                 crash_marker: str | None = None) -> None:
+                 crash_marker: str | None = None, unsent: str | None = None) -> None:
         super().__init__()
         self.round_number, self.epoch_offset = round_number, epoch_offset
         self.run_id, self.tracking_uri, self.crash_marker = run_id, tracking_uri, crash_marker
+        self.unsent = unsent  # the sweep's unsent file
         self.placement_group: str | None = None
         self.recorder = PlacementGroupRecorder(self)
         self._log: Any = None
@@ -81,7 +83,7 @@ class TuneForwarder(TuneReportCallback):
         if self.placement_group:
             first[PLACEMENT_GROUP] = self.placement_group
         if self._log is None:  # made on the first report: a retried trial reads its steps
-            self._log = StepLog(self.run_id, self.tracking_uri, TIME_ATTR)
+            self._log = StepLog(self.run_id, self.tracking_uri, TIME_ATTR, self.unsent)
         if not self._log.log(first, step=first[TIME_ATTR]):
             return
         super().after_report(run_context, [first, *metrics[1:]], checkpoint)
@@ -134,7 +136,7 @@ def train_trial(config: dict[str, Any], ctx: SweepContext) -> None:
             previous = final
             continue
         forward = TuneForwarder(k + 1, k * cfg.train.epochs, run_id, ctx.tracking_uri,
-                               ctx.crash_marker)
+                               ctx.crash_marker, ctx.unsent_file)
         result = train_classifier(
             cfg, final.parent, f"{trial_id}-round{k + 1}",
             storage_path=f"{ctx.storage_path.rstrip('/')}/{ctx.experiment}-train",

@@ -3,77 +3,204 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
-from wsss.sweeps.runner import (CRASH_ENV, Sweep, base_config, build_parser, dataset_root,
-                                select_train_eval_ids)
 from ray.tune import Callback
 
+from wsss.sweeps.report import run_status, trial_row, unsent_records
+from wsss.sweeps.runner import (CRASH_ENV, Sweep, base_config, dataset_root, parse_options,
+                                select_train_eval_ids)
+from wsss.sweeps.tracking import _client
 from wsss.sweeps.trial import OBJECTIVE, PLACEMENT_GROUP, SweepContext
+
+STORAGE_TAG = "wsss.storage_path"  # the parent run's Tune experiment folder (or URI)
+TUNE_SIGINT_ENV = "TUNE_DISABLE_SIGINT_HANDLER"
 
 
 def main(sweep: Sweep, argv: Sequence[str] | None = None, description: str | None = None) -> int:
-    """Entry point of a sweep script: parse options, run the sweep, print the best trial."""
+    """Entry point of a sweep script: parse options, run the sweep, print the best trial.
+
+    Returns 0 when a trial scored, 1 when none did, 2 when an option, the tracking store or a
+    folder is unusable (before any compute), and 128 + the signal number when Ctrl+C (SIGINT)
+    or SIGTERM stopped it (its MLflow runs are then closed as KILLED; ``--resume`` continues).
+    """
     from wsss.config import ConfigError
     from wsss.data.voc import DatasetError
     from wsss.names import InvalidNameError
     from wsss.storage import OutputError
     from wsss.tracking import TrackingError
 
-    args = build_parser(sweep, description).parse_args(argv)
+    args = parse_options(sweep, argv, description)
     try:
         best = run_sweep(sweep, args)
-    except (ConfigError, DatasetError, InvalidNameError, OutputError, TrackingError) as err:
+    except (ConfigError, DatasetError, InvalidNameError, OutputError, ResumeError,
+            TrackingError) as err:
         print(f"{sweep.name} sweep: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ray may raise a KeyboardInterrupt of its own on the way out
+        signum = _stop_signals[-1] if _stop_signals else signal.SIGINT
+        print(f"{sweep.name} sweep: stopped by {signal.Signals(signum).name}; open MLflow runs "
+              f"closed as KILLED; continue it with --resume", file=sys.stderr)
+        return 128 + signum
     return 0 if best is not None else 1
 
 
+class ResumeError(ValueError):
+    """``--resume`` names another folder than the one the sweep keeps its state in."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl+C's KeyboardInterrupt so the sweep ends its runs as KILLED."""
+
+
+_stop_signals: list[int] = []  # SIGTERMs received by the running sweep (for the exit status)
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` (Ray's handler would end the process at once), and
+    Ctrl+C raises KeyboardInterrupt during ``Tuner.fit`` too (Tune's own handler would end the
+    fit as if it were done), so both reach :func:`run_sweep`'s clean-up; the previous handler
+    and environment come back on exit."""
+    def terminate(signum: int, frame: Any) -> None:
+        _stop_signals.append(signum)
+        raise Terminated()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set in the main thread
+        return
+    from wsss.tracking import _env_restored
+
+    _stop_signals.clear()
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        with _env_restored(TUNE_SIGINT_ENV, "1"):
+            yield
+    finally:  # None: a handler not set from Python (Ray's C++ one); the default then
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
 def run_sweep(sweep: Sweep, args: argparse.Namespace) -> dict[str, Any] | None:
-    """Run (or resume) the sweep; returns the best trial's row (None if no trial scored)."""
+    """Run (or resume) the sweep; returns the best trial's row (None if no trial scored).
+
+    ``args`` come from :func:`~wsss.sweeps.runner.parse_options` (absolute paths). Raises
+    OutputError, TrackingError or ResumeError before any compute. Whatever is raised once the
+    parent run exists (KeyboardInterrupt, and SIGTERM as :class:`Terminated`, included) first
+    ends it, FAILED (KILLED when interrupted), with its trial runs still open
+    (:func:`~wsss.sweeps.report.end_sweep_run`).
+    """
     from wsss import tracking
     from wsss.names import check_name, sweep_experiment_problem
     from wsss.ray_utils import init_ray
     from wsss.sweeps.spaces import check_space
     from wsss.sweeps.tracking import sweep_run
-
-    from wsss.storage import check_writable
     from wsss.train.classifier import scan_training_data
 
     start = time.perf_counter()
     # Before any compute: names that fit, a tracking server that answers, folders that can be
-    # written, a dataset whose training split can be read (scanned once for every trial).
+    # written, a search space of valid configs, a dataset whose training split can be read
+    # (scanned once for every trial).
     check_name(args.experiment, "--experiment", sweep_experiment_problem,
                "a sweep's experiment is also its Tune run name and a folder under --workdir "
                "and --storage-path")
-    uri = tracking.check_tracking_uri(args.tracking_uri)
-    storage = args.storage_path or str((Path(args.workdir) / "ray").resolve())
-    check_writable(args.workdir, "--workdir folder")
-    check_writable(storage, "--storage-path folder")
-    workdir = (Path(args.workdir) / args.experiment).resolve()
-    cfg = base_config(args, dataset_root(args, Path(args.workdir).resolve()))
+    uri, storage = check_before_compute(args)
+    cfg = base_config(args, dataset_root(args, Path(args.workdir)))
     check_space(sweep.space(args.smoke_test), cfg)  # every proposal is a valid config
     training_data = scan_training_data(cfg)
     init_ray(args.address)
-    tracking.ensure_experiment(args.experiment, uri)
-    parent = sweep_run(uri, args.experiment, args.experiment, _sweep_params(args, cfg),
-                       args.resume)
-    ctx = SweepContext(base_config=cfg.to_dict(), workdir=str(workdir), storage_path=storage,
-                       experiment=args.experiment, tracking_uri=uri, parent_run_id=parent,
-                       eval_ids=tuple(select_train_eval_ids(cfg, args.eval_images, args.seed)),
-                       workers_per_trial=args.workers_per_trial,
-                       gpus_per_trial=args.gpus_per_trial,
-                       crash_marker=os.environ.get(CRASH_ENV), training_data=training_data,
-                       extra=sweep.prepare(args, cfg, workdir))
-    results = make_tuner(sweep, args, ctx, cfg).fit()
-    best = record_results(sweep, ctx, cfg, results)
-    _print_summary(args, uri, parent, best, time.perf_counter() - start)
+    workdir = Path(args.workdir) / args.experiment
+    unsent = workdir / tracking.UNSENT_FILE
+    with _signals_interrupt():  # after ray.init, which sets its own SIGTERM handler
+        tracking.ensure_experiment(args.experiment, uri)
+        parent = sweep_run(uri, args.experiment, args.experiment, _sweep_params(args, cfg),
+                           args.resume)
+        outcomes: dict[str, str] = {}  # trial id -> MLflow status, once Tune's results are in
+        with _ended_on_failure(uri, args.experiment, parent, outcomes, unsent):
+            _client(uri).set_tag(parent, STORAGE_TAG, tune_path(storage, args.experiment))
+            ctx = SweepContext(
+                base_config=cfg.to_dict(), workdir=str(workdir), storage_path=storage,
+                experiment=args.experiment, tracking_uri=uri, parent_run_id=parent,
+                unsent_file=str(unsent),
+                eval_ids=tuple(select_train_eval_ids(cfg, args.eval_images, args.seed)),
+                workers_per_trial=args.workers_per_trial, gpus_per_trial=args.gpus_per_trial,
+                crash_marker=os.environ.get(CRASH_ENV), training_data=training_data,
+                extra=sweep.prepare(args, cfg, workdir))
+            results = make_tuner(sweep, args, ctx, cfg).fit()
+            rows = [trial_row(r, lambda c: sweep.full_length(cfg, c), sweep.time_attr,
+                              OBJECTIVE) for r in results]
+            outcomes.update({row["trial_id"]: run_status(row) for row in rows})
+            best = record_results(sweep, ctx, cfg, rows)
+    _print_summary(args, uri, parent, best, time.perf_counter() - start, unsent)
     return best
+
+
+def check_before_compute(args: argparse.Namespace) -> tuple[str, str]:
+    """(tracking URI, Ray storage path) once the tracking server answers, ``--workdir`` and
+    ``--storage-path`` can be written and a ``--resume`` looks where the sweep keeps its state.
+
+    Raises TrackingError, OutputError or ResumeError naming the URI, folder or option.
+    """
+    from wsss.storage import check_writable
+    from wsss.tracking import check_tracking_uri
+
+    uri = check_tracking_uri(args.tracking_uri)
+    storage = args.storage_path or str(Path(args.workdir) / "ray")
+    check_writable(args.workdir, "--workdir folder")
+    check_writable(storage, "--storage-path folder")
+    if args.resume:
+        _check_resume(uri, args.experiment, tune_path(storage, args.experiment))
+    return uri, storage
+
+
+def tune_path(storage: str, experiment: str) -> str:
+    """The folder (or URI) of the sweep's Tune experiment in Ray storage."""
+    return f"{storage.rstrip('/')}/{experiment}"
+
+
+def _check_resume(uri: str, experiment: str, path: str) -> None:
+    """ResumeError when ``path`` holds no Tune state but the sweep's parent run recorded
+    another folder (a relative ``--storage-path`` or ``--workdir`` given from another folder)."""
+    from ray import tune
+
+    from wsss.sweeps.tracking import ROLE, SWEEP, find_runs
+
+    if tune.Tuner.can_restore(path):
+        return
+    runs = find_runs(uri, experiment, {ROLE: "sweep", SWEEP: experiment})
+    recorded = runs[0].data.tags.get(STORAGE_TAG) if runs else None
+    if recorded and recorded != path:
+        raise ResumeError(
+            f"--resume: sweep '{experiment}' keeps its state in {recorded}, not in {path}; "
+            f"relative paths are taken from the working directory: run from the folder the "
+            f"sweep started in, or pass --storage-path {recorded.rsplit('/', 1)[0]}")
+    print(f"--resume: no interrupted sweep at {path}; starting it anew", flush=True)
+
+
+@contextlib.contextmanager
+def _ended_on_failure(uri: str, experiment: str, parent: str, outcomes: dict[str, str],
+                      unsent: Path) -> Iterator[None]:
+    """End the sweep's MLflow runs when the body raises (KILLED if interrupted, else FAILED),
+    then raise on; a failure to end them is printed, never hides the first error."""
+    from wsss.sweeps.report import end_sweep_run
+
+    try:
+        yield
+    except BaseException as err:
+        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        try:
+            end_sweep_run(uri, experiment, parent, status, outcomes, unsent)
+        except Exception as close_err:  # noqa: BLE001
+            print(f"warning: could not close MLflow run {parent} as {status}: {close_err}",
+                  file=sys.stderr)
+        raise
 
 
 def make_tuner(sweep: Sweep, args: argparse.Namespace, ctx: SweepContext, cfg: Any) -> Any:
@@ -82,7 +209,7 @@ def make_tuner(sweep: Sweep, args: argparse.Namespace, ctx: SweepContext, cfg: A
 
     trainable = tune.with_resources(tune.with_parameters(sweep.trainable, ctx=ctx),
                                     sweep.resources(args))
-    path = f"{ctx.storage_path.rstrip('/')}/{args.experiment}"
+    path = tune_path(ctx.storage_path, args.experiment)
     if args.resume and tune.Tuner.can_restore(path):
         print(f"resuming sweep from {path}", flush=True)
         return tune.Tuner.restore(path, trainable, resume_errored=True)
@@ -151,28 +278,26 @@ def _scheduler(sweep: Sweep, args: argparse.Namespace, cfg: Any) -> Any:
                          grace_period=1, reduction_factor=2 if args.smoke_test else 3)
 
 
-def record_results(sweep: Sweep, ctx: SweepContext, cfg: Any, results: Any) -> dict | None:
-    """Close every trial's MLflow run (objective, status, pictures); summarise on the parent."""
-    from wsss.sweeps.report import close_trial_run, summarize_sweep, trial_row
-    from wsss.sweeps.tracking import trial_runs
+def record_results(sweep: Sweep, ctx: SweepContext, cfg: Any,
+                   rows: list[dict[str, Any]]) -> dict | None:
+    """Close every trial's MLflow run (objective, status, pictures); summarise on the parent
+    (tables and plots also in ``WORKDIR/summary``). Returns the best row."""
+    from wsss.sweeps.report import close_trial_run, summarize_sweep
 
-    runs = trial_runs(ctx.tracking_uri, ctx.experiment, ctx.parent_run_id)
-    rows = []
-    for result in results:
-        row = trial_row(result, lambda c: sweep.full_length(cfg, c), sweep.time_attr, OBJECTIVE)
-        rows.append(row)
-        run = runs.get(row["trial_id"])
-        if run is not None and "wsss.status" not in run.data.tags:
-            close_trial_run(ctx.tracking_uri, run.info.run_id, row, sweep.time_attr,
-                            _trial_samples(sweep, ctx, cfg, row))
-    return summarize_sweep(ctx.tracking_uri, ctx.parent_run_id, rows, sweep.time_attr)
+    for row in rows:
+        folder = Path(ctx.workdir) / "samples" / row["trial_id"]
+        close_trial_run(ctx.tracking_uri, ctx.experiment, ctx.parent_run_id, row,
+                        sweep.time_attr, lambda: _trial_samples(sweep, ctx, cfg, row, folder),
+                        folder, ctx.unsent_file)
+    return summarize_sweep(ctx.tracking_uri, ctx.parent_run_id, rows, sweep.time_attr,
+                           Path(ctx.workdir) / "summary", ctx.unsent_file)
 
 
-def _trial_samples(sweep: Sweep, ctx: SweepContext, cfg: Any,
-                   row: dict[str, Any]) -> list[Path]:
+def _trial_samples(sweep: Sweep, ctx: SweepContext, cfg: Any, row: dict[str, Any],
+                   out_dir: Path) -> list[Path]:
     """The trial's pictures; a failure is reported, never allowed to lose the summary."""
     try:
-        return sweep.samples(ctx, cfg, row, Path(ctx.workdir) / "samples" / row["trial_id"])
+        return sweep.samples(ctx, cfg, row, out_dir)
     except Exception as err:  # noqa: BLE001
         print(f"warning: no samples for trial {row['trial_id']}: {err}", file=sys.stderr)
         return []
@@ -185,7 +310,11 @@ def _sweep_params(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
 
 
 def _print_summary(args: argparse.Namespace, uri: str, parent: str, best: dict | None,
-                   seconds: float) -> None:
+                   seconds: float, unsent: Path) -> None:
+    kept = unsent_records(unsent)
+    if kept:
+        print(f"warning: MLflow at {uri} did not answer during sweep '{args.experiment}'; "
+              f"{kept} record(s) kept in {unsent}", file=sys.stderr)
     if best is None:
         print(f"\nsweep '{args.experiment}' finished in {seconds:.0f}s with no scored trial")
         return
@@ -196,4 +325,5 @@ def _print_summary(args: argparse.Namespace, uri: str, parent: str, best: dict |
           f"MLflow: parent run {parent} in experiment '{args.experiment}' at {uri}\n"
           f"  wsss compare --experiment {shlex.quote(args.experiment)}"
           + (f" --tracking-uri {uri}" if args.tracking_uri else "") + "\n"
-          f"  mlflow ui --backend-store-uri {uri}")
+          f"  mlflow ui --backend-store-uri {uri}"
+          + (f"\nMLflow did not answer: {kept} record(s) kept in {unsent}" if kept else ""))
