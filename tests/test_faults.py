@@ -262,7 +262,8 @@ def _start_sweep(argv: list[str], cwd: Path) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def _wait_for(condition, driver: subprocess.Popen, what: str, seconds: float = 300) -> None:
+def _wait_for(condition, driver: subprocess.Popen, what: str, seconds: float = 900) -> None:
+    """Wait until ``condition()``; the deadline is a hang guard, generous for a loaded machine."""
     deadline = time.monotonic() + seconds
     while not condition():
         assert driver.poll() is None, f"the sweep ended before {what}"
@@ -282,7 +283,7 @@ def test_stopped_sweep_closes_its_runs_as_killed(signum, tmp_path, synth_root, r
         _wait_for(lambda: _first_report(tmp_path / "runs/ray" / experiment), driver,
                   "a trial reported")
         os.kill(driver.pid, signum)
-        out, err = driver.communicate(timeout=120)
+        out, err = driver.communicate(timeout=900)
     finally:
         if driver.poll() is None:
             _kill_tree(driver)
@@ -375,19 +376,25 @@ def mlflow_server(tmp_path, monkeypatch):
         start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600  # a hang guard: a loaded machine takes minutes
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=1) as answer:
-                if answer.status == 200:
-                    break
-        except OSError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
-        time.sleep(0.3)
-    yield uri, proc
-    if proc.poll() is None:
-        _kill_tree(proc)
-    mlflow.set_tracking_uri(None)
+    try:
+        while not _answers(uri):
+            assert proc.poll() is None, "mlflow server exited before it answered"
+            assert time.monotonic() < deadline, "mlflow server did not start"
+            time.sleep(0.3)
+        yield uri, proc
+    finally:  # also when it never answered: no server outlives its test
+        if proc.poll() is None:
+            _kill_tree(proc)
+        mlflow.set_tracking_uri(None)
+
+
+def _answers(uri: str) -> bool:
+    """Whether the MLflow server at ``uri`` answers its health check."""
+    try:
+        with urllib.request.urlopen(f"{uri}/health", timeout=1) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
 
 
 @pytest.mark.slow

@@ -293,11 +293,11 @@ def test_rescoring_inside_a_placement_group_uses_its_cpus(ray_session, synth_roo
 
     cpus = int(ray.cluster_resources()["CPU"])
     group = placement_group([{"memory": 2**20}] + [{"CPU": 1}] * cpus)
-    ray.get(group.ready(), timeout=60)
+    ray.get(group.ready(), timeout=600)
     try:
         strategy = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0,
                                                     placement_group_capture_child_tasks=True)
-        miou = ray.get(trial.options(scheduling_strategy=strategy).remote(), timeout=180)
+        miou = ray.get(trial.options(scheduling_strategy=strategy).remote(), timeout=900)
     finally:
         remove_placement_group(group)
     assert miou == pytest.approx(_file_scores(masks_dir, synth_root, ids))

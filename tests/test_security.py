@@ -152,7 +152,7 @@ def _start_server(home: Path, env_file: str | None) -> list[str]:
     subprocess.run(["bash", script, "start"], env=env, check=True, capture_output=True)
     try:
         args_file = home / "mlflow_args"
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 300  # a hang guard, generous for a loaded machine
         while not args_file.is_file() and time.monotonic() < deadline:
             time.sleep(0.05)
         return args_file.read_text().split()

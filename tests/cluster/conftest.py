@@ -37,7 +37,7 @@ class SshHead:
     log: Path          # sshd's log
     pid: int           # sshd, first process of the head's PID namespace
 
-    def ssh(self, command: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    def ssh(self, command: str, timeout: float = 300) -> subprocess.CompletedProcess:
         """Run ``command`` on the head the way the launcher does (login shell)."""
         return subprocess.run(
             ["ssh", "-i", str(self.key), "-o", "StrictHostKeyChecking=no",
@@ -133,13 +133,13 @@ def _processes_in(namespace: str) -> list[int]:
     return pids
 
 
-def _wait_for_ssh(head: SshHead, proc: subprocess.Popen, timeout: float = 60) -> None:
+def _wait_for_ssh(head: SshHead, proc: subprocess.Popen, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"sshd exited ({proc.returncode}): {head.log.read_text()}")
         try:
-            if head.ssh("true", timeout=20).returncode == 0:
+            if head.ssh("true", timeout=60).returncode == 0:
                 return
         except subprocess.TimeoutExpired:
             pass
@@ -152,13 +152,13 @@ def _stop(proc: subprocess.Popen, namespace: str | None) -> None:
     if proc.poll() is None:
         proc.terminate()  # unshare --kill-child SIGKILLs sshd, the namespace's init
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=20)
+            proc.wait(timeout=60)
     if namespace is None:
         return
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # a hang guard, generous for a loaded machine
     while _processes_in(namespace) and time.monotonic() < deadline:
         time.sleep(0.5)
     survivors = _processes_in(namespace)
