@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import mlflow
 
 from wsss import names, tracking
+from wsss.train.reporting import StepLog
 
 
 def test_a_runs_store_does_not_become_the_next_default(tmp_path, monkeypatch):
@@ -39,14 +40,14 @@ def test_step_log_logs_each_step_once_across_restarts(tmp_path):
     with tracking.start_run("epochs", uri=uri, local_dir=tmp_path) as run:
         run_id = run.info.run_id
     unsent = tmp_path / tracking.UNSENT_FILE
-    first = tracking.StepLog(run_id, uri, "epoch", unsent)
+    first = StepLog(run_id, uri, "epoch", unsent)
     assert first.log({"epoch": 1, "loss": 0.9}, step=1)
     assert first.log({"epoch": 2, "loss": 0.7}, step=2)
     assert not first.log({"epoch": 2, "loss": 0.6}, step=2)  # re-sent: skipped
     # epoch 3 was kept locally while the server was away (the record a dead server leaves)
     unsent.write_text(json.dumps({"run_id": run_id, "kind": "metrics", "step": 3,
                                   "values": {"epoch": 3.0, "loss": 0.5}}) + "\n{cut sh")
-    restarted = tracking.StepLog(run_id, uri, "epoch", unsent)
+    restarted = StepLog(run_id, uri, "epoch", unsent)
     assert restarted.steps == {1, 2, 3}
     assert [restarted.log({"epoch": e, "loss": 0.1}, step=e) for e in (2, 3, 4)] == [
         False, False, True]
@@ -102,7 +103,8 @@ def test_sweep_parent_and_trial_runs_keep_long_params_in_full(tmp_path):
     uri, root = _store(tmp_path), "/d/" + "r" * 7000
     cfg = load_config(None, [f"data.root={root}"])
     parent = sweep_run(uri, "sweep-x", "sweep-x", {"data": {"root": root}}, resume=False)
-    ctx = SimpleNamespace(experiment="sweep-x", parent_run_id=parent, tracking_uri=uri)
+    ctx = SimpleNamespace(experiment="sweep-x", parent_run_id=parent, tracking_uri=uri,
+                          unsent_file=None)
     trial = trial_run(ctx, "t1", "trial-1", cfg)
     client = mlflow.MlflowClient(uri)
     for run_id in (parent, trial):

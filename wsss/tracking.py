@@ -130,7 +130,7 @@ def start_run(run_name: str, *, experiment: str = "wsss", uri: str | None = None
     uri = check_tracking_uri(uri)
     # mlflow.set_tracking_uri also sets $MLFLOW_TRACKING_URI: restored when the run ends, so
     # one run's store does not become the default of the next run in this process.
-    with _env_restored(URI_ENV):
+    with env_restored(URI_ENV):
         mlflow.set_tracking_uri(uri)
         experiment_id = ensure_experiment(experiment, uri)
         all_tags = dict(tags or {})
@@ -147,13 +147,13 @@ def start_run(run_name: str, *, experiment: str = "wsss", uri: str | None = None
             yield run
             status = "FINISHED"
         finally:
-            _guarded(uri, run_id, {"kind": "end_run", "status": status},
+            send_or_keep(uri, run_id, {"kind": "end_run", "status": status},
                      lambda: mlflow.end_run(status))
             _warn_kept(run_name, uri, run_id)
 
 
 @contextlib.contextmanager
-def _env_restored(key: str, value: str | None = None) -> Iterator[None]:
+def env_restored(key: str, value: str | None = None) -> Iterator[None]:
     """Environment variable ``key`` (set to ``value`` when given) restored on exit."""
     saved = os.environ.get(key)
     if value is not None:
@@ -188,15 +188,37 @@ def worker_unsent_file(run_id: str | None) -> str | None:
 def kept_locally(run_id: str, path: str | Path | None = None) -> tuple[int, Path] | None:
     """(records of ``run_id`` in its unsent file, the file), or None when all were sent."""
     path = Path(path) if path else unsent_file(run_id)
-    if not path.is_file():
-        return None
-    lines = path.read_text(encoding="utf-8").splitlines()
-    count = sum(1 for line in lines if _record(line).get("run_id") == run_id)
+    count = len(unsent_records(path, run_id))
     return (count, path) if count else None
 
 
-def _guarded(uri: str, run_id: str | None, record: dict[str, Any], send: Callable[[], Any],
-             path: str | Path | None = None) -> bool:
+def unsent_records(path: str | Path, run_id: str | None = None) -> list[dict[str, Any]]:
+    """The records of an unsent file (of ``run_id`` only, when given); [] without the file.
+
+    Several processes append to one file; a line cut short by a killed writer is skipped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and (run_id is None or record.get("run_id") == run_id):
+            records.append(record)
+    return records
+
+
+def is_offline(uri: str) -> bool:
+    """Whether the tracking server at ``uri`` stopped answering earlier in this process
+    (its calls are then only kept locally, see :func:`send_or_keep`)."""
+    return uri in _offline
+
+
+def send_or_keep(uri: str, run_id: str | None, record: dict[str, Any],
+                 send: Callable[[], Any], path: str | Path | None = None) -> bool:
     """``send()``; if a tracking server does not answer, append ``record`` to the unsent file
     and return True (False: sent).
 
@@ -206,7 +228,7 @@ def _guarded(uri: str, run_id: str | None, record: dict[str, Any], send: Callabl
     stores are raised as before.
     """
     if run_id and run_id.startswith(UNSENT_RUN_PREFIX):
-        _keep(run_id, record, path)
+        keep_unsent(run_id, record, path)
         return True
     if not is_server(uri):
         send()
@@ -223,18 +245,18 @@ def _guarded(uri: str, run_id: str | None, record: dict[str, Any], send: Callabl
             _offline[uri] = f"{type(err).__name__}: {problem}"
     elif record["kind"] == "end_run":
         _end_without_server(send)
-    _keep(run_id, record, path)
+    keep_unsent(run_id, record, path)
     return True
 
 
 def _end_without_server(end: Callable[[], Any]) -> None:
     """End the local active run without waiting on retries of a server known to be down."""
-    with _env_restored("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"), \
+    with env_restored("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"), \
             contextlib.suppress(Exception):  # the run is popped before the server call
         end()
 
 
-def _keep(run_id: str | None, record: dict[str, Any], path: str | Path | None) -> None:
+def keep_unsent(run_id: str | None, record: dict[str, Any], path: str | Path | None) -> None:
     """Append ``record`` (one JSON line) to the unsent file of ``run_id``."""
     path = Path(path) if path else unsent_file(run_id or "")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -283,7 +305,7 @@ def log_params(params: Mapping[str, Any], run_id: str | None = None, uri: str | 
             client.set_tag(run_id, SHORTENED_TAG, shorten(", ".join(every), tag_value_limit(),
                                                           f"all keys in {PARAMS_ARTIFACT}"))
 
-    _guarded(uri, run_id, {"kind": "params", "values": flat}, send, unsent)
+    send_or_keep(uri, run_id, {"kind": "params", "values": flat}, send, unsent)
     return full
 
 
@@ -341,7 +363,7 @@ def log_metrics(metrics: Mapping[str, Any], step: int | None = None,
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if run_id is None:
         record = {"kind": "metrics", "step": step, "values": numeric}
-        _guarded(mlflow.get_tracking_uri(), _active_run_id(), record,
+        send_or_keep(mlflow.get_tracking_uri(), _active_run_id(), record,
                  lambda: mlflow.log_metrics(numeric, step=step), unsent)
         return
     uri = resolve_tracking_uri(uri)
@@ -351,7 +373,7 @@ def log_metrics(metrics: Mapping[str, Any], step: int | None = None,
         for key, value in numeric.items():
             client.log_metric(run_id, key, value, step=step or 0)
 
-    _guarded(uri, run_id, {"kind": "metrics", "step": step, "values": numeric}, send, unsent)
+    send_or_keep(uri, run_id, {"kind": "metrics", "step": step, "values": numeric}, send, unsent)
 
 
 def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
@@ -362,7 +384,7 @@ def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
     copy = unsent_file(run_id or "").parent / UNSENT_ARTIFACTS / (artifact_path or "")
     record = {"kind": "artifact", "file": str(path), "artifact_path": artifact_path,
               "kept_copy": str(copy / Path(path).name)}
-    if _guarded(uri, run_id, record,
+    if send_or_keep(uri, run_id, record,
                 lambda: mlflow.log_artifact(str(path), artifact_path=artifact_path)):
         copy.mkdir(parents=True, exist_ok=True)  # the file may be temporary: keep a copy
         shutil.copyfile(path, copy / Path(path).name)
@@ -372,74 +394,9 @@ def log_text(text: str, name: str) -> None:
     """Store ``text`` as artifact ``name`` of the active run."""
     import mlflow
 
-    _guarded(mlflow.get_tracking_uri(), _active_run_id(),
+    send_or_keep(mlflow.get_tracking_uri(), _active_run_id(),
              {"kind": "text", "name": name, "text": text}, lambda: mlflow.log_text(text, name))
 
 
 def _param_text(value: Any) -> str:
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-
-
-class StepLog:
-    """Per-step metrics of one MLflow run, each step logged once (a re-sent step is skipped).
-
-    A Ray Train worker group that restarts from its last checkpoint trains (and reports) again
-    the epochs after it; a Tune trial that is retried does the same. The steps the run already
-    holds, in the store or in its unsent-records file, are read once when the log is made, so a
-    restarted process does not log them again.
-
-    Args:
-        run_id / uri: the MLflow run and its store.
-        key: a metric logged at every step (its history tells the steps already logged).
-        unsent: the run's unsent-records file (see :func:`log_metrics`).
-    """
-
-    def __init__(self, run_id: str, uri: str | None, key: str,
-                 unsent: str | Path | None = None) -> None:
-        self.run_id, self.uri, self.unsent = run_id, resolve_tracking_uri(uri), unsent
-        self.steps = logged_steps(run_id, key, self.uri, unsent)
-
-    def log(self, metrics: Mapping[str, Any], step: int) -> bool:
-        """Log ``metrics`` at ``step`` unless the run holds that step; True when logged."""
-        if step in self.steps:
-            return False
-        log_metrics(metrics, step=step, run_id=self.run_id, uri=self.uri, unsent=self.unsent)
-        self.steps.add(step)
-        return True
-
-
-def logged_steps(run_id: str, key: str, uri: str | None = None,
-                 unsent: str | Path | None = None) -> set[int]:
-    """Steps at which run ``run_id`` holds metric ``key``: in the store at ``uri`` and in its
-    unsent-records file (a server that does not answer contributes nothing)."""
-    import mlflow
-
-    uri = resolve_tracking_uri(uri)
-    steps: set[int] = set()
-
-    def read() -> None:
-        steps.update(m.step for m in mlflow.MlflowClient(uri).get_metric_history(run_id, key))
-
-    if not run_id.startswith(UNSENT_RUN_PREFIX) and (not is_server(uri) or uri not in _offline):
-        try:
-            read()
-        except Exception:  # noqa: BLE001  (a server gone: its steps are unknown here)
-            if not is_server(uri):
-                raise
-    path = Path(unsent) if unsent else unsent_file(run_id)
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            record = _record(line)
-            if (record.get("run_id") == run_id and record.get("kind") == "metrics"
-                    and key in record.get("values", {}) and record.get("step") is not None):
-                steps.add(int(record["step"]))
-    return steps
-
-
-def _record(line: str) -> dict[str, Any]:
-    """One line of an unsent file as a dict ({} when blank or cut short by a kill)."""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return {}
-    return record if isinstance(record, dict) else {}

@@ -58,7 +58,7 @@ def close_trial_run(uri: str, experiment: str, parent_run_id: str, row: dict[str
     from functools import cache
 
     from wsss.sweeps.tracking import find_trial_run
-    from wsss.tracking import _guarded, _keep
+    from wsss.tracking import keep_unsent, send_or_keep
 
     metrics = {f"{time_attr}_run": row[time_attr]}
     if not math.isnan(row["objective"]):
@@ -75,9 +75,9 @@ def close_trial_run(uri: str, experiment: str, parent_run_id: str, row: dict[str
         if run is not None and "wsss.status" not in run.data.tags:
             _end_run(_client(uri), run.info.run_id, metrics, tags, pictures(), record["status"])
 
-    kept = _guarded(uri, None, record, send, unsent)
+    kept = send_or_keep(uri, None, record, send, unsent)
     if not kept and found["run"] is None:
-        _keep(None, record, unsent)
+        keep_unsent(None, record, unsent)
         kept = True
     if kept:
         pictures()
@@ -102,7 +102,7 @@ def summarize_sweep(uri: str, parent_run_id: str, rows: list[dict[str, Any]], ti
     When the tracking server does not answer, all of it goes to ``unsent`` as one
     ``close_sweep_run`` record (the tables and plots stay in ``out_dir``).
     """
-    from wsss.tracking import _guarded
+    from wsss.tracking import send_or_keep
 
     scored = [r for r in rows if not math.isnan(r["objective"])]
     best = max(scored, key=lambda r: r["objective"]) if scored else None
@@ -121,7 +121,7 @@ def summarize_sweep(uri: str, parent_run_id: str, rows: list[dict[str, Any]], ti
             _log_best(client, parent_run_id, best)
         _end_run(client, parent_run_id, metrics, {}, outputs, "FINISHED", artifact_path=None)
 
-    _guarded(uri, parent_run_id, record, send, unsent)
+    send_or_keep(uri, parent_run_id, record, send, unsent)
     return best
 
 
@@ -134,7 +134,7 @@ def end_sweep_run(uri: str, experiment: str, parent_run_id: str, status: str,
     ``end_sweep_run`` record in ``unsent``.
     """
     from wsss.sweeps.tracking import trial_runs
-    from wsss.tracking import _guarded
+    from wsss.tracking import send_or_keep
 
     def send() -> None:
         client = _client(uri)
@@ -144,22 +144,7 @@ def end_sweep_run(uri: str, experiment: str, parent_run_id: str, status: str,
         client.set_terminated(parent_run_id, status=status)
 
     record = {"kind": "end_sweep_run", "status": status, "trial_statuses": trial_statuses}
-    _guarded(uri, parent_run_id, record, send, unsent)
-
-
-def unsent_records(path: str | Path) -> int:
-    """Records in the sweep's unsent file (every process of the sweep appends to it; a line cut
-    short by a killed process is not counted); 0 when there is none."""
-    path = Path(path)
-    if not path.is_file():
-        return 0
-    count = 0
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            count += isinstance(json.loads(line), dict)
-        except ValueError:
-            continue
-    return count
+    send_or_keep(uri, parent_run_id, record, send, unsent)
 
 
 def _log_best(client: Any, run_id: str, best: dict[str, Any]) -> None:

@@ -79,7 +79,7 @@ def trial_run(ctx: Any, trial_id: str, trial_name: str, cfg: ExperimentConfig) -
     ``create_run`` record in the sweep's unsent file (``ctx.unsent_file``), and the stand-in
     :func:`unsent_run_id` is returned, under which the trial's later records are kept too.
     """
-    from wsss.tracking import _guarded, flatten_params, log_params
+    from wsss.tracking import flatten_params, log_params, send_or_keep
 
     tags = {**trial_filters(ctx.experiment, ctx.parent_run_id, trial_id), "stage": "sweep-trial"}
     params = flatten_params(cfg.to_dict())
@@ -87,7 +87,7 @@ def trial_run(ctx: Any, trial_id: str, trial_name: str, cfg: ExperimentConfig) -
     record = {"kind": "create_run", "run_id": unsent_run_id(trial_id), "trial_id": trial_id,
               "experiment": ctx.experiment, "run_name": trial_name, "tags": tags,
               "params": params}
-    if _guarded(ctx.tracking_uri, None, record,
+    if send_or_keep(ctx.tracking_uri, None, record,
                 lambda: opened.update(_open_trial_run(ctx, trial_id, trial_name, tags)),
                 ctx.unsent_file):
         return unsent_run_id(trial_id)

@@ -56,7 +56,7 @@ class TuneForwarder(TuneReportCallback):
 
     A report of a step the trial's run already holds (an epoch trained again after a worker
     group restart or a trial retry) is neither logged nor handed to Tune again
-    (:class:`wsss.tracking.StepLog`).
+    (:class:`wsss.train.reporting.StepLog`).
 
     Reports also carry the id of the workers' placement group: when Tune stops a trial (ASHA)
     its Train controller dies with it, and the sweep driver releases that group
@@ -76,7 +76,7 @@ class TuneForwarder(TuneReportCallback):
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
                      checkpoint: Any) -> None:
-        from wsss.tracking import StepLog
+        from wsss.train.reporting import StepLog
 
         first = {**metrics[0], "round": self.round_number,
                  TIME_ATTR: self.epoch_offset + int(metrics[0]["epoch"])}

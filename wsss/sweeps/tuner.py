@@ -15,7 +15,7 @@ from typing import Any, Iterator, Sequence
 
 from ray.tune import Callback
 
-from wsss.sweeps.report import run_status, trial_row, unsent_records
+from wsss.sweeps.report import run_status, trial_row
 from wsss.sweeps.runner import (CRASH_ENV, Sweep, base_config, dataset_root, parse_options,
                                 select_train_eval_ids)
 from wsss.sweeps.tracking import _client
@@ -77,12 +77,12 @@ def _signals_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set in the main thread
         return
-    from wsss.tracking import _env_restored
+    from wsss.tracking import env_restored
 
     _stop_signals.clear()
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        with _env_restored(TUNE_SIGINT_ENV, "1"):
+        with env_restored(TUNE_SIGINT_ENV, "1"):
             yield
     finally:  # None: a handler not set from Python (Ray's C++ one); the default then
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
@@ -311,7 +311,9 @@ def _sweep_params(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
 
 def _print_summary(args: argparse.Namespace, uri: str, parent: str, best: dict | None,
                    seconds: float, unsent: Path) -> None:
-    kept = unsent_records(unsent)
+    from wsss.tracking import unsent_records
+
+    kept = len(unsent_records(unsent))
     if kept:
         print(f"warning: MLflow at {uri} did not answer during sweep '{args.experiment}'; "
               f"{kept} record(s) kept in {unsent}", file=sys.stderr)

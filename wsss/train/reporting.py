@@ -7,7 +7,7 @@ callback that runs in the Train controller after Ray Train registered the epoch'
 ahead of the checkpoints: a worker group that restarts resumes from the last registered
 checkpoint, whose epochs are all recorded, and an epoch trained again (a worker killed before
 its checkpoint was registered) is recorded once, with the values of the checkpoint that counts.
-:class:`wsss.tracking.StepLog` also skips steps the run already holds (a re-run of the whole
+:class:`StepLog` also skips steps the run already holds (a re-run of the whole
 Ray Train run, a retried sweep trial). The fault point ``epoch_reported`` (:mod:`wsss.faults`)
 lets tests kill a worker right after its report.
 """
@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from ray.train import UserCallback
 
 from wsss.faults import fault_point
+from wsss.tracking import (UNSENT_RUN_PREFIX, is_offline, is_server, log_metrics,
+                           resolve_tracking_uri, unsent_file, unsent_records)
 
 MODEL_FILE = "model.pt"
 
@@ -66,11 +68,59 @@ class EpochRecorder(UserCallback):
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
                      checkpoint: Any) -> None:
-        from wsss.tracking import StepLog
-
         if self._log is None:  # made in the controller: reads the epochs the run holds
             self._log = StepLog(self.run_id, self.tracking_uri, "epoch", self.unsent)
         self._log.log(metrics[0], step=int(metrics[0]["epoch"]))
+
+
+class StepLog:
+    """Per-step metrics of one MLflow run, each step logged once (a re-sent step is skipped).
+
+    A Ray Train worker group that restarts from its last checkpoint trains (and reports) again
+    the epochs after it; a Tune trial that is retried does the same. The steps the run already
+    holds, in the store or in its unsent-records file, are read once when the log is made, so a
+    restarted process does not log them again.
+
+    Args:
+        run_id / uri: the MLflow run and its store.
+        key: a metric logged at every step (its history tells the steps already logged).
+        unsent: the run's unsent-records file (see :func:`log_metrics`).
+    """
+
+    def __init__(self, run_id: str, uri: str | None, key: str,
+                 unsent: str | Path | None = None) -> None:
+        self.run_id, self.uri, self.unsent = run_id, resolve_tracking_uri(uri), unsent
+        self.steps = logged_steps(run_id, key, self.uri, unsent)
+
+    def log(self, metrics: Mapping[str, Any], step: int) -> bool:
+        """Log ``metrics`` at ``step`` unless the run holds that step; True when logged."""
+        if step in self.steps:
+            return False
+        log_metrics(metrics, step=step, run_id=self.run_id, uri=self.uri, unsent=self.unsent)
+        self.steps.add(step)
+        return True
+
+
+def logged_steps(run_id: str, key: str, uri: str | None = None,
+                 unsent: str | Path | None = None) -> set[int]:
+    """Steps at which run ``run_id`` holds metric ``key``: in the store at ``uri`` and in its
+    unsent-records file (a server that does not answer contributes nothing)."""
+    import mlflow
+
+    uri = resolve_tracking_uri(uri)
+    steps: set[int] = set()
+    if not run_id.startswith(UNSENT_RUN_PREFIX) and not is_offline(uri):
+        try:
+            history = mlflow.MlflowClient(uri).get_metric_history(run_id, key)
+            steps.update(m.step for m in history)
+        except Exception:  # noqa: BLE001  (a server gone: its steps are unknown here)
+            if not is_server(uri):
+                raise
+    for record in unsent_records(unsent or unsent_file(run_id), run_id):
+        if (record.get("kind") == "metrics" and key in record.get("values", {})
+                and record.get("step") is not None):
+            steps.add(int(record["step"]))
+    return steps
 
 
 def epoch_callbacks(mlflow_run_id: str | None, tracking_uri: str | None) -> list[UserCallback]:
