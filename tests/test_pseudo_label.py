@@ -210,7 +210,7 @@ def test_two_nodes_share_the_work_and_a_killed_actor_loses_nothing(two_node_clus
 
     # A new job on the same cluster whose map actors carry the fault: the first actor to
     # finish its second batch is SIGKILLed before it hands the batch on.
-    marker = tmp_path / "killed"
+    marker = tmp_path / "fault-fired"
     ray.shutdown()
     ray.init(address=two_node_cluster.address, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1",
