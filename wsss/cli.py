@@ -20,7 +20,6 @@ import sys
 from typing import Sequence
 
 from wsss import names
-
 from wsss.config import (BACKBONES, BG_MODES, MAP_KINDS, SEGMENTER_ARCHS, SEGMENTER_MODES,
                          ConfigError, ExperimentConfig, load_config, override)
 
