@@ -12,11 +12,33 @@ from wsss.cams import load_maps
 from wsss.cli import main
 
 
-@pytest.mark.parametrize("sub", [[], ["data", "synth"], ["train-cls"], ["cam"], ["eval"],
-                                 ["refine"], ["pseudo-label"], ["train-seg"], ["predict"],
-                                 ["compare"]])
-def test_every_subcommand_has_help(sub):
-    out = subprocess.run([sys.executable, "-m", "wsss.cli", *sub, "--help"], capture_output=True,
+def _commands(parser=None, prefix=()) -> list[list[str]]:
+    """Every command path of the ``wsss`` parser: [], ["data"], ["data", "synth"], ..."""
+    import argparse
+
+    from wsss.cli import build_parser
+
+    parser = parser or build_parser()
+    found = [list(prefix)]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += _commands(sub, (*prefix, name))
+    return found
+
+
+def test_every_subcommand_has_help(capsys):
+    commands = _commands()
+    assert ["data", "convert-masks"] in commands and ["train-seg"] in commands
+    for command in commands:
+        with pytest.raises(SystemExit) as done:
+            main([*command, "--help"])
+        assert done.value.code == 0, command
+        assert "usage: wsss" in capsys.readouterr().out, command
+
+
+def test_the_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "wsss.cli", "--help"], capture_output=True,
                          text=True, check=True).stdout
     assert "usage: wsss" in out
 

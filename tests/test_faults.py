@@ -73,7 +73,7 @@ def test_killed_training_worker_restarts_from_its_checkpoint(ray_with_fault, syn
     """The worker is SIGKILLed right after reporting epoch 2 with its checkpoint (fault point
     ``epoch_reported``): Ray Train starts a new worker group, which resumes from the last
     checkpoint Ray Train registered (epoch 2, or epoch 1 if the kill came first, and epoch 2 is
-    trained again); the final model holds all 4 epochs and MLflow holds epochs 1-4 once each,
+    trained again); the final model holds all 3 epochs and MLflow holds epochs 1-3 once each,
     with the values of the final checkpoint's history, whichever way the race went."""
     import psutil
 
@@ -81,7 +81,7 @@ def test_killed_training_worker_restarts_from_its_checkpoint(ray_with_fault, syn
     from wsss.stages import run_train_classifier
     from wsss.train.checkpoint import load_checkpoint_state
 
-    marker, epochs = tmp_path / "killed", 4
+    marker, epochs = tmp_path / "killed", 3
     ray_with_fault(f"epoch_reported:2:{marker}")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = load_config(None, [f"data.root={synth_root}", f"train.epochs={epochs}",
@@ -131,14 +131,14 @@ def test_max_failures_is_a_config_value():
 
 # -- a sweep whose driver is killed -----------------------------------------------------------
 def _sweep_test_helpers() -> tuple:
-    """``run_script`` and ``stored_sweep`` of the sweep script tests."""
+    """``run_script``, ``stored_sweep`` and ``check_store`` of the sweep script tests."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
         "sweep_script_tests", ROOT / "tests/sweeps/test_sweep_scripts.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.run_script, module.stored_sweep
+    return module.run_script, module.stored_sweep, module.check_store
 
 
 def _trial_dirs(experiment_dir: Path) -> list[Path]:
@@ -156,7 +156,7 @@ def test_killed_sweep_driver_resumes_with_one_child_run_per_trial(tmp_path, synt
                                                                    ray_session):
     import mlflow
 
-    run_script, stored_sweep = _sweep_test_helpers()
+    run_script, stored_sweep, check_store = _sweep_test_helpers()
     uri, experiment = f"sqlite:///{tmp_path / 'mlflow.db'}", "test-hide_and_seek"
     argv = [sys.executable, str(ROOT / "sweeps/hide_and_seek.py"), "--smoke-test",
             "--num-samples", "2", "--max-concurrent", "1", "--data", str(synth_root),
@@ -189,6 +189,7 @@ def test_killed_sweep_driver_resumes_with_one_child_run_per_trial(tmp_path, synt
     best, _ = run_script("hide_and_seek", tmp_path, synth_root, "--max-concurrent", "1",
                          "--resume")
     assert best is not None
+    check_store(uri, experiment, 2, best, "method.params.hide_prob")  # all a sweep must leave
     parent, children = stored_sweep(uri, experiment)
     trial_ids = [c.data.tags["wsss.trial_id"] for c in children]
     assert len(trial_ids) == len(set(trial_ids)) == 2, trial_ids  # one child run per trial
@@ -232,7 +233,7 @@ def test_failing_sweep_closes_its_runs_as_failed(where, child_statuses, tmp_path
     Tune's results are in (the trial completed: FINISHED), else KILLED (cut short)."""
     from ray.tune.error import TuneError
 
-    run_script, stored_sweep = _sweep_test_helpers()
+    run_script, stored_sweep, _ = _sweep_test_helpers()
     _inject_failure(where, monkeypatch)
     # Tune hands a callback's error on as a TuneError holding its traceback.
     with pytest.raises((RuntimeError, TuneError), match=f"injected failure in {where}"):
@@ -276,7 +277,7 @@ def _wait_for(condition, driver: subprocess.Popen, what: str, seconds: float = 9
 def test_stopped_sweep_closes_its_runs_as_killed(signum, tmp_path, synth_root, ray_session):
     """Ctrl+C or SIGTERM mid-sweep: exit status 128 + signal, the parent and the open trial
     runs end KILLED; ``--resume`` reopens them and finishes the sweep."""
-    run_script, stored_sweep = _sweep_test_helpers()
+    run_script, stored_sweep, _ = _sweep_test_helpers()
     uri, experiment = f"sqlite:///{tmp_path / 'mlflow.db'}", "test-hide_and_seek"
     driver = _start_sweep(_sweep_command(tmp_path, synth_root, experiment, uri), tmp_path)
     try:

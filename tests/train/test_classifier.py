@@ -69,21 +69,17 @@ def test_rerun_with_same_name_resumes_from_checkpoint(ray_session, train_set, tm
     assert [h["epoch"] for h in second.history] == [1, 2]  # the history survives the resume
 
 
-def test_bad_training_images_are_skipped_and_listed(ray_session, broken_train_set, tmp_path):
+def test_adversarial_erasing_rounds_are_child_runs(ray_session, broken_train_set, tmp_path):
+    """Two erasing rounds are child runs of the method's run, and the bad images of the split
+    (a truncated JPEG, an id without an image) are left out of both and listed."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = run_train_classifier(_cfg(broken_train_set, uri, epochs=1), tmp_path / "runs",
-                                  "broken")
+    cfg = _cfg(broken_train_set, uri, epochs=1, **{"method.name": "adversarial_erasing",
+                                                   "method.params.steps": 2})
+    result = run_train_classifier(cfg, tmp_path / "runs", "erasing")
     skipped = dict(result.skipped)
     assert set(skipped) == {"broken_jpeg", "missing_image"}
     assert "cannot read image" in skipped["broken_jpeg"]
     assert "image not found" in skipped["missing_image"]
-
-
-def test_adversarial_erasing_rounds_are_child_runs(ray_session, train_set, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = _cfg(train_set, uri, epochs=1, **{"method.name": "adversarial_erasing",
-                                            "method.params.steps": 2})
-    result = run_train_classifier(cfg, tmp_path / "runs", "erasing")
     state = load_checkpoint_state(result.checkpoint)
     assert int(state["state_dict"]["active"]) == 1  # the final model holds both rounds
     client = mlflow.MlflowClient(uri)

@@ -168,7 +168,7 @@ def test_a_run_without_an_optimizer_step_is_an_error(ray_session, seg_set, tmp_p
         save_mask_png(ignored / f"{sample_id}.png", np.full((64, 64), IGNORE_INDEX, np.uint8))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     code = main(["train-seg", "--pseudo-masks", str(ignored), "--data", str(seg_set),
-                 "--epochs", "3", "--crop-size", "64", "--workers", "2",
+                 "--epochs", "3", "--crop-size", "64", "--workers", "1",
                  "--out", str(tmp_path / "runs"), "--run-name", "nothing", "--tracking-uri", uri])
     assert code == 2
     assert "segmenter run 'nothing' took no optimizer step in epoch 1" in capsys.readouterr().err
