@@ -150,7 +150,9 @@ def _wait_for_ssh(head: SshHead, proc: subprocess.Popen, timeout: float = 600) -
 def _stop(proc: subprocess.Popen, namespace: str | None) -> None:
     """Stop sshd and with it every process of the head's namespace; fail if one survives."""
     if proc.poll() is None:
-        proc.terminate()  # unshare --kill-child SIGKILLs sshd, the namespace's init
+        # To the whole group: unshare's parent ignores SIGTERM while it waits for its child, so
+        # sshd (the namespace's init) must get it; its end ends every process of the namespace.
+        os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
