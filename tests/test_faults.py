@@ -249,8 +249,8 @@ def _first_report(tune_dir: Path) -> bool:
 
 
 def _sweep_command(tmp_path: Path, synth_root: Path, experiment: str, uri: str,
-                   *extra: str) -> list[str]:
-    return [sys.executable, str(ROOT / "sweeps/hide_and_seek.py"), "--smoke-test",
+                   *extra: str, script: str = "hide_and_seek") -> list[str]:
+    return [sys.executable, str(ROOT / f"sweeps/{script}.py"), "--smoke-test",
             "--num-samples", "2", "--max-concurrent", "1", "--data", str(synth_root),
             "--eval-images", "8", "--workdir", str(tmp_path / "runs"), "--tracking-uri", uri,
             "--experiment", experiment, *extra]
@@ -273,13 +273,17 @@ def _wait_for(condition, driver: subprocess.Popen, what: str, seconds: float = 9
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_stopped_sweep_closes_its_runs_as_killed(signum, tmp_path, synth_root, ray_session):
+@pytest.mark.parametrize("signum, script", [(signal.SIGINT, "hide_and_seek"),
+                                            (signal.SIGTERM, "methods")], ids=["SIGINT", "SIGTERM"])
+def test_stopped_sweep_closes_its_runs_as_killed(signum, script, tmp_path, synth_root,
+                                                 ray_session):
     """Ctrl+C or SIGTERM mid-sweep: exit status 128 + signal, the parent and the open trial
-    runs end KILLED; ``--resume`` reopens them and finishes the sweep."""
-    run_script, stored_sweep, _ = _sweep_test_helpers()
-    uri, experiment = f"sqlite:///{tmp_path / 'mlflow.db'}", "test-hide_and_seek"
-    driver = _start_sweep(_sweep_command(tmp_path, synth_root, experiment, uri), tmp_path)
+    runs end KILLED; ``--resume`` reopens them and finishes the sweep, leaving all a finished
+    sweep leaves (the ``methods`` sweep's end-to-end check)."""
+    run_script, stored_sweep, check_store = _sweep_test_helpers()
+    uri, experiment = f"sqlite:///{tmp_path / 'mlflow.db'}", f"test-{script}"
+    driver = _start_sweep(_sweep_command(tmp_path, synth_root, experiment, uri, script=script),
+                          tmp_path)
     try:
         _wait_for(lambda: _first_report(tmp_path / "runs/ray" / experiment), driver,
                   "a trial reported")
@@ -295,10 +299,9 @@ def test_stopped_sweep_closes_its_runs_as_killed(signum, tmp_path, synth_root, r
     assert children and [c.info.status for c in children] == ["KILLED"] * len(children)
     if signum == signal.SIGINT:
         return  # one resume is enough
-    best, _ = run_script("hide_and_seek", tmp_path, synth_root, "--max-concurrent", "1",
-                         "--resume")
-    parent, children = stored_sweep(uri, experiment)
-    assert best is not None and parent.info.status == "FINISHED"
+    best, _ = run_script(script, tmp_path, synth_root, "--max-concurrent", "1", "--resume")
+    assert best is not None
+    children = check_store(uri, experiment, 2, best, "method.name")
     assert len({c.data.tags["wsss.trial_id"] for c in children}) == len(children) == 2
     for child in children:
         assert child.info.status == MLFLOW_STATUS[child.data.tags["wsss.status"]]
