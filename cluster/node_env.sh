@@ -23,6 +23,9 @@ export WSSS_HEAD_IP=$head_ip
 export MLFLOW_TRACKING_URI=http://$head_ip:$port
 export WSSS_STORAGE_PATH=${WSSS_TUNE_STORAGE:-}
 export WSSS_MLFLOW_ARTIFACTS=${WSSS_MLFLOW_ARTIFACTS:-}
+# Ray's workers at normal priority (Ray's default, niceness 15, lets any other busy process on
+# a shared node starve them; wsss.ray_utils does the same for local instances).
+export RAY_worker_niceness=0
 ENV
 mv ~/.wsss/env.sh.tmp ~/.wsss/env.sh
 line='[ -f ~/.wsss/env.sh ] && source ~/.wsss/env.sh'

@@ -95,18 +95,18 @@ def two_node_cluster():
     """A simulated two-node Ray cluster (2 CPUs per node) for one test.
 
     The module's local Ray, if running, is stopped for the test and started again after. The
-    cluster gets a lookup folder of its own (``wsss.ray_utils.own_lookup_folder``), so
+    cluster gets a lookup folder of its own (``wsss.ray_utils.prepare_local_ray``), so
     ``ray.cluster_utils.Cluster`` records its address there, not in the machine's
     ``/tmp/ray/ray_current_cluster`` that other Ray users read.
     """
     import ray
     from ray.cluster_utils import Cluster
 
-    from wsss.ray_utils import own_lookup_folder
+    from wsss.ray_utils import prepare_local_ray
 
     was_running = ray.is_initialized()
     ray.shutdown()
-    own_lookup_folder()
+    prepare_local_ray()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
     cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()

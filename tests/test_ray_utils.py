@@ -34,11 +34,14 @@ else:
 
 @ray.remote(num_cpus=0)
 def lookup():
+    import os
     from ray._private.services import canonicalize_bootstrap_address
-    return canonicalize_bootstrap_address(None)  # the cleaner's lookup (ray.util.state)
+    # the cleaner's lookup (ray.util.state), and the worker's niceness
+    return canonicalize_bootstrap_address(None), os.nice(0)
 
-print(json.dumps({"own": ray.get_runtime_context().gcs_address,
-                  "found": ray.get(lookup.remote())}))
+found, niceness = ray.get(lookup.remote())
+print(json.dumps({"own": ray.get_runtime_context().gcs_address, "found": found,
+                  "niceness": niceness}))
 ray.shutdown()
 """
 
@@ -56,7 +59,7 @@ def machine_tmp():
 
 def _probe(kind: str, shared: Path, tmp_path: Path) -> dict:
     env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "WSSS_RAY_SESSION_ROOT")}
+           if k not in ("RAY_ADDRESS", "WSSS_RAY_SESSION_ROOT", "RAY_worker_niceness")}
     env.update(RAY_TMPDIR=str(shared), PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, "-c", PROBE, kind], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=600)
@@ -66,10 +69,14 @@ def _probe(kind: str, shared: Path, tmp_path: Path) -> dict:
 
 @pytest.mark.slow
 def test_processes_of_a_local_ray_find_their_own_cluster(machine_tmp, tmp_path):
+    """... and run at the priority of the command that started them (Ray's default, niceness
+    15, lets any normal-priority process on the machine starve them)."""
     plain = _probe("plain", machine_tmp, tmp_path)
     assert plain["found"] == OTHER_CLUSTER  # the fault: a plain instance's workers look away
+    assert plain["niceness"] == 15
     ours = _probe("wsss", machine_tmp, tmp_path)
     assert ours["found"] == ours["own"] != OTHER_CLUSTER
+    assert ours["niceness"] == 0
     # the session files stay in the usual Ray folder; the machine-wide file is left alone
     sessions = sorted((machine_tmp / "ray").glob("session_2*"))
     assert len(sessions) == 2, sessions

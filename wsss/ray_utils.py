@@ -12,6 +12,13 @@ since its placement group was removed"). :func:`start_local_ray` therefore gives
 instance its own lookup folder (``$RAY_TMPDIR``, inherited by every process of the instance)
 whose ``ray/ray_current_cluster`` names that instance; session files and logs stay in Ray's
 usual temp folder.
+
+Ray starts its worker processes (training workers, map actors, tasks) at niceness 15 (its
+``worker_niceness`` setting). On a machine shared with other work, any normal-priority process
+then takes nearly all the CPU from them (beside 4 busy processes on 2 cores a niceness-15
+worker gets about 2 % of a core) and a training run crawls. A local instance started here runs
+its workers at normal priority, as a plain PyTorch script runs (``RAY_worker_niceness=0``
+unless the variable is already set).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from typing import Any
 # lookup folder of its own (children inherit it, so nested starts keep the same root).
 SESSION_ROOT_ENV = "WSSS_RAY_SESSION_ROOT"
 ADDRESS_FILE = "ray_current_cluster"  # Ray's own name (ray._private.utils.get_ray_address_file)
+WORKER_NICENESS_ENV = "RAY_worker_niceness"  # Ray's config override (ray_constants)
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -49,26 +57,27 @@ def start_local_ray(**init_args: Any) -> str:
     ``init_args`` go to ``ray.init`` (``address`` is always ``"local"``: never join another
     instance found on this machine). Sets ``$RAY_TMPDIR`` of this process (and so of every Ray
     process it starts) to a fresh lookup folder whose ``ray/ray_current_cluster`` holds the new
-    instance's GCS address; see the module docstring for why.
+    instance's GCS address, and runs its workers at normal priority (``$RAY_worker_niceness``
+    0 unless set); see the module docstring for why.
     """
     import ray
 
-    lookup = own_lookup_folder()
+    lookup = prepare_local_ray()
     ray.init(address="local", _temp_dir=os.environ[SESSION_ROOT_ENV], **init_args)
     address = ray.get_runtime_context().gcs_address
     (lookup / ADDRESS_FILE).write_text(address)
     return address
 
 
-def own_lookup_folder() -> Path:
-    """Point ``$RAY_TMPDIR`` of this process at a fresh folder; returns its ``ray/`` subfolder,
-    where Ray's address lookup reads ``ray_current_cluster``.
-
-    Every Ray instance started afterwards by this process inherits the variable, so its
-    processes look their cluster up there (``ray.cluster_utils.Cluster`` also writes its
-    address there) and never in the machine-wide folder other Ray users share.
+def prepare_local_ray() -> Path:
+    """Prepare this process's environment, inherited by every Ray instance it starts afterwards
+    (``ray.init`` or ``ray.cluster_utils.Cluster``): ``$RAY_TMPDIR`` points at a fresh lookup
+    folder, and ``$RAY_worker_niceness`` is 0 unless set (see the module docstring). Returns the
+    folder's ``ray/`` subfolder, where Ray's address lookup reads ``ray_current_cluster``, so
+    that the instance's processes never look in the machine-wide folder other Ray users share.
     """
     os.environ.setdefault(SESSION_ROOT_ENV, _default_ray_temp_dir())
+    os.environ.setdefault(WORKER_NICENESS_ENV, "0")
     lookup = Path(tempfile.mkdtemp(prefix="wsss-ray-"))
     os.environ["RAY_TMPDIR"] = str(lookup)
     (lookup / "ray").mkdir()

@@ -25,6 +25,7 @@ def test_worker_env_points_at_the_head_and_is_sourced_once(tmp_path):
     text = run_node_env(tmp_path, **env)  # setup commands run again on every `ray up`
     assert "export MLFLOW_TRACKING_URI=http://10.1.2.3:5123" in text
     assert "export RAY_ADDRESS=auto" in text
+    assert "export RAY_worker_niceness=0" in text  # Ray's workers at normal priority
     assert "export WSSS_STORAGE_PATH=s3://bucket/ray" in text
     assert f'export PATH="{Path(sys.prefix).resolve()}/bin:$PATH"' in text
     bashrc = (tmp_path / ".bashrc").read_text()
