@@ -70,24 +70,53 @@ class MethodConfig:
         get_method(self.name).parse_params(self.params)
 
 
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "poly", "onecycle")
+
+
+def _check_recipe(prefix: str, section: Any) -> None:
+    """The optimiser and schedule fields shared by ``train`` and ``segmenter`` (their meaning:
+    ``wsss.train.optim``)."""
+    _check(section.epochs >= 1, f"{prefix}.epochs", section.epochs, ">= 1")
+    _check(section.lr > 0, f"{prefix}.lr", section.lr, "> 0")
+    _check(section.weight_decay >= 0, f"{prefix}.weight_decay", section.weight_decay, ">= 0")
+    _check_choice(f"{prefix}.optimizer", section.optimizer, OPTIMIZERS)
+    _check_choice(f"{prefix}.schedule", section.schedule, SCHEDULES)
+    _check(section.head_lr_mult > 0, f"{prefix}.head_lr_mult", section.head_lr_mult, "> 0")
+    warmup = section.warmup_epochs
+    if warmup is not None:  # one-cycle needs a rising phase
+        onecycle = section.schedule == "onecycle"
+        _check((warmup > 0 if onecycle else warmup >= 0) and warmup < section.epochs,
+               f"{prefix}.warmup_epochs", warmup,
+               f"{'> 0' if onecycle else '>= 0'} and < {prefix}.epochs ({section.epochs}) with "
+               f"schedule {section.schedule}, or null")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Classifier optimisation and Ray Train scaling. ``use_gpu=None`` means auto-detect."""
+    """Classifier optimisation and Ray Train scaling. ``use_gpu=None`` means auto-detect.
+
+    ``optimizer`` (sgd | adamw), ``schedule`` (cosine | poly | onecycle, stepped every batch),
+    ``warmup_epochs`` (None: the schedule's own) and ``head_lr_mult`` (learning-rate factor of
+    the parameters outside the backbone): see ``wsss.train.optim``.
+    """
 
     epochs: int = 8
     batch_size: int = 16
     lr: float = 0.01
     weight_decay: float = 1e-4
+    optimizer: str = "sgd"
+    schedule: str = "cosine"
+    warmup_epochs: float | None = None
+    head_lr_mult: float = 1.0
     num_workers: int = 2
     use_gpu: bool | None = None
     seed: int = 0
     max_failures: int = 2  # worker-group restarts (from the last checkpoint) before giving up
 
     def validate(self) -> None:
-        _check(self.epochs >= 1, "train.epochs", self.epochs, ">= 1")
+        _check_recipe("train", self)
         _check(self.batch_size >= 1, "train.batch_size", self.batch_size, ">= 1")
-        _check(self.lr > 0, "train.lr", self.lr, "> 0")
-        _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, ">= 0")
         _check(self.num_workers >= 1, "train.num_workers", self.num_workers, ">= 1")
         _check(self.max_failures >= -1, "train.max_failures", self.max_failures,
                ">= -1 (-1: retry forever)")
@@ -202,7 +231,9 @@ class SegmenterConfig:
     ``mode="ce"``: cross-entropy on the pseudo-masks (255 ignored). ``mode="sec"``: the SEC
     losses (seeding on the masks' labelled pixels, expansion by global weighted rank pooling with
     ``sec_fg_decay`` / ``sec_bg_decay`` / ``sec_absent_decay``, constrain to the CRF of the
-    output), computed at 1/``sec_downscale`` of the crop.
+    output), computed at 1/``sec_downscale`` of the crop. ``optimizer``, ``schedule``,
+    ``warmup_epochs`` and ``head_lr_mult`` (the DeepLab head's learning-rate factor) as in
+    ``train`` (``wsss.train.optim``).
     """
 
     arch: str = "deeplabv3_resnet18"
@@ -211,6 +242,10 @@ class SegmenterConfig:
     batch_size: int = 8
     lr: float = 0.01
     weight_decay: float = 1e-4
+    optimizer: str = "sgd"
+    schedule: str = "poly"
+    warmup_epochs: float | None = None
+    head_lr_mult: float = 1.0
     crop_size: int = 112
     num_workers: int = 2
     use_gpu: bool | None = None
@@ -225,10 +260,8 @@ class SegmenterConfig:
     def validate(self) -> None:
         _check_choice("segmenter.arch", self.arch, SEGMENTER_ARCHS)
         _check_choice("segmenter.mode", self.mode, SEGMENTER_MODES)
-        _check(self.epochs >= 1, "segmenter.epochs", self.epochs, ">= 1")
+        _check_recipe("segmenter", self)
         _check(self.batch_size >= 1, "segmenter.batch_size", self.batch_size, ">= 1")
-        _check(self.lr > 0, "segmenter.lr", self.lr, "> 0")
-        _check(self.weight_decay >= 0, "segmenter.weight_decay", self.weight_decay, ">= 0")
         _check(self.crop_size >= 32, "segmenter.crop_size", self.crop_size, ">= 32")
         _check(self.num_workers >= 1, "segmenter.num_workers", self.num_workers, ">= 1")
         _check(self.max_failures >= -1, "segmenter.max_failures", self.max_failures,

@@ -1,6 +1,8 @@
 """Ray Train classifier: a 2-worker run learns the synthetic set, checkpoints load safely,
 MLflow holds per-epoch metrics, and re-running a run name resumes instead of starting over."""
 
+import dataclasses
+
 import mlflow
 import numpy as np
 import pytest
@@ -54,11 +56,24 @@ def test_two_workers_learn_above_chance(ray_session, train_set, tmp_path):
 
 
 def test_rerun_with_same_name_resumes_from_checkpoint(ray_session, train_set, tmp_path):
+    """Re-running a run name with more epochs resumes from its checkpoint, on the longer run's
+    schedule (AdamW, one-cycle, 10x head learning rate: the non-default recipe path)."""
+    from wsss.train.optim import optimizer_and_schedule
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    first = run_train_classifier(_cfg(train_set, uri, epochs=1), tmp_path / "runs", "resume")
+    recipe = {"train.optimizer": "adamw", "train.schedule": "onecycle", "train.head_lr_mult": 10}
+    first = run_train_classifier(_cfg(train_set, uri, epochs=1, **recipe), tmp_path / "runs",
+                                 "resume")
     assert load_checkpoint_state(first.checkpoint)["epoch"] == 1
-    second = run_train_classifier(_cfg(train_set, uri, epochs=2), tmp_path / "runs", "resume")
+    cfg = _cfg(train_set, uri, epochs=2, **recipe)
+    second = run_train_classifier(cfg, tmp_path / "runs", "resume")
     assert load_checkpoint_state(second.checkpoint)["epoch"] == 2
+    # The learning rate after epoch 2 is the uninterrupted 2-epoch schedule's.
+    per_worker = -(-len(VOCDataset(train_set, "train")) // cfg.train.num_workers)
+    steps = -(-per_worker // cfg.train.batch_size)
+    backbone_only = dataclasses.replace(cfg.train, head_lr_mult=1.0)  # the logged lr's group
+    _, scheduler = optimizer_and_schedule(torch.nn.Linear(1, 1), backbone_only, steps, None, 2)
+    assert second.history[1]["lr"] == pytest.approx(scheduler.get_last_lr()[0])
     # only epoch 2 ran in the second call: epoch 1 came from the checkpoint
     client = mlflow.MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("test-train").experiment_id],

@@ -83,6 +83,7 @@ def test_sec_epoch_trains_on_seeds_and_missing_masks_are_listed(seg_set, tmp_pat
 
     from torch.utils.data import DataLoader
 
+    from wsss.train.optim import optimizer_and_schedule
     from wsss.train.segmenter import (PseudoMaskDataset, _train_one_epoch, collate,
                                       joint_train_transform)
     from wsss.viz import save_mask_png
@@ -106,8 +107,8 @@ def test_sec_epoch_trains_on_seeds_and_missing_masks_are_listed(seg_set, tmp_pat
                         collate_fn=functools.partial(collate, num_classes=6, has_background=True))
     model = build_segmenter("deeplabv3_resnet18", 6)
     before = [p.detach().clone() for p in model.head.parameters()]
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    losses = _train_one_epoch(model, loader, optimizer, cfg, has_background=True)
+    optimizer, scheduler = optimizer_and_schedule(model, cfg.segmenter, len(loader))
+    losses = _train_one_epoch(model, loader, optimizer, scheduler, cfg, has_background=True)
     assert {"loss", "loss_seed", "loss_expand", "loss_constrain", "optimizer_steps"} == set(losses)
     assert losses["optimizer_steps"] == 3  # 11 images in batches of 4
     assert all(np.isfinite(v) and v >= 0 for v in losses.values()), losses

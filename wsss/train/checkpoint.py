@@ -28,8 +28,9 @@ class CheckpointError(ValueError):
 def save_checkpoint(path: str | Path, *, model: nn.Module, method: Any, cfg: Any,
                     class_names: list[str], has_background: bool, epoch: int,
                     optimizer: torch.optim.Optimizer | None = None,
-                    scheduler: Any = None, history: list[dict[str, float]] | None = None) -> Path:
-    """Write a checkpoint atomically (temp file + rename); ``history`` = per-epoch metrics."""
+                    history: list[dict[str, float]] | None = None) -> Path:
+    """Write a checkpoint atomically (temp file + rename); ``history`` = per-epoch metrics.
+    The schedule is not saved: it is rebuilt from the config and the epoch on resume."""
     state = {
         "format": FORMAT,
         "method": method.name,
@@ -41,7 +42,6 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, method: Any, cfg: Any
         "epoch": int(epoch),
         "state_dict": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "history": list(history or []),
     }
     return write_state(path, state)
@@ -95,17 +95,13 @@ def _unpickler_reason(err: Exception) -> str:
     return (detail or lines or [type(err).__name__])[0]
 
 
-def restore_training_state(state: dict[str, Any], model: nn.Module,
-                           optimizer: torch.optim.Optimizer | None = None,
-                           scheduler: Any = None) -> int:
-    """Load weights (and optimizer / scheduler state when saved) from ``state``; returns its
-    epoch (the number of epochs done)."""
+def restore_training_state(state: dict[str, Any],
+                           model: nn.Module) -> tuple[int, dict[str, Any] | None]:
+    """Load the weights of ``state`` into ``model``; returns its epoch (the number of epochs
+    done) and the saved optimizer state (None when not saved), for
+    ``wsss.train.optim.optimizer_and_schedule``."""
     model.load_state_dict(state["state_dict"])
-    if optimizer is not None and state.get("optimizer"):
-        optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None and state.get("scheduler"):
-        scheduler.load_state_dict(state["scheduler"])
-    return int(state["epoch"])
+    return int(state["epoch"]), state.get("optimizer")
 
 
 def copy_from_ray_checkpoint(checkpoint: Any, name: str, dest: str | Path) -> Path:

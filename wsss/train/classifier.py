@@ -24,7 +24,8 @@ from wsss.data.voc import DatasetError, DatasetInfo, SplitScan, VOCDataset, read
 from wsss.methods import get_method
 from wsss.metrics import mean_average_precision
 from wsss.train.checkpoint import (copy_from_ray_checkpoint, load_checkpoint_state,
-                                   save_checkpoint)
+                                   restore_training_state, save_checkpoint)
+from wsss.train.optim import optimizer_and_schedule
 from wsss.train.reporting import (MODEL_FILE, check_optimizer_steps, epoch_callbacks,
                                   report_epoch)
 
@@ -212,18 +213,16 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     if config["init_model"]:
         model.load_state_dict(load_checkpoint_state(config["init_model"])["state_dict"])
     method.prepare_round(model, config["round"])
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(trainable, lr=cfg.train.lr, momentum=0.9,
-                                weight_decay=cfg.train.weight_decay, nesterov=True)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.train.epochs)
-    start_epoch, history = _resume(ray.train.get_checkpoint(), model, optimizer, scheduler)
-    model = ray.train.torch.prepare_model(model)
     train_loader, val_loader = _loaders(cfg, config)
+    start_epoch, history, saved_optimizer = _resume(ray.train.get_checkpoint(), model)
+    optimizer, scheduler = optimizer_and_schedule(model, cfg.train, len(train_loader),
+                                                  saved_optimizer, start_epoch)
+    model = ray.train.torch.prepare_model(model)
     for epoch in range(start_epoch, cfg.train.epochs):
         if hasattr(train_loader.sampler, "set_epoch"):
             train_loader.sampler.set_epoch(epoch)
-        loss, logs, steps = _train_one_epoch(method, model, train_loader, optimizer, epoch)
-        scheduler.step()
+        loss, logs, steps = _train_one_epoch(method, model, train_loader, optimizer, scheduler,
+                                             epoch)
         metrics = {"epoch": epoch + 1, "loss": loss, **logs, "lr": scheduler.get_last_lr()[0],
                    "optimizer_steps": steps}
         if val_loader is not None:
@@ -236,7 +235,7 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
             save_checkpoint(path, model=getattr(model, "module", model), method=method, cfg=cfg,
                             class_names=config["class_names"],
                             has_background=config["has_background"], epoch=epoch + 1,
-                            optimizer=optimizer, scheduler=scheduler, history=history)
+                            optimizer=optimizer, history=history)
 
         report_epoch(history, rank, write)
         if steps == 0:
@@ -262,10 +261,11 @@ def _loaders(cfg: ExperimentConfig, config: dict[str, Any]) -> tuple[DataLoader,
     return train_loader, ray.train.torch.prepare_data_loader(val_loader)
 
 
-def _train_one_epoch(method, model, loader, optimizer,
+def _train_one_epoch(method, model, loader, optimizer, scheduler,
                      epoch: int) -> tuple[float, dict[str, float], int]:
-    """One pass over this worker's shard; returns the loss and the method's logged terms
-    averaged over all workers, and the optimizer steps taken by all workers together."""
+    """One pass over this worker's shard (the schedule stepped after every batch); returns the
+    loss and the method's logged terms averaged over all workers, and the optimizer steps taken
+    by all workers together."""
     model.train()
     total, count, logs_sum = 0.0, 0, {}
     for batch in loader:
@@ -273,6 +273,7 @@ def _train_one_epoch(method, model, loader, optimizer,
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        scheduler.step()
         total += float(loss.detach())
         count += 1
         for key, value in logs.items():
@@ -304,18 +305,15 @@ def _pseudo_miou(method, model, cfg: ExperimentConfig, ids: list[str]) -> float:
     return float(pseudo_mask_scores(method, model, dataset, ids, cfg.refine).miou)
 
 
-def _resume(checkpoint, model, optimizer, scheduler) -> tuple[int, list[dict[str, Any]]]:
-    """Load model/optimizer state from a Ray checkpoint; returns (epoch to start at, history)."""
+def _resume(checkpoint, model) -> tuple[int, list[dict[str, Any]], dict[str, Any] | None]:
+    """Load the model weights of a Ray checkpoint; returns (epoch to start at, history, saved
+    optimizer state)."""
     if checkpoint is None:
-        return 0, []
+        return 0, [], None
     with checkpoint.as_directory() as ckpt_dir:
         state = load_checkpoint_state(Path(ckpt_dir) / MODEL_FILE)
-    model.load_state_dict(state["state_dict"])
-    if state.get("optimizer"):
-        optimizer.load_state_dict(state["optimizer"])
-    if state.get("scheduler"):
-        scheduler.load_state_dict(state["scheduler"])
-    return int(state["epoch"]), list(state.get("history", []))
+    epoch, saved_optimizer = restore_training_state(state, model)
+    return epoch, list(state.get("history", [])), saved_optimizer
 
 
 def _all_reduce_mean(values: list[float]) -> list[float]:

@@ -41,6 +41,7 @@ from wsss.train.checkpoint import (CheckpointError, copy_from_ray_checkpoint, lo
 from wsss.train.classifier import (TrainingData, _all_gather, _all_reduce_mean, all_reduce_sum,
                                    data_key, scan_split)
 from wsss.train.classifier import ClassifierResult as TrainResult
+from wsss.train.optim import optimizer_and_schedule
 from wsss.train.reporting import (MODEL_FILE, check_optimizer_steps, epoch_callbacks,
                                   report_epoch)
 
@@ -101,8 +102,8 @@ def predict_labels(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 def save_segmenter(path: str | Path, *, model: nn.Module, cfg: ExperimentConfig,
                    class_names: list[str], has_background: bool,
-                   history: list[dict[str, Any]], optimizer: torch.optim.Optimizer | None = None,
-                   scheduler: Any = None) -> Path:
+                   history: list[dict[str, Any]],
+                   optimizer: torch.optim.Optimizer | None = None) -> Path:
     """Write a segmenter checkpoint (loads with ``weights_only=True``) atomically.
 
     ``history`` holds one dict of plain numbers per epoch done; its length is the epoch.
@@ -113,8 +114,7 @@ def save_segmenter(path: str | Path, *, model: nn.Module, cfg: ExperimentConfig,
         "class_names": list(class_names), "has_background": bool(has_background),
         "config": cfg.to_dict(), "epoch": len(history), "history": history,
         "state_dict": model.state_dict(),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "scheduler": scheduler.state_dict() if scheduler is not None else None})
+        "optimizer": optimizer.state_dict() if optimizer is not None else None})
 
 
 def load_segmenter(path: str | Path,
@@ -229,20 +229,18 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(seg.seed + rank)
     np.random.seed(seg.seed + rank)
     model = build_segmenter(seg.arch, len(config["class_names"]), seg.pretrained_backbone)
-    optimizer = torch.optim.SGD(model.parameters(), lr=seg.lr, momentum=0.9,
-                                weight_decay=seg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=seg.epochs,
-                                                      power=0.9)
-    history = _resume(ray.train.get_checkpoint(), model, optimizer, scheduler)
-    model = ray.train.torch.prepare_model(model)
     loader = _train_loader(cfg, config)
+    history, saved_optimizer = _resume(ray.train.get_checkpoint(), model)
+    optimizer, scheduler = optimizer_and_schedule(model, seg, len(loader), saved_optimizer,
+                                                  len(history))
+    model = ray.train.torch.prepare_model(model)
     val_ds = VOCDataset(cfg.data.root, ids=config["val_ids"][rank::world],
                         max_image_side=cfg.data.max_image_side)
     for epoch in range(len(history), seg.epochs):
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
-        losses = _train_one_epoch(model, loader, optimizer, cfg, config["has_background"])
-        scheduler.step()
+        losses = _train_one_epoch(model, loader, optimizer, scheduler, cfg,
+                                  config["has_background"])
         metrics = {"epoch": epoch + 1, **losses, "lr": scheduler.get_last_lr()[0]}
         if config["val_ids"]:
             metrics.update(_validate(getattr(model, "module", model), val_ds,
@@ -253,7 +251,7 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
             save_segmenter(path, model=getattr(model, "module", model), cfg=cfg,
                            class_names=config["class_names"],
                            has_background=config["has_background"], history=history,
-                           optimizer=optimizer, scheduler=scheduler)
+                           optimizer=optimizer)
 
         report_epoch(history, rank, write)
         if metrics["optimizer_steps"] == 0:
@@ -292,8 +290,10 @@ def _batch_losses(model: nn.Module, batch: dict[str, Any], cfg: ExperimentConfig
 
 
 def _train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                     cfg: ExperimentConfig, has_background: bool) -> dict[str, float]:
-    """One pass over this worker's shard: the loss terms averaged over batches and workers,
+                     scheduler: Any, cfg: ExperimentConfig,
+                     has_background: bool) -> dict[str, float]:
+    """One pass over this worker's shard (the schedule stepped after every batch): the loss
+    terms averaged over batches and workers,
     and ``optimizer_steps``, the steps of all workers together that had a loss to learn from.
 
     Every batch takes a step on every worker (DDP needs the same number of backward passes
@@ -312,6 +312,7 @@ def _train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.opti
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        scheduler.step()
         count += 1
         learned += int(cfg.segmenter.mode != "ce" or bool((batch["mask"] != IGNORE_INDEX).any()))
         for key, value in {"loss": loss, **terms}.items():
@@ -336,12 +337,13 @@ def _validate(model: nn.Module, dataset: VOCDataset, num_classes: int) -> dict[s
     return {"val_miou": scores.miou, "val_pixel_accuracy": scores.pixel_accuracy}
 
 
-def _resume(checkpoint: Any, model: nn.Module, optimizer: torch.optim.Optimizer,
-            scheduler: Any) -> list[dict[str, Any]]:
-    """Restore from a Ray checkpoint; returns the metrics of the epochs done ([] without one)."""
+def _resume(checkpoint: Any,
+            model: nn.Module) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Load the model weights of a Ray checkpoint; returns the metrics of the epochs done ([]
+    without one) and the saved optimizer state."""
     if checkpoint is None:
-        return []
+        return [], None
     with checkpoint.as_directory() as ckpt_dir:
         state = read_state(Path(ckpt_dir) / MODEL_FILE, FORMAT, "segmenter")
-    restore_training_state(state, model, optimizer, scheduler)
-    return list(state["history"])
+    _, saved_optimizer = restore_training_state(state, model)
+    return list(state["history"]), saved_optimizer
