@@ -192,7 +192,8 @@ def cmd_train_seg(args: argparse.Namespace) -> int:
     extra = _opts([("data.root", args.data), ("segmenter.arch", args.arch),
                    ("segmenter.epochs", args.epochs), ("segmenter.num_workers", args.workers),
                    ("segmenter.batch_size", args.batch_size), ("segmenter.lr", args.lr),
-                   ("segmenter.crop_size", args.crop_size), ("segmenter.mode", args.mode)])
+                   ("segmenter.crop_size", args.crop_size), ("segmenter.mode", args.mode),
+                   ("segmenter.init_from", args.init_from)])
     cfg = _config(args, extra)
     data = scan_segmenter_data(cfg, args.pseudo_masks)  # dataset problems: before Ray starts
     init_ray(args.address)
@@ -363,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset (images; val ground truth)")
     p.add_argument("--arch", choices=SEGMENTER_ARCHS)
     p.add_argument("--mode", choices=SEGMENTER_MODES, help="ce (default) or sec losses")
+    p.add_argument("--init-from", metavar="CLS_CKPT",
+                   help="start the trunk from this classifier's backbone (same ResNet)")
     _add_training(p, "runs/segmenter")
     _add_common(p)
     p.set_defaults(func=cmd_train_seg)

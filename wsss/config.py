@@ -231,13 +231,16 @@ class SegmenterConfig:
     ``mode="ce"``: cross-entropy on the pseudo-masks (255 ignored). ``mode="sec"``: the SEC
     losses (seeding on the masks' labelled pixels, expansion by global weighted rank pooling with
     ``sec_fg_decay`` / ``sec_bg_decay`` / ``sec_absent_decay``, constrain to the CRF of the
-    output), computed at 1/``sec_downscale`` of the crop. ``optimizer``, ``schedule``,
+    output), computed at 1/``sec_downscale`` of the crop. ``init_from``: a classifier
+    checkpoint whose backbone weights start the trunk (``wsss.train.segmenter.
+    classifier_trunk_weights``; applied after ``pretrained_backbone``). ``optimizer``, ``schedule``,
     ``warmup_epochs`` and ``head_lr_mult`` (the DeepLab head's learning-rate factor) as in
     ``train`` (``wsss.train.optim``).
     """
 
     arch: str = "deeplabv3_resnet18"
     pretrained_backbone: str | None = None
+    init_from: str | None = None
     epochs: int = 10
     batch_size: int = 8
     lr: float = 0.01
@@ -338,7 +341,8 @@ def from_dict(data: Mapping[str, Any] | None, cls: type = ExperimentConfig, pref
 
 
 # Keys naming local files or folders; values that are not paths are left as they are.
-PATH_KEYS = ("data.root", "model.pretrained", "segmenter.pretrained_backbone", "tracking.uri")
+PATH_KEYS = ("data.root", "model.pretrained", "segmenter.pretrained_backbone",
+             "segmenter.init_from", "tracking.uri")
 NOT_PATHS = ("imagenet",)
 
 

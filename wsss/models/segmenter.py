@@ -21,6 +21,8 @@ from wsss.models.backbones import _load_local_weights, build_backbone
 # DeepLabV3's ASPP rates for output stride 16 (the ResNet-18 trunk); torchvision's ResNet-50
 # model runs at output stride 8 with its own rates (12, 24, 36).
 OS16_RATES = (6, 12, 18)
+# The classifier backbone (``model.backbone``) whose weights each segmenter's trunk can take.
+TRUNK_BACKBONES = {"deeplabv3_resnet18": "resnet18", "deeplabv3_resnet50": "resnet50"}
 
 
 class Segmenter(nn.Module):
@@ -114,3 +116,18 @@ def single_value_batch_norm_in_eval(model: nn.Module) -> Iterator[None]:
             handle.remove()
         for module in model.modules():  # a forward that raised left its layer in eval mode
             after(module)
+
+
+def trunk_state(backbone_state: dict[str, torch.Tensor], arch: str) -> dict[str, torch.Tensor]:
+    """A :class:`~wsss.models.backbones.Backbone`'s state dict under the names of ``arch``'s
+    trunk: the same for ``deeplabv3_resnet18`` (its trunk is such a backbone); for
+    ``deeplabv3_resnet50`` torchvision's ``conv1`` / ``bn1`` instead of ``stem.0`` / ``stem.1``.
+    """
+    if arch == "deeplabv3_resnet18":
+        return dict(backbone_state)
+    renamed = {"stem.0.": "conv1.", "stem.1.": "bn1."}
+    out = {}
+    for key, value in backbone_state.items():
+        prefix = next((p for p in renamed if key.startswith(p)), None)
+        out[renamed[prefix] + key[len(prefix):] if prefix else key] = value
+    return out

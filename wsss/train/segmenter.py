@@ -34,10 +34,11 @@ from wsss.data.transforms import normalize
 from wsss.data import errors
 from wsss.data.voc import IGNORE_INDEX, DatasetError, VOCDataset, load_mask, read_info
 from wsss.metrics import ConfusionMatrix
-from wsss.models.segmenter import (Segmenter, build_segmenter,
-                                   single_value_batch_norm_in_eval)
-from wsss.train.checkpoint import (CheckpointError, copy_from_ray_checkpoint, load_weights,
-                                   read_state, restore_training_state, write_state)
+from wsss.models.segmenter import (TRUNK_BACKBONES, Segmenter, build_segmenter,
+                                   single_value_batch_norm_in_eval, trunk_state)
+from wsss.train.checkpoint import (CheckpointError, copy_from_ray_checkpoint,
+                                   load_checkpoint_state, load_weights, read_state,
+                                   restore_training_state, write_state)
 from wsss.train.classifier import (TrainingData, _all_gather, _all_reduce_mean, all_reduce_sum,
                                    data_key, scan_split)
 from wsss.train.classifier import ClassifierResult as TrainResult
@@ -180,15 +181,46 @@ def train_segmenter(cfg: ExperimentConfig, pseudo_dir: str | Path, out_dir: str 
     return TrainResult(final, dict(history[-1]), history, data.skipped, seconds)
 
 
+def classifier_trunk_weights(path: str | Path, arch: str) -> dict[str, torch.Tensor]:
+    """The backbone weights of the classifier checkpoint at ``path`` under the names of
+    ``arch``'s trunk (``segmenter.init_from``: a trained classifier as the segmenter's start, the
+    usual substitute for ImageNet weights). A method with several backbones (adversarial erasing:
+    one per round) gives its first, trained on whole images.
+
+    Raises:
+        CheckpointError: not a readable classifier checkpoint, or its backbone is not the one
+            ``arch`` is built on (the message names both).
+    """
+    state = load_checkpoint_state(path)
+    backbone = state["config"].get("model", {}).get("backbone", "resnet18")
+    wanted = TRUNK_BACKBONES[arch]
+    if backbone != wanted:
+        raise CheckpointError(f"{path}: its classifier has a {backbone} backbone but "
+                              f"segmenter.arch={arch} is built on {wanted}; train the classifier "
+                              f"with --backbone {wanted} or choose the matching --arch")
+    prefixes = sorted({key[:key.index("backbone.") + len("backbone.")]
+                       for key in state["state_dict"] if "backbone." in key},
+                      key=lambda p: (p.count("."), p))
+    if not prefixes:
+        raise CheckpointError(f"{path}: its classifier has no backbone weights")
+    first = prefixes[0]
+    weights = {key[len(first):]: value for key, value in state["state_dict"].items()
+               if key.startswith(first)}
+    return trunk_state(weights, arch)
+
+
 def scan_segmenter_data(cfg: ExperimentConfig, pseudo_dir: str | Path) -> TrainingData:
     """Read the training split (images, labels, ``<pseudo_dir>/<id>.png``) and the val split
-    once, before any compute.
+    once, before any compute; also check that ``segmenter.init_from`` fits.
 
     Raises:
         DatasetError: the dataset or a file of it is missing or invalid, or no training image
             is usable: readable, labelled and with a readable pseudo-mask (the message counts
             the problems by kind, with a file of each).
+        CheckpointError: see :func:`classifier_trunk_weights`.
     """
+    if cfg.segmenter.init_from:
+        classifier_trunk_weights(cfg.segmenter.init_from, cfg.segmenter.arch)
     key = data_key(cfg, pseudo_dir)
     root, pseudo_dir = key[0], key[4]
     info = read_info(root)
@@ -229,6 +261,8 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(seg.seed + rank)
     np.random.seed(seg.seed + rank)
     model = build_segmenter(seg.arch, len(config["class_names"]), seg.pretrained_backbone)
+    if seg.init_from:  # a resumed run then loads all its weights from its checkpoint
+        model.trunk.load_state_dict(classifier_trunk_weights(seg.init_from, seg.arch))
     loader = _train_loader(cfg, config)
     history, saved_optimizer = _resume(ray.train.get_checkpoint(), model)
     optimizer, scheduler = optimizer_and_schedule(model, seg, len(loader), saved_optimizer,
