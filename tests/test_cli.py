@@ -55,6 +55,31 @@ def test_unknown_config_key_lists_valid_ones(tmp_path, capsys):
     assert code == 2 and "unknown config key(s) refine.threshold" in capsys.readouterr().err
 
 
+def test_train_seg_on_ground_truth_masks_reads_the_datasets_own(synth_root, monkeypatch,
+                                                                 capsys):
+    """``--masks-from-ground-truth``: the fully supervised reference trains the same segmenter
+    on ``<data>/SegmentationClass``; it excludes ``--pseudo-masks``."""
+    import wsss.ray_utils
+    import wsss.stages_segmentation
+    from wsss.train.segmenter import TrainResult
+
+    given = {}
+
+    def train(cfg, masks, out, run_name=None, data=None):
+        given.update(masks=masks, ids=data.train.ids)
+        return TrainResult(out, {}, [], [], 0.0)
+
+    monkeypatch.setattr(wsss.ray_utils, "init_ray", lambda address=None: None)
+    monkeypatch.setattr(wsss.stages_segmentation, "run_train_segmenter", train)
+    assert main(["train-seg", "--masks-from-ground-truth", "--data", str(synth_root)]) == 0
+    assert given["masks"] == synth_root / "SegmentationClass"
+    train_ids = (synth_root / "ImageSets/Segmentation/train.txt").read_text().split()
+    assert given["ids"] == train_ids  # every training image has its ground-truth mask
+    with pytest.raises(SystemExit):
+        main(["train-seg", "--masks-from-ground-truth", "--pseudo-masks", "x", "--data", "y"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_pipeline_end_to_end(ray_session, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
@@ -82,7 +107,7 @@ def test_pipeline_end_to_end(ray_session, tmp_path, monkeypatch, capsys):
     assert main(["refine", "--cams", "cams", "--data", "synth", "--out", "refined"]) == 0
     assert len(list((tmp_path / "refined").glob("synth_*.png"))) == len(ids)
     assert main(["train-seg", "--pseudo-masks", "refined", "--data", "synth", "--epochs", "1",
-                 "--crop-size", "64", "--run-name", "seg"]) == 0
+                 "--crop-size", "64", "--run-name", "seg", "--init-from", str(ckpt)]) == 0
     seg = tmp_path / "runs/segmenter/seg/model.pt"
     assert main(["predict", "--checkpoint", str(seg), "--data", "synth", "--split", "val",
                  "--out", "pred"]) == 0

@@ -185,6 +185,9 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
 
 
 def cmd_train_seg(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from wsss.data.voc import MASK_DIR
     from wsss.ray_utils import init_ray
     from wsss.stages_segmentation import run_train_segmenter
     from wsss.train.segmenter import scan_segmenter_data
@@ -195,10 +198,10 @@ def cmd_train_seg(args: argparse.Namespace) -> int:
                    ("segmenter.crop_size", args.crop_size), ("segmenter.mode", args.mode),
                    ("segmenter.init_from", args.init_from)])
     cfg = _config(args, extra)
-    data = scan_segmenter_data(cfg, args.pseudo_masks)  # dataset problems: before Ray starts
+    masks = Path(cfg.data.root) / MASK_DIR if args.masks_from_ground_truth else args.pseudo_masks
+    data = scan_segmenter_data(cfg, masks)  # dataset problems: before Ray starts
     init_ray(args.address)
-    result = run_train_segmenter(cfg, args.pseudo_masks, args.out, run_name=args.run_name,
-                                 data=data)
+    result = run_train_segmenter(cfg, masks, args.out, run_name=args.run_name, data=data)
     last = result.history[-1] if result.history else {}
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in last.items() if isinstance(v, float))
     print(f"\ntrained {cfg.segmenter.arch} ({cfg.segmenter.mode}) for {cfg.segmenter.epochs} "
@@ -360,7 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-seg", help="train a DeepLabV3 segmenter on pseudo-masks "
                                          "(Ray Train)")
-    p.add_argument("--pseudo-masks", required=True, help="folder written by `wsss refine`")
+    masks = p.add_mutually_exclusive_group(required=True)
+    masks.add_argument("--pseudo-masks", help="folder written by `wsss refine`")
+    masks.add_argument("--masks-from-ground-truth", action="store_true",
+                       help="train on the dataset's ground-truth masks instead (SegmentationClass/):"
+                            " the fully supervised reference of the same recipe")
     p.add_argument("--data", required=True, help="dataset (images; val ground truth)")
     p.add_argument("--arch", choices=SEGMENTER_ARCHS)
     p.add_argument("--mode", choices=SEGMENTER_MODES, help="ce (default) or sec losses")
