@@ -1,5 +1,7 @@
 """Config: defaults, YAML, dotted overrides, and errors that list the valid choices."""
 
+from pathlib import Path
+
 import pytest
 
 from wsss.config import ConfigError, ExperimentConfig, flatten, from_dict, load_config
@@ -60,3 +62,17 @@ def test_flatten_gives_dotted_keys():
     flat = flatten(ExperimentConfig().to_dict())
     assert flat["train.lr"] == 0.01 and flat["data.crop_size"] == 112
     assert "method.params" in flat  # empty mapping kept as a value
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_recipes_load_and_validate(path):
+    """Every file in configs/ is a valid config a user can pass with ``--config``; the VOC
+    recipe keeps irn's classifier numbers (ResNet-50 from ImageNet, 5 epochs, poly, lr 0.1,
+    head 10x, a batch of 16 over its workers)."""
+    cfg = load_config(path)
+    if path.name == "voc12_resnet50_imagenet.yaml":
+        train = cfg.train
+        assert (cfg.model.backbone, cfg.model.pretrained) == ("resnet50", "imagenet")
+        assert (train.epochs, train.schedule, train.lr, train.head_lr_mult) == (5, "poly", 0.1, 10)
+        assert train.batch_size * train.num_workers == 16
