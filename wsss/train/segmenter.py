@@ -34,11 +34,12 @@ from wsss.data.transforms import normalize
 from wsss.data import errors
 from wsss.data.voc import IGNORE_INDEX, DatasetError, VOCDataset, load_mask, read_info
 from wsss.metrics import ConfusionMatrix
+from wsss.models.backbones import Backbone
 from wsss.models.segmenter import (TRUNK_BACKBONES, Segmenter, build_segmenter,
                                    single_value_batch_norm_in_eval, trunk_state)
-from wsss.train.checkpoint import (CheckpointError, copy_from_ray_checkpoint,
-                                   load_checkpoint_state, load_weights, read_state,
-                                   restore_training_state, write_state)
+from wsss.train.checkpoint import (CheckpointError, classifier_from_state,
+                                   copy_from_ray_checkpoint, load_checkpoint_state, load_weights,
+                                   read_state, restore_training_state, write_state)
 from wsss.train.classifier import (TrainingData, _all_gather, _all_reduce_mean, all_reduce_sum,
                                    data_key, scan_split)
 from wsss.train.classifier import ClassifierResult as TrainResult
@@ -198,15 +199,9 @@ def classifier_trunk_weights(path: str | Path, arch: str) -> dict[str, torch.Ten
         raise CheckpointError(f"{path}: its classifier has a {backbone} backbone but "
                               f"segmenter.arch={arch} is built on {wanted}; train the classifier "
                               f"with --backbone {wanted} or choose the matching --arch")
-    prefixes = sorted({key[:key.index("backbone.") + len("backbone.")]
-                       for key in state["state_dict"] if "backbone." in key},
-                      key=lambda p: (p.count("."), p))
-    if not prefixes:
-        raise CheckpointError(f"{path}: its classifier has no backbone weights")
-    first = prefixes[0]
-    weights = {key[len(first):]: value for key, value in state["state_dict"].items()
-               if key.startswith(first)}
-    return trunk_state(weights, arch)
+    _, classifier = classifier_from_state(state, source=path)
+    first = next(m for m in classifier.modules() if isinstance(m, Backbone))
+    return trunk_state(first.state_dict(), arch)
 
 
 def scan_segmenter_data(cfg: ExperimentConfig, pseudo_dir: str | Path) -> TrainingData:
@@ -261,10 +256,11 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(seg.seed + rank)
     np.random.seed(seg.seed + rank)
     model = build_segmenter(seg.arch, len(config["class_names"]), seg.pretrained_backbone)
-    if seg.init_from:  # a resumed run then loads all its weights from its checkpoint
+    checkpoint = ray.train.get_checkpoint()
+    if seg.init_from and checkpoint is None:  # a resumed run loads all its weights below
         model.trunk.load_state_dict(classifier_trunk_weights(seg.init_from, seg.arch))
     loader = _train_loader(cfg, config)
-    history, saved_optimizer = _resume(ray.train.get_checkpoint(), model)
+    history, saved_optimizer = _resume(checkpoint, model)
     optimizer, scheduler = optimizer_and_schedule(model, seg, len(loader), saved_optimizer,
                                                   len(history))
     model = ray.train.torch.prepare_model(model)
