@@ -192,10 +192,11 @@ def _check_kind(kind: str, method: Method) -> None:
 def localization_maps(method: Method, model: nn.Module, images: torch.Tensor,
                       labels: torch.Tensor, kind: str | None = None, layer: str | None = None,
                       scales: Sequence[float] = (1.0,), flip: bool = False,
-                      out_size: tuple[int, int] | None = None) -> torch.Tensor:
+                      out_size: tuple[int, int] | None = None,
+                      image_scale: float = 1.0) -> torch.Tensor:
     """Normalised localization maps of every class, multi-scale and optionally flip-averaged.
 
-    For each scale the batch is resized (bilinear), mapped (and mirrored, mapped, mirrored back
+    For each scale ``s`` the batch is resized (bilinear) by ``s * image_scale``, mapped (and mirrored, mapped, mirrored back
     when ``flip``), upsampled to ``out_size``; the sum over scales is ReLU'd and divided per image
     and class by its maximum (+1e-5). Absent classes are exactly zero (only present pairs are
     upsampled). The model runs in eval mode (its previous mode is restored) on its own device.
@@ -207,9 +208,12 @@ def localization_maps(method: Method, model: nn.Module, images: torch.Tensor,
         labels: multi-hot [B, C].
         kind: ``"cam"``, ``"gradcam"`` or None for ``method.default_map_kind``.
         layer: Grad-CAM stage, None for ``method.map_layer``.
-        scales: test-time scale factors.
+        scales: test-time scale factors, relative to ``image_scale``.
         flip: also use horizontally flipped images.
         out_size: (H_out, W_out), default the input size (H, W).
+        image_scale: the resolution the model was trained at as a factor of ``images``
+            (``data.image_scale``; ``wsss.train.checkpoint.trained_image_scale``), so objects
+            have the size they had in training.
 
     Returns:
         Float maps [B, C, H_out, W_out] in [0, 1] on the model's device.
@@ -225,8 +229,8 @@ def localization_maps(method: Method, model: nn.Module, images: torch.Tensor,
     height, width = images.shape[-2:]
     size = tuple(out_size) if out_size is not None else (height, width)
     with _eval_mode(model):
-        total = sum(_scale_maps(method, model, _resize(images, scale), labels, kind, layer, flip,
-                                size) for scale in scales)
+        total = sum(_scale_maps(method, model, _resize(images, scale * image_scale), labels,
+                                kind, layer, flip, size) for scale in scales)
     total = torch.relu(total)
     total = total / (total.amax(dim=(1, 2), keepdim=True) + NORM_EPS)
     out = total.new_zeros((*labels.shape, *size))

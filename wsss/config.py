@@ -26,12 +26,22 @@ MAP_KINDS = ("auto", "cam", "gradcam")
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the dataset lives and how images are fed to the classifier."""
+    """Where the dataset lives and at what resolution the networks see it.
+
+    ``image_scale`` is the resolution the classifier and the segmenter work at, as a factor of
+    the image as loaded (at most ``max_image_side`` px a side): training rescales each image by
+    ``image_scale`` x a factor drawn from ``scale_range`` and takes a ``crop_size`` (classifier)
+    or ``segmenter.crop_size`` crop; maps and predictions are computed on whole images at the
+    ``image_scale`` their checkpoint was trained at and upsampled to the loaded size, where
+    they are scored (``wsss.data.transforms``). 0.5 halves the compute of every stage.
+    """
 
     root: str = "data/synth"
     train_split: str = "train"
     val_split: str = "val"
     crop_size: int = 112
+    image_scale: float = 1.0
+    scale_range: tuple[float, ...] = (0.5, 1.5)
     max_image_side: int = 1024
     loader_workers: int = 0
 
@@ -41,6 +51,9 @@ class DataConfig:
         for key in ("train_split", "val_split"):  # files <root>/ImageSets/Segmentation/<x>.txt
             _check_name(f"data.{key}", getattr(self, key), path_component_problem)
         _check(self.crop_size >= 16, "data.crop_size", self.crop_size, ">= 16")
+        _check(0 < self.image_scale <= 4, "data.image_scale", self.image_scale, "in (0, 4]")
+        _check(len(self.scale_range) == 2 and 0 < self.scale_range[0] <= self.scale_range[1],
+               "data.scale_range", self.scale_range, "[low, high] with 0 < low <= high")
         _check(self.max_image_side >= self.crop_size, "data.max_image_side", self.max_image_side,
                ">= data.crop_size")
         _check(self.loader_workers >= 0, "data.loader_workers", self.loader_workers, ">= 0")

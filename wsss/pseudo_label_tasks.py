@@ -110,7 +110,7 @@ class CamExtractor:
     def __init__(self, state: Any, job: Job, device: str = "cpu", threads: int | None = None):
         import torch
 
-        from wsss.train.checkpoint import classifier_from_state
+        from wsss.train.checkpoint import classifier_from_state, trained_image_scale
 
         if type(state).__name__ == "ObjectRef":
             import ray
@@ -120,6 +120,7 @@ class CamExtractor:
             torch.set_num_threads(threads)
         self.job, self.device = job, device
         self.method, self.model = classifier_from_state(state, device)
+        self.image_scale = trained_image_scale(state)
         self.fg = np.asarray(job.info.fg_classes, dtype=np.int64)
         self.batches = 0
 
@@ -151,7 +152,8 @@ class CamExtractor:
         labels = torch.from_numpy(np.stack([batch["labels"][r] for r in rows])).to(self.device)
         result = localization_maps(self.method, self.model, images, labels,
                                    kind=None if cam.kind == "auto" else cam.kind,
-                                   layer=cam.layer, scales=cam.scales, flip=cam.flip)
+                                   layer=cam.layer, scales=cam.scales, flip=cam.flip,
+                                   image_scale=self.image_scale)
         present = (labels > 0).cpu().numpy()
         result = result.cpu().numpy()
         return ([m[p].astype(np.float16) for m, p in zip(result, present)],

@@ -149,7 +149,7 @@ def run_cams(checkpoint: str | Path, data_root: str | Path, split: str, out_dir:
              device: str | None = None, max_image_side: int = 1024) -> StageReport:
     """Write ``<out_dir>/<id>.npz`` maps for every image of ``split`` (see ``wsss.cams``)."""
     from wsss import tracking
-    from wsss.train.checkpoint import load_classifier
+    from wsss.train.checkpoint import load_classifier, trained_image_scale
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     info = read_info(data_root)
@@ -162,7 +162,8 @@ def run_cams(checkpoint: str | Path, data_root: str | Path, split: str, out_dir:
     with tracking.start_run(f"cam-{split}", experiment=tracking_cfg.experiment,
                             uri=tracking_cfg.uri, params=_plain(params), tags={"stage": "cam"},
                             local_dir=out_dir) as run:
-        report = _extract_all(method, model, dataset, out_dir, cam_cfg, device)
+        report = _extract_all(method, model, dataset, out_dir, cam_cfg, device,
+                              trained_image_scale(state))
         report.extra.update(method=state["method"], method_params=state["method_params"])
         report.write(out_dir)
         tracking.log_metrics({"maps_done": report.done, "maps_failed": len(report.failed),
@@ -177,7 +178,7 @@ def run_cams(checkpoint: str | Path, data_root: str | Path, split: str, out_dir:
 
 
 def _extract_all(method, model, dataset: VOCDataset, out_dir: Path, cam_cfg: CamConfig,
-                 device: str) -> StageReport:
+                 device: str, image_scale: float) -> StageReport:
     from wsss.cams import localization_maps, save_maps
 
     report, start = StageReport(), time.perf_counter()
@@ -190,7 +191,8 @@ def _extract_all(method, model, dataset: VOCDataset, out_dir: Path, cam_cfg: Cam
         images = normalize(batch["images"].to(device))
         labels = batch["labels"].to(device)
         maps = localization_maps(method, model, images, labels, kind=_kind(cam_cfg),
-                                 layer=cam_cfg.layer, scales=cam_cfg.scales, flip=cam_cfg.flip)
+                                 layer=cam_cfg.layer, scales=cam_cfg.scales, flip=cam_cfg.flip,
+                                 image_scale=image_scale)
         for sample_id, sample_maps, present in zip(batch["ids"], maps.cpu(), labels.cpu() > 0):
             save_maps(out_dir / f"{sample_id}.npz", sample_maps[present].numpy(),
                       fg[present].tolist())

@@ -109,9 +109,10 @@ def run_predict(checkpoint: str | Path, data_root: str | Path, split: str,
                 out_dir: str | Path, tracking_cfg: TrackingConfig = TrackingConfig(),
                 device: str | None = None, max_image_side: int = 1024) -> StageReport:
     """Write the segmenter's predicted masks ``<out_dir>/<id>.png`` for every image of
-    ``split`` (full image size); scored against ground truth where it exists."""
+    ``split`` (full image size, predicted at the segmenter's training ``data.image_scale``);
+    scored against ground truth where it exists."""
     from wsss import tracking
-    from wsss.train.checkpoint import CheckpointError
+    from wsss.train.checkpoint import CheckpointError, trained_image_scale
     from wsss.train.segmenter import load_segmenter, predict_labels
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -123,7 +124,8 @@ def run_predict(checkpoint: str | Path, data_root: str | Path, split: str,
 
     def make(sample_id: str) -> np.ndarray:
         image = torch.from_numpy(dataset.load_image(sample_id)).permute(2, 0, 1)[None]
-        return predict_labels(model, image.to(device))[0].cpu().numpy().astype(np.uint8)
+        labels = predict_labels(model, image.to(device), trained_image_scale(state))
+        return labels[0].cpu().numpy().astype(np.uint8)
 
     params = {"checkpoint": str(checkpoint), "data": str(data_root), "split": split,
               "arch": state["arch"]}

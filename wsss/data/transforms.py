@@ -2,29 +2,74 @@
 
 Each transform takes and returns ``(image, mask)`` with ``tv_tensors.Image`` uint8 [3, H, W] in
 and float [3, h, w] (normalised) out; masks are ``tv_tensors.Mask`` and only follow the geometry.
+
+Training crops follow DeepLab's recipe (Chen et al., 2017, sec. 4.1) as irn and mmsegmentation
+use it for classifiers and segmenters alike: rescale the whole image by a random factor around
+the resolution the network works at (``image_scale`` x a factor drawn from ``scale_range``),
+then take a random ``crop_size`` crop, padding smaller images (mean colour; mask 255 = ignore).
+Maps and predictions are then computed on the whole image at ``image_scale``, so objects have the
+size they had in training.
 """
 
 from __future__ import annotations
 
+import random
+from typing import Any, Sequence
+
 import torch
+from torchvision import tv_tensors
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from wsss.data.palette import IGNORE_INDEX
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MEAN_COLOUR = tuple(round(255 * m) for m in IMAGENET_MEAN)  # uint8 padding of training crops
+
+
+class RandomRescale(v2.Transform):
+    """Resize image and mask together by one factor drawn uniformly from ``[low, high]`` of
+    their own size (bilinear with antialias for images, nearest for masks; at least 1 px a
+    side)."""
+
+    def __init__(self, low: float, high: float) -> None:
+        super().__init__()
+        if not 0 < low <= high:
+            raise ValueError(f"RandomRescale needs 0 < low <= high, got ({low}, {high})")
+        self.low, self.high = low, high
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = v2.query_size(flat_inputs)
+        factor = random.uniform(self.low, self.high)
+        return {"size": [max(1, round(height * factor)), max(1, round(width * factor))]}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return TF.resize(inpt, params["size"], antialias=True)
 
 
 def _to_float() -> list[v2.Transform]:
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
 
 
-def train_transform(crop_size: int) -> v2.Compose:
-    """Random resized crop to ``crop_size``, horizontal flip, colour jitter, normalise."""
-    return v2.Compose([
-        v2.RandomResizedCrop(crop_size, scale=(0.5, 1.0), antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.ColorJitter(0.3, 0.3, 0.3),
-        *_to_float(),
-    ])
+def scale_crop_flip(crop_size: int, image_scale: float,
+                    scale_range: Sequence[float]) -> list[v2.Transform]:
+    """The geometric training augmentation on uint8 (image, mask): random rescale by
+    ``image_scale`` x U(``scale_range``), random ``crop_size`` crop (padded: mean colour, mask
+    255), horizontal flip."""
+    low, high = scale_range
+    return [RandomRescale(image_scale * low, image_scale * high),
+            v2.RandomCrop(crop_size, pad_if_needed=True,
+                          fill={tv_tensors.Image: MEAN_COLOUR, tv_tensors.Mask: IGNORE_INDEX,
+                                "others": 0}),
+            v2.RandomHorizontalFlip()]
+
+
+def train_transform(crop_size: int, image_scale: float = 1.0,
+                    scale_range: Sequence[float] = (0.5, 1.5)) -> v2.Compose:
+    """Classifier training: :func:`scale_crop_flip`, colour jitter, normalise."""
+    return v2.Compose([*scale_crop_flip(crop_size, image_scale, scale_range),
+                       v2.ColorJitter(0.3, 0.3, 0.3), *_to_float()])
 
 
 def eval_transform(size: int | None = None) -> v2.Compose:

@@ -44,15 +44,15 @@ def checkpoint_samples(checkpoint_dir: str, data_root: str, ids: Sequence[str],
 
     import ray.train
 
-    from wsss.train.checkpoint import load_classifier
+    from wsss.train.checkpoint import load_classifier, trained_image_scale
     from wsss.train.mask_eval import present_maps
 
     dataset = VOCDataset(data_root, ids=list(ids))
     with ray.train.Checkpoint(checkpoint_dir).as_directory() as local:
-        method, model, _ = load_classifier(Path(local) / "model.pt", "cpu")
+        method, model, state = load_classifier(Path(local) / "model.pt", "cpu")
 
     def maps_of(sample_id: str) -> tuple[np.ndarray, list[int]]:
-        return present_maps(method, model, dataset, sample_id)[:2]
+        return present_maps(method, model, dataset, sample_id, trained_image_scale(state))[:2]
 
     return mask_samples(dataset, ids, maps_of, method, dataclasses.replace(refine, crf=False),
                         out_dir)

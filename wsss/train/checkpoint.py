@@ -126,6 +126,13 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu",
     return method, model, state
 
 
+def trained_image_scale(state: dict[str, Any]) -> float:
+    """``data.image_scale`` of the run that wrote a (classifier or segmenter) checkpoint: the
+    resolution, as a factor of the image as loaded, its maps and predictions are computed at
+    (1.0 for checkpoints written before the key existed)."""
+    return float(state.get("config", {}).get("data", {}).get("image_scale", 1.0))
+
+
 def check_classes(state: dict[str, Any], expect_classes: int | None, path: str | Path) -> None:
     """CheckpointError unless the checkpoint at ``path`` predicts ``expect_classes`` classes."""
     if expect_classes is not None and state["num_classes"] != expect_classes:

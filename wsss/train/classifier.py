@@ -246,7 +246,8 @@ def _loaders(cfg: ExperimentConfig, config: dict[str, Any]) -> tuple[DataLoader,
     import ray.train.torch
 
     train_ds = VOCDataset(cfg.data.root, ids=config["train_ids"],
-                          transform=train_transform(cfg.data.crop_size),
+                          transform=train_transform(cfg.data.crop_size, cfg.data.image_scale,
+                                                    cfg.data.scale_range),
                           max_image_side=cfg.data.max_image_side)
     train_loader = DataLoader(train_ds, batch_size=cfg.train.batch_size, shuffle=True,
                               collate_fn=collate, num_workers=cfg.data.loader_workers)
@@ -302,7 +303,8 @@ def _pseudo_miou(method, model, cfg: ExperimentConfig, ids: list[str]) -> float:
     from wsss.train.mask_eval import pseudo_mask_scores
 
     dataset = VOCDataset(cfg.data.root, ids=ids, max_image_side=cfg.data.max_image_side)
-    return float(pseudo_mask_scores(method, model, dataset, ids, cfg.refine).miou)
+    return float(pseudo_mask_scores(method, model, dataset, ids, cfg.refine,
+                                    cfg.data.image_scale).miou)
 
 
 def _resume(checkpoint, model) -> tuple[int, list[dict[str, Any]], dict[str, Any] | None]:

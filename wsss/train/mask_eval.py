@@ -29,10 +29,11 @@ def select_eval_ids(ids: Sequence[str], count: int, seed: int = 0) -> list[str]:
     return sorted(ids[i] for i in order)
 
 
-def present_maps(method: Any, model: nn.Module, dataset: VOCDataset,
-                 sample_id: str) -> tuple[np.ndarray, list[int], np.ndarray | None]:
-    """Maps float [K, H, W] of the K classes present in ``sample_id`` (one scale, the method's
-    map kind), their dataset class ids, and the ground-truth mask uint8 [H, W] (None if absent).
+def present_maps(method: Any, model: nn.Module, dataset: VOCDataset, sample_id: str,
+                 image_scale: float = 1.0) -> tuple[np.ndarray, list[int], np.ndarray | None]:
+    """Maps float [K, H, W] of the K classes present in ``sample_id`` (computed at
+    ``image_scale``, the model's training resolution, no flip; the method's map kind), their
+    dataset class ids, and the ground-truth mask uint8 [H, W] (None if absent).
     """
     from wsss.cams import localization_maps
     from wsss.methods.base import _unwrap
@@ -43,14 +44,15 @@ def present_maps(method: Any, model: nn.Module, dataset: VOCDataset,
     labels = dataset.info.multi_hot(dataset.class_ids(sample_id, gt))[None]
     device = next(model.parameters()).device
     pixels = normalize(torch.from_numpy(image).permute(2, 0, 1)[None].to(device))
-    maps = localization_maps(method, model, pixels, labels.to(device))[0].cpu()
+    maps = localization_maps(method, model, pixels, labels.to(device),
+                             image_scale=image_scale)[0].cpu()
     present = labels[0] > 0
     class_ids = torch.tensor(dataset.info.fg_classes)[present].tolist()
     return maps[present].numpy(), class_ids, gt
 
 
 def pseudo_mask_scores(method: Any, model: nn.Module, dataset: VOCDataset, ids: Sequence[str],
-                       refine: RefineConfig) -> Any:
+                       refine: RefineConfig, image_scale: float = 1.0) -> Any:
     """Score the pseudo-masks of ``ids`` (``wsss.metrics.Scores``; ``.miou`` is the objective).
 
     Args:
@@ -59,6 +61,7 @@ def pseudo_mask_scores(method: Any, model: nn.Module, dataset: VOCDataset, ids: 
         dataset: the training dataset (images, masks and image-level labels).
         ids: the ids to score; ids without a ground-truth mask raise ``DatasetError``.
         refine: background score settings; the CRF is switched off.
+        image_scale: the model's training resolution (``data.image_scale``).
     """
     from wsss.stages import make_pseudo_mask
 
@@ -66,7 +69,7 @@ def pseudo_mask_scores(method: Any, model: nn.Module, dataset: VOCDataset, ids: 
     info = dataset.info
     confusion = ConfusionMatrix(info.num_classes)
     for sample_id in ids:
-        maps, class_ids, gt = present_maps(method, model, dataset, sample_id)
+        maps, class_ids, gt = present_maps(method, model, dataset, sample_id, image_scale)
         if gt is None:
             raise DatasetError(f"no ground-truth mask for id '{sample_id}' to score")
         confusion.update(make_pseudo_mask(method, dataset, sample_id, maps, class_ids, refine), gt)

@@ -2,7 +2,9 @@
 
 The training split's images are paired with ``<pseudo_dir>/<id>.png`` (palette PNGs written by
 the refine stage; 255 = ignore); ids without a pseudo-mask are listed, not trained on. Random
-resized crops and flips move image and mask together (``tv_tensors.Mask``). Two modes:
+rescales around ``data.image_scale``, crops and flips move image and mask together
+(``tv_tensors.Mask``); validation and prediction run on whole images at ``data.image_scale``.
+Two modes:
 
 * ``ce``: pixel-wise cross-entropy on the pseudo-masks, 255 ignored;
 * ``sec``: SEC's seed / expand / constrain losses (``wsss.sec``). The seeds are the same
@@ -30,7 +32,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from wsss.config import ExperimentConfig, from_dict
-from wsss.data.transforms import normalize
+from wsss.data.transforms import normalize, scale_crop_flip
 from wsss.data import errors
 from wsss.data.voc import IGNORE_INDEX, DatasetError, VOCDataset, load_mask, read_info
 from wsss.metrics import ConfusionMatrix
@@ -77,10 +79,11 @@ class PseudoMaskDataset(VOCDataset):
         return super().class_ids(sample_id, gt)
 
 
-def joint_train_transform(crop_size: int) -> v2.Compose:
-    """Random resized crop + horizontal flip of (uint8 image [3, H, W], mask [H, W]) together."""
-    return v2.Compose([v2.RandomResizedCrop(crop_size, scale=(0.5, 1.0), antialias=True),
-                       v2.RandomHorizontalFlip()])
+def joint_train_transform(crop_size: int, image_scale: float = 1.0,
+                          scale_range: tuple[float, ...] = (0.5, 1.5)) -> v2.Compose:
+    """Random rescale around ``image_scale``, crop (padded) and flip of (uint8 image [3, H, W],
+    mask [H, W]) together (``wsss.data.transforms.scale_crop_flip``)."""
+    return v2.Compose(scale_crop_flip(crop_size, image_scale, scale_range))
 
 
 def collate(samples: list[dict[str, Any]], num_classes: int,
@@ -97,9 +100,25 @@ def collate(samples: list[dict[str, Any]], num_classes: int,
 
 
 @torch.no_grad()
-def predict_labels(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Class indices long [B, H, W] for RGB uint8 images [B, 3, H, W] (model in eval mode)."""
-    return model(normalize(images)).argmax(dim=1)
+def predict_labels(model: nn.Module, images: torch.Tensor, image_scale: float = 1.0,
+                   flip: bool = False) -> torch.Tensor:
+    """Class indices long [B, H, W] for RGB uint8 images [B, 3, H, W] (model in eval mode).
+
+    The images are resized (bilinear) by ``image_scale``, the resolution the model was trained
+    at (``data.image_scale``), and the class scores upsampled back to [H, W] before the
+    arg-max; with ``flip`` the scores of the mirrored images are mirrored back and added.
+    """
+    height, width = images.shape[-2:]
+    pixels = normalize(images)
+    if image_scale != 1.0:
+        size = (max(1, round(height * image_scale)), max(1, round(width * image_scale)))
+        pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False)
+    scores = model(pixels).softmax(dim=1)
+    if flip:
+        scores = scores + model(pixels.flip(-1)).softmax(dim=1).flip(-1)
+    if scores.shape[-2:] != (height, width):
+        scores = F.interpolate(scores, size=(height, width), mode="bilinear", align_corners=False)
+    return scores.argmax(dim=1)
 
 
 def save_segmenter(path: str | Path, *, model: nn.Module, cfg: ExperimentConfig,
@@ -274,7 +293,7 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = {"epoch": epoch + 1, **losses, "lr": scheduler.get_last_lr()[0]}
         if config["val_ids"]:
             metrics.update(_validate(getattr(model, "module", model), val_ds,
-                                     len(config["class_names"])))
+                                     len(config["class_names"]), cfg.data.image_scale))
         history.append(metrics)
 
         def write(path: Path) -> None:
@@ -292,7 +311,9 @@ def _train_loader(cfg: ExperimentConfig, config: dict[str, Any]) -> DataLoader:
     import ray.train.torch
 
     dataset = PseudoMaskDataset(cfg.data.root, ids=config["train_ids"],
-                                transform=joint_train_transform(cfg.segmenter.crop_size),
+                                transform=joint_train_transform(cfg.segmenter.crop_size,
+                                                                cfg.data.image_scale,
+                                                                cfg.data.scale_range),
                                 max_image_side=cfg.data.max_image_side,
                                 pseudo_dir=config["pseudo_dir"])
     loader = DataLoader(dataset, batch_size=cfg.segmenter.batch_size, shuffle=True,
@@ -354,15 +375,18 @@ def _train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.opti
 
 
 @torch.no_grad()
-def _validate(model: nn.Module, dataset: VOCDataset, num_classes: int) -> dict[str, float]:
-    """Val mIoU / pixel accuracy from every worker's images (confusion matrices merged)."""
+def _validate(model: nn.Module, dataset: VOCDataset, num_classes: int,
+              image_scale: float) -> dict[str, float]:
+    """Val mIoU / pixel accuracy from every worker's images (confusion matrices merged),
+    predicted at ``image_scale`` without flip."""
     model.eval()
     device = next(model.parameters()).device
     confusion = ConfusionMatrix(num_classes)
     for index in range(len(dataset)):
         sample = dataset[index]
         image = torch.as_tensor(sample["image"])[None].to(device)
-        confusion.update(predict_labels(model, image)[0].cpu(), torch.as_tensor(sample["mask"]))
+        prediction = predict_labels(model, image, image_scale)[0].cpu()
+        confusion.update(prediction, torch.as_tensor(sample["mask"]))
     scores = sum(_all_gather(confusion)).compute()
     return {"val_miou": scores.miou, "val_pixel_accuracy": scores.pixel_accuracy}
 
