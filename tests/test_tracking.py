@@ -115,6 +115,31 @@ def test_sweep_parent_and_trial_runs_keep_long_params_in_full(tmp_path):
     assert client.get_run(trial).data.params["train.epochs"] == str(cfg.train.epochs)
 
 
+def test_no_trial_run_stays_running_after_its_sweep_was_stopped(tmp_path):
+    """A trial that opens its run after the stopped sweep closed the open ones (a busy machine:
+    its worker was still starting) ends that run itself; one opened before is ended by the
+    sweep. Either order leaves no child RUNNING."""
+    from wsss.config import load_config
+    from wsss.sweeps.report import end_sweep_run
+    from wsss.sweeps.tracking import sweep_run, trial_run, trial_runs
+
+    uri, cfg = _store(tmp_path), load_config(None, [])
+    parent = sweep_run(uri, "sweep-stop", "sweep-stop", {}, resume=False)
+    ctx = SimpleNamespace(experiment="sweep-stop", parent_run_id=parent, tracking_uri=uri,
+                          unsent_file=None)
+    before = trial_run(ctx, "t1", "trial-1", cfg)
+    client = mlflow.MlflowClient(uri)
+    assert client.get_run(before).info.status == "RUNNING"
+    end_sweep_run(uri, "sweep-stop", parent, "KILLED", {})
+    after = trial_run(ctx, "t2", "trial-2", cfg)  # started as the sweep stopped
+    reopened = trial_run(ctx, "t1", "trial-1", cfg)  # a retry of the first trial
+    assert reopened == before
+    statuses = {t: r.info.status for t, r in trial_runs(uri, "sweep-stop", parent).items()}
+    assert statuses == {"t1": "KILLED", "t2": "KILLED"}
+    assert client.get_run(after).info.status == "KILLED"
+    assert client.get_run(parent).info.status == "KILLED"
+
+
 def test_params_go_in_batches_the_store_takes():
     params = {f"k{i}": "水" * 6000 for i in range(250)}
     batches = list(tracking.param_batches(params))

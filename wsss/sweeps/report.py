@@ -129,8 +129,10 @@ def end_sweep_run(uri: str, experiment: str, parent_run_id: str, status: str,
                   trial_statuses: dict[str, str], unsent: str | Path | None = None) -> None:
     """End a sweep that failed (``status`` FAILED) or was interrupted (KILLED): its child runs
     still RUNNING end with their trial's outcome from ``trial_statuses`` (trial id -> MLflow
-    status, known once Tune's results are in), else KILLED (cut short with the sweep); then the
-    parent run ends with ``status``. A tracking server that does not answer: one
+    status, known once Tune's results are in), else KILLED (cut short with the sweep). The
+    parent run ends first: a trial still starting opens its run, then looks at the parent and
+    ends its run itself when the parent has ended (``wsss.sweeps.tracking.trial_run``), so no
+    child run stays RUNNING whichever comes first. A tracking server that does not answer: one
     ``end_sweep_run`` record in ``unsent``.
     """
     from wsss.sweeps.tracking import trial_runs
@@ -138,10 +140,10 @@ def end_sweep_run(uri: str, experiment: str, parent_run_id: str, status: str,
 
     def send() -> None:
         client = _client(uri)
+        client.set_terminated(parent_run_id, status=status)
         for trial_id, run in trial_runs(uri, experiment, parent_run_id).items():
             if run.info.status == "RUNNING":
                 client.set_terminated(run.info.run_id, trial_statuses.get(trial_id, "KILLED"))
-        client.set_terminated(parent_run_id, status=status)
 
     record = {"kind": "end_sweep_run", "status": status, "trial_statuses": trial_statuses}
     send_or_keep(uri, parent_run_id, record, send, unsent)

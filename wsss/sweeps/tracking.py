@@ -99,19 +99,27 @@ def trial_run(ctx: Any, trial_id: str, trial_name: str, cfg: ExperimentConfig) -
 
 def _open_trial_run(ctx: Any, trial_id: str, trial_name: str,
                     tags: Mapping[str, str]) -> dict[str, Any]:
-    """{"run_id", "created"}: the trial's run, found again (a retry: reopened) or created."""
+    """{"run_id", "created"}: the trial's run, found again (a retry: reopened) or created.
+
+    A sweep stopped while this trial was starting ends its parent run, then the open child
+    runs (``wsss.sweeps.report.end_sweep_run``); a run opened here after that is ended
+    KILLED here, once the parent is seen ended, so it is never left RUNNING.
+    """
     from wsss.tracking import ensure_experiment
 
     found = find_trial_run(ctx.tracking_uri, ctx.experiment, ctx.parent_run_id, trial_id)
     client = _client(ctx.tracking_uri)
     if found is not None:
-        run_id = found.info.run_id
+        run_id, created = found.info.run_id, False
         client.set_tag(run_id, "wsss.retried", "true")
         client.update_run(run_id, status="RUNNING")  # closed as KILLED by an interrupted sweep
-        return {"run_id": run_id, "created": False}
-    run = client.create_run(ensure_experiment(ctx.experiment, ctx.tracking_uri),
-                            run_name=trial_name, tags=dict(tags))
-    return {"run_id": run.info.run_id, "created": True}
+    else:
+        run = client.create_run(ensure_experiment(ctx.experiment, ctx.tracking_uri),
+                                run_name=trial_name, tags=dict(tags))
+        run_id, created = run.info.run_id, True
+    if client.get_run(ctx.parent_run_id).info.status != "RUNNING":  # the sweep has ended
+        client.set_terminated(run_id, status="KILLED")
+    return {"run_id": run_id, "created": created}
 
 
 def find_trial_run(uri: str, experiment: str, parent_run_id: str, trial_id: str) -> Any:
