@@ -267,7 +267,10 @@ def _wait_for(condition, driver: subprocess.Popen, what: str, seconds: float = 9
     """Wait until ``condition()``; the deadline is a hang guard, generous for a loaded machine."""
     deadline = time.monotonic() + seconds
     while not condition():
-        assert driver.poll() is None, f"the sweep ended before {what}"
+        if driver.poll() is not None:
+            _, err = driver.communicate()
+            raise AssertionError(f"the sweep ended (exit {driver.returncode}) before {what}:\n"
+                                 f"{err[-3000:]}")
         assert time.monotonic() < deadline, f"no {what} within {seconds:.0f}s"
         time.sleep(0.2)
 
