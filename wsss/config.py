@@ -41,7 +41,7 @@ class DataConfig:
     val_split: str = "val"
     crop_size: int = 112
     image_scale: float = 1.0
-    scale_range: tuple[float, ...] = (0.5, 1.5)
+    scale_range: tuple[float, ...] = (0.75, 1.25)
     max_image_side: int = 1024
     loader_workers: int = 0
 

@@ -66,7 +66,7 @@ def scale_crop_flip(crop_size: int, image_scale: float,
 
 
 def train_transform(crop_size: int, image_scale: float = 1.0,
-                    scale_range: Sequence[float] = (0.5, 1.5)) -> v2.Compose:
+                    scale_range: Sequence[float] = (0.75, 1.25)) -> v2.Compose:
     """Classifier training: :func:`scale_crop_flip`, colour jitter, normalise."""
     return v2.Compose([*scale_crop_flip(crop_size, image_scale, scale_range),
                        v2.ColorJitter(0.3, 0.3, 0.3), *_to_float()])

@@ -80,7 +80,7 @@ class PseudoMaskDataset(VOCDataset):
 
 
 def joint_train_transform(crop_size: int, image_scale: float = 1.0,
-                          scale_range: tuple[float, ...] = (0.5, 1.5)) -> v2.Compose:
+                          scale_range: tuple[float, ...] = (0.75, 1.25)) -> v2.Compose:
     """Random rescale around ``image_scale``, crop (padded) and flip of (uint8 image [3, H, W],
     mask [H, W]) together (``wsss.data.transforms.scale_crop_flip``)."""
     return v2.Compose(scale_crop_flip(crop_size, image_scale, scale_range))
