@@ -225,7 +225,7 @@ def containment_lines(cases: list[Case], results: tuple[dict, dict, bool]) -> li
 
 
 def machine_lines(command: str, load: tuple[tuple[float, ...], tuple[float, ...]]) -> list[str]:
-    """Markdown 'Command' and 'Machine' sections (shared by the segmentation benchmark)."""
+    """Markdown 'Command' and 'Machine' sections (shared by the other benchmarks)."""
     return ["## Command", "", "```", command, "```", "", "## Machine", "",
             f"- nproc: {len(os.sched_getaffinity(0))}", f"- CPU: {cpu_model()}",
             f"- torch {torch.__version__}, Python {platform.python_version()}",

@@ -1,0 +1,301 @@
+"""Segmentation quality on real data, stage by stage, with one recipe.
+
+Rows (mIoU in %, against the dataset's ground truth, used for scoring only):
+
+1. the label-prior floor: each pixel a uniformly random class among the image's labels (train);
+2. pseudo-masks from each method's maps (its classifier trained with Ray Train, maps of the train
+   split, arg-max over the present classes / background score; no CRF);
+3. the first method's maps + dense CRF with the recipe's ``refine`` settings;
+4. DeepLab segmenters trained on those CRF masks, from random weights and from the first
+   method's classifier (``segmenter.init_from``), scored on the val split;
+5. the fully supervised reference: the same segmenter recipe trained on the ground-truth masks
+   of the train split, and the ratio WSSS / full supervision.
+
+    python benchmarks/quality.py                 # MSRC-21 with configs/msrc21_scratch.yaml
+    python benchmarks/quality.py --data PATH --config configs/X.yaml --methods cam acol
+
+Each finished stage is recorded in ``<work>/stages.json``; a re-run reuses it, and a training
+run interrupted mid-way resumes from its last Ray Train checkpoint (same run name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from crf import DEFAULT_DATA, machine_lines, publish  # noqa: E402  (benchmarks/crf.py)
+from methods import parse_spec  # noqa: E402  (benchmarks/methods.py)
+from wsss.config import ExperimentConfig, load_config  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO / "configs" / "msrc21_scratch.yaml"
+DEFAULT_OUT = REPO / "benchmarks" / "results" / "quality.md"
+# Hide-and-Seek and MDC with the knobs that suit small feature maps (8x8 cells at 128 px);
+# adversarial erasing (three classifiers) is left to --methods for time.
+DEFAULT_METHODS = ("cam", "hide_and_seek:hide_prob=0.25", "acol", "mdc:dilations=[1,2,3]",
+                   "mixup_cam")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                   help="VOC-layout dataset (default: ../shared/data/msrc21)")
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                   help="the recipe (default: configs/msrc21_scratch.yaml)")
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
+                   help="NAME or NAME:KEY=VALUE[;KEY=VALUE] (method knobs); the first one's "
+                        "maps feed the CRF and the segmenters")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override on top of the recipe")
+    p.add_argument("--no-segmenter", action="store_true", help="stop after the masks")
+    p.add_argument("--work", type=Path, default=Path("runs/bench-quality"))
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    return p.parse_args(argv)
+
+
+class Stages:
+    """Results of finished stages, kept in ``<work>/stages.json`` (written after each one).
+
+    A stage is known by its name and a fingerprint of the config sections it depends on: a
+    re-run with the same sections reuses its result, a changed section (another CRF, another
+    segmenter recipe) runs it again into folders and Ray Train runs of its own.
+    """
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.path = work / "stages.json"
+        self.done: dict[str, dict[str, Any]] = (json.loads(self.path.read_text())
+                                                if self.path.is_file() else {})
+
+    def run(self, name: str, cfg: ExperimentConfig, sections: tuple[str, ...],
+            fn: Callable[[str], dict[str, Any]], inputs: str = "") -> dict[str, Any]:
+        """``fn(tag)``'s result (with its ``minutes``), or the recorded one of an earlier run;
+        ``tag`` (name + fingerprint of ``sections`` and ``inputs``, the folders it reads) names
+        the stage's folders and runs."""
+        config = cfg.to_dict()
+        text = json.dumps({"inputs": inputs, **{key: config[key] for key in sections}},
+                          sort_keys=True)
+        tag = (f"{re.sub(r'[^A-Za-z0-9_.=-]+', '_', name)}-"
+               f"{hashlib.sha1(text.encode()).hexdigest()[:8]}")
+        if tag in self.done:
+            print(f"[quality] {name}: reused ({tag})", file=sys.stderr, flush=True)
+            return self.done[tag]
+        start = time.perf_counter()
+        result = {**fn(tag), "minutes": (time.perf_counter() - start) / 60}
+        self.done[tag] = result
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.done, indent=1))
+        tmp.replace(self.path)
+        print(f"[quality] {name}: {result}", file=sys.stderr, flush=True)
+        return result
+
+
+CLASSIFIER = ("data", "model", "method", "train")
+
+
+def label_prior_miou(cfg: ExperimentConfig, seed: int = 0) -> dict[str, Any]:
+    """mIoU of masks that give each pixel a uniformly random class among its image's labels
+    (train split): what image-level labels alone score."""
+    from wsss.data.voc import VOCDataset
+    from wsss.metrics import ConfusionMatrix
+
+    dataset = VOCDataset(cfg.data.root, cfg.data.train_split,
+                         max_image_side=cfg.data.max_image_side)
+    rng = np.random.default_rng(seed)
+    confusion = ConfusionMatrix(dataset.info.num_classes)
+    for sample_id in dataset.ids:
+        image = dataset.load_image(sample_id)
+        gt = dataset.load_mask(sample_id, image.shape[:2])
+        if gt is None:
+            continue
+        present = np.asarray(dataset.class_ids(sample_id, gt))
+        confusion.update(present[rng.integers(len(present), size=gt.shape)], gt)
+    info = dataset.info
+    scores = confusion.compute(list(info.class_names),
+                               background=0 if info.has_background else None)
+    return {"miou": scores.miou}
+
+
+def method_stages(stages: Stages, cfg: ExperimentConfig, spec: str,
+                  work: Path) -> dict[str, Any]:
+    """Classifier, maps and their pseudo-mask mIoU (no CRF) of one method spec: the maps row,
+    with the classifier's checkpoint and the maps folder."""
+    from wsss.stages import run_cams, run_eval, run_train_classifier
+
+    name, knobs = parse_spec(spec)
+    mcfg = cfg.with_overrides([f"method.name={name}", *knobs])
+
+    def classifier(tag: str) -> dict[str, Any]:
+        result = run_train_classifier(mcfg, work / "cls", run_name=tag)
+        return {"checkpoint": str(result.checkpoint),
+                "val_mAP": float(result.metrics.get("val_mAP", float("nan")))}
+
+    cls = stages.run(f"classifier {spec}", mcfg, CLASSIFIER, classifier)
+
+    def maps(tag: str) -> dict[str, Any]:
+        run_cams(cls["checkpoint"], mcfg.data.root, mcfg.data.train_split, work / "maps" / tag,
+                 mcfg.cams, mcfg.tracking, max_image_side=mcfg.data.max_image_side)
+        scores, _ = run_eval(work / "maps" / tag, mcfg.data.root, mcfg.data.train_split,
+                             mcfg.refine, tracking_cfg=mcfg.tracking)
+        return {"miou": scores.miou, "maps": str(work / "maps" / tag)}
+
+    row = stages.run(f"maps {spec}", mcfg, (*CLASSIFIER, "cams", "refine"), maps)
+    return {**row, "checkpoint": cls["checkpoint"], "val_mAP": cls["val_mAP"],
+            "minutes": cls["minutes"] + row["minutes"]}
+
+
+def crf_stage(stages: Stages, cfg: ExperimentConfig, spec: str, maps: str,
+              work: Path) -> dict[str, Any]:
+    """``maps`` (the first method's) through the dense CRF with the recipe's ``refine``."""
+    from wsss.stages_segmentation import run_refine
+
+    def refine(tag: str) -> dict[str, Any]:
+        report = run_refine(maps, cfg.data.root, cfg.data.train_split, work / "masks" / tag,
+                            cfg.refine, cfg.tracking, cfg.data.max_image_side)
+        return {"miou": report.extra["miou"], "masks": str(work / "masks" / tag)}
+
+    name, knobs = parse_spec(spec)
+    mcfg = cfg.with_overrides([f"method.name={name}", *knobs])
+    return stages.run(f"maps + CRF {spec}", mcfg, (*CLASSIFIER, "cams", "refine"), refine)
+
+
+def segmenter_stage(stages: Stages, cfg: ExperimentConfig, name: str, masks: Path,
+                    init_from: str | None, work: Path) -> dict[str, Any]:
+    """A segmenter trained on ``masks`` (train split), scored on the val split (last epoch)."""
+    from wsss.config import override
+    from wsss.stages_segmentation import run_train_segmenter
+
+    scfg = cfg.with_overrides([override("segmenter.init_from", init_from)] if init_from else [])
+
+    def train(tag: str) -> dict[str, Any]:
+        result = run_train_segmenter(scfg, masks, work / "seg", run_name=tag)
+        history = [h["val_miou"] for h in result.history]
+        return {"miou": history[-1], "best_epoch_miou": max(history),
+                "checkpoint": str(result.checkpoint)}
+
+    return stages.run(name, scfg, ("data", "segmenter"), train, inputs=str(masks))
+
+
+def crf_text(cfg: ExperimentConfig) -> str:
+    """The recipe's CRF settings, as a table cell."""
+    ref = cfg.refine
+    unary = (f"label unary {ref.crf_label_confidence:g}" if ref.crf_unary == "labels"
+             else "score unary")
+    return (f"gaussian {ref.crf_gaussian_sxy:g}/{ref.crf_gaussian_compat:g}, bilateral "
+            f"{ref.crf_bilateral_sxy:g}/{ref.crf_bilateral_srgb:g}/"
+            f"{ref.crf_bilateral_compat:g}, {ref.crf_iterations} it., {unary}")
+
+
+def knob_text(spec: str, cfg: ExperimentConfig) -> str:
+    """The method's knobs (the defaults of its ``Params`` with the spec's values)."""
+    from wsss.methods import get_method
+
+    name, knobs = parse_spec(spec)
+    params = cfg.with_overrides([f"method.name={name}", *knobs]).method.params
+    values = dataclasses.asdict(get_method(name).parse_params(params))
+    return ", ".join(f"{k}={v}" for k, v in values.items()) or "-"
+
+
+def render(rows: list[tuple[str, float, str, float]], cfg: ExperimentConfig, args, ratio,
+           command: str, load: tuple) -> str:
+    train, seg = cfg.train, cfg.segmenter
+    lines = [
+        f"# Segmentation quality: {Path(cfg.data.root).name}", "",
+        f"Recipe `{args.config.name}`: classifier {cfg.model.backbone} "
+        f"({cfg.model.pretrained or 'random init'}), {train.epochs} epochs, {train.optimizer} "
+        f"{train.schedule} lr {train.lr:g}, batch {train.batch_size} x {train.num_workers} Ray "
+        f"Train workers, crop {cfg.data.crop_size} at image scale {cfg.data.image_scale:g} "
+        f"(x {cfg.data.scale_range[0]:g}-{cfg.data.scale_range[1]:g}); maps at scales "
+        f"{list(cfg.cams.scales)}{' + flip' if cfg.cams.flip else ''}; segmenter {seg.arch}, "
+        f"{seg.epochs} epochs, {seg.optimizer} {seg.schedule} lr {seg.lr:g}, crop "
+        f"{seg.crop_size}. Masks are scored on the train split, segmenters on val (last "
+        f"epoch). mIoU in %.", "",
+        "| what | mIoU | knobs / notes | minutes |", "|---|---:|---|---:|"]
+    for what, miou, notes, minutes in rows:
+        lines.append(f"| {what} | {100 * miou:.1f} | {notes} | {minutes:.1f} |")
+    if ratio is not None:
+        lines += ["", f"- WSSS / full supervision (segmenter from the classifier, val): "
+                      f"**{ratio:.2f}**"]
+    total = sum(r[3] for r in rows)
+    lines += [f"- total minutes of the stages: {total:.0f}", ""]
+    return "\n".join(lines + machine_lines(command, load)) + "\n"
+
+
+def plot(rows: list[tuple[str, float, str, float]], path: Path, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(rows) + 1.2))
+    names = [r[0] for r in rows][::-1]
+    values = [100 * r[1] for r in rows][::-1]
+    ax.barh(names, values, color=["#7f7f7f" if "prior" in n else "#1f77b4" for n in names])
+    for y, v in enumerate(values):
+        ax.text(v + 0.5, y, f"{v:.1f}", va="center", fontsize=8)
+    ax.axvline(100 * rows[0][1], color="#7f7f7f", linestyle="--", linewidth=1)
+    ax.set_xlabel("mIoU (%)")
+    ax.set_xlim(0, 100)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    command = shlex.join([Path(sys.executable).name, *sys.argv])
+    load_start = os.getloadavg()
+    from wsss.data.voc import MASK_DIR
+    from wsss.ray_utils import init_ray
+
+    args.work = args.work.resolve()  # Ray workers and later stages run elsewhere
+    args.work.mkdir(parents=True, exist_ok=True)
+    uri = f"sqlite:///{(args.work / 'mlflow.db').resolve()}"
+    cfg = load_config(args.config, [f"data.root={args.data.resolve()}", f"tracking.uri={uri}",
+                                    "tracking.experiment=bench-quality", *args.overrides])
+    init_ray()
+    stages = Stages(args.work)
+    floor = stages.run("label prior", cfg, ("data",), lambda tag: label_prior_miou(cfg))
+    rows = [("label prior (uniform present class)", floor["miou"], "-", floor["minutes"])]
+    first = method_stages(stages, cfg, args.methods[0], args.work)
+    crf = crf_stage(stages, cfg, args.methods[0], first["maps"], args.work)
+    ratio, seg_rows = None, []
+    if not args.no_segmenter:  # before the other methods: the pipeline's numbers come first
+        masks = Path(crf["masks"])
+        plans = [("segmenter, random init", masks, None),
+                 ("segmenter, from the classifier", masks, first["checkpoint"]),
+                 ("fully supervised, from the classifier", Path(cfg.data.root) / MASK_DIR,
+                  first["checkpoint"])]
+        results = {}
+        for key, mask_dir, init in plans:
+            results[key] = segmenter_stage(stages, cfg, key, mask_dir, init, args.work)
+            note = ("ground-truth masks of train" if "fully" in key
+                    else f"trained on the CRF masks; best epoch "
+                         f"{100 * results[key]['best_epoch_miou']:.1f}")
+            seg_rows.append((f"{key} (val)", results[key]["miou"], note,
+                             results[key]["minutes"]))
+        full = results["fully supervised, from the classifier"]["miou"]
+        ratio = results["segmenter, from the classifier"]["miou"] / full if full else None
+    for spec in args.methods:
+        row = first if spec == args.methods[0] else method_stages(stages, cfg, spec, args.work)
+        rows.append((f"maps: {spec}", row["miou"],
+                     f"{knob_text(spec, cfg)}; val mAP {row['val_mAP']:.2f}", row["minutes"]))
+    rows.append((f"maps + CRF: {args.methods[0]}", crf["miou"], crf_text(cfg), crf["minutes"]))
+    rows += seg_rows
+    publish(render(rows, cfg, args, ratio, command, (load_start, os.getloadavg())), args.out)
+    plot(rows, args.out.with_suffix(".png"), f"{Path(cfg.data.root).name}: mIoU per stage")
+
+
+if __name__ == "__main__":
+    main()
