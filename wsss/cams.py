@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsss.data.transforms import resize_by
 from wsss.methods.base import _unwrap
 from wsss.models.heads import NORM_EPS
 
@@ -172,15 +173,6 @@ def _scale_maps(method: Method, model: nn.Module, images: torch.Tensor, labels: 
     return maps
 
 
-def _resize(images: torch.Tensor, scale: float) -> torch.Tensor:
-    """Images [B, 3, H, W] resized (bilinear) by ``scale`` to [B, 3, round(sH), round(sW)]."""
-    if scale == 1.0:
-        return images
-    height, width = images.shape[-2:]
-    size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-
-
 def _check_kind(kind: str, method: Method) -> None:
     if kind not in MAP_KINDS:
         raise ValueError(f"unknown map kind '{kind}'; choose one of: {', '.join(MAP_KINDS)}")
@@ -229,7 +221,7 @@ def localization_maps(method: Method, model: nn.Module, images: torch.Tensor,
     height, width = images.shape[-2:]
     size = tuple(out_size) if out_size is not None else (height, width)
     with _eval_mode(model):
-        total = sum(_scale_maps(method, model, _resize(images, scale * image_scale), labels,
+        total = sum(_scale_maps(method, model, resize_by(images, scale * image_scale), labels,
                                 kind, layer, flip, size) for scale in scales)
     total = torch.relu(total)
     total = total / (total.amax(dim=(1, 2), keepdim=True) + NORM_EPS)

@@ -122,9 +122,11 @@ def run_predict(checkpoint: str | Path, data_root: str | Path, split: str,
         raise CheckpointError(f"{checkpoint} predicts {state['num_classes']} classes but "
                               f"{data_root} has {dataset.info.num_classes}")
 
+    image_scale = trained_image_scale(state)
+
     def make(sample_id: str) -> np.ndarray:
         image = torch.from_numpy(dataset.load_image(sample_id)).permute(2, 0, 1)[None]
-        labels = predict_labels(model, image.to(device), trained_image_scale(state))
+        labels = predict_labels(model, image.to(device), image_scale)
         return labels[0].cpu().numpy().astype(np.uint8)
 
     params = {"checkpoint": str(checkpoint), "data": str(data_root), "split": split,

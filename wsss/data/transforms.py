@@ -21,6 +21,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from wsss.config import DataConfig
 from wsss.data.palette import IGNORE_INDEX
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -66,7 +67,7 @@ def scale_crop_flip(crop_size: int, image_scale: float,
 
 
 def train_transform(crop_size: int, image_scale: float = 1.0,
-                    scale_range: Sequence[float] = (0.75, 1.25)) -> v2.Compose:
+                    scale_range: Sequence[float] = DataConfig.scale_range) -> v2.Compose:
     """Classifier training: :func:`scale_crop_flip`, colour jitter, normalise."""
     return v2.Compose([*scale_crop_flip(crop_size, image_scale, scale_range),
                        v2.ColorJitter(0.3, 0.3, 0.3), *_to_float()])
@@ -76,6 +77,17 @@ def eval_transform(size: int | None = None) -> v2.Compose:
     """Optional square resize to ``size`` (for batching validation), then normalise."""
     ops: list[v2.Transform] = [v2.Resize((size, size), antialias=True)] if size else []
     return v2.Compose([*ops, *_to_float()])
+
+
+def resize_by(images: torch.Tensor, scale: float) -> torch.Tensor:
+    """Images [B, C, H, W] resized (bilinear) by ``scale`` to [B, C, round(sH), round(sW)]
+    (at least 1 px a side); the same tensor when ``scale`` is 1."""
+    if scale == 1.0:
+        return images
+    height, width = images.shape[-2:]
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    return torch.nn.functional.interpolate(images, size=size, mode="bilinear",
+                                           align_corners=False)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:

@@ -31,8 +31,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from wsss.config import ExperimentConfig, from_dict
-from wsss.data.transforms import normalize, scale_crop_flip
+from wsss.config import DataConfig, ExperimentConfig, from_dict
+from wsss.data.transforms import normalize, resize_by, scale_crop_flip
 from wsss.data import errors
 from wsss.data.voc import IGNORE_INDEX, DatasetError, VOCDataset, load_mask, read_info
 from wsss.metrics import ConfusionMatrix
@@ -80,7 +80,7 @@ class PseudoMaskDataset(VOCDataset):
 
 
 def joint_train_transform(crop_size: int, image_scale: float = 1.0,
-                          scale_range: tuple[float, ...] = (0.75, 1.25)) -> v2.Compose:
+                          scale_range: tuple[float, ...] = DataConfig.scale_range) -> v2.Compose:
     """Random rescale around ``image_scale``, crop (padded) and flip of (uint8 image [3, H, W],
     mask [H, W]) together (``wsss.data.transforms.scale_crop_flip``)."""
     return v2.Compose(scale_crop_flip(crop_size, image_scale, scale_range))
@@ -100,22 +100,16 @@ def collate(samples: list[dict[str, Any]], num_classes: int,
 
 
 @torch.no_grad()
-def predict_labels(model: nn.Module, images: torch.Tensor, image_scale: float = 1.0,
-                   flip: bool = False) -> torch.Tensor:
+def predict_labels(model: nn.Module, images: torch.Tensor,
+                   image_scale: float = 1.0) -> torch.Tensor:
     """Class indices long [B, H, W] for RGB uint8 images [B, 3, H, W] (model in eval mode).
 
     The images are resized (bilinear) by ``image_scale``, the resolution the model was trained
     at (``data.image_scale``), and the class scores upsampled back to [H, W] before the
-    arg-max; with ``flip`` the scores of the mirrored images are mirrored back and added.
+    arg-max.
     """
     height, width = images.shape[-2:]
-    pixels = normalize(images)
-    if image_scale != 1.0:
-        size = (max(1, round(height * image_scale)), max(1, round(width * image_scale)))
-        pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False)
-    scores = model(pixels).softmax(dim=1)
-    if flip:
-        scores = scores + model(pixels.flip(-1)).softmax(dim=1).flip(-1)
+    scores = model(resize_by(normalize(images), image_scale)).softmax(dim=1)
     if scores.shape[-2:] != (height, width):
         scores = F.interpolate(scores, size=(height, width), mode="bilinear", align_corners=False)
     return scores.argmax(dim=1)
