@@ -30,7 +30,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import matplotlib
 
@@ -108,6 +108,23 @@ class Stages:
 CLASSIFIER = ("data", "model", "method", "train")
 
 
+class Row(NamedTuple):
+    """One line of the table; ``result`` is the stage's record (its ``false_positive`` /
+    ``false_negative`` when the masks were scored on train)."""
+
+    what: str
+    miou: float
+    notes: str
+    minutes: float
+    result: dict[str, Any] = {}
+
+    def errors(self) -> str:
+        if "false_positive" not in self.result:
+            return "-"
+        return (f"{100 * self.result['false_positive']:.1f} / "
+                f"{100 * self.result['false_negative']:.1f}")
+
+
 def label_prior_miou(cfg: ExperimentConfig, seed: int = 0) -> dict[str, Any]:
     """mIoU of masks that give each pixel a uniformly random class among its image's labels
     (train split): what image-level labels alone score."""
@@ -128,7 +145,31 @@ def label_prior_miou(cfg: ExperimentConfig, seed: int = 0) -> dict[str, Any]:
     info = dataset.info
     scores = confusion.compute(list(info.class_names),
                                background=0 if info.has_background else None)
-    return {"miou": scores.miou}
+    return {"miou": scores.miou, **error_split(scores)}
+
+
+def error_split(scores: Any) -> dict[str, float]:
+    """Mean false positives and false negatives, each a fraction of the class's union
+    (``wsss.metrics``): FN > FP marks masks narrower than their objects, FP > FN wider ones."""
+    return {"false_positive": scores.mean_false_positive,
+            "false_negative": scores.mean_false_negative}
+
+
+def errors_stage(stages: Stages, what: str, cfg: ExperimentConfig, sections: tuple[str, ...],
+                 folder: str, masks: bool) -> dict[str, Any]:
+    """The error split of the pseudo-masks of ``folder`` (maps, or mask PNGs when ``masks``)
+    on the train split; its own stage, so rows recorded before it existed gain it too."""
+    from wsss.stages import run_eval
+    from wsss.stages_segmentation import run_eval_masks
+
+    def score(tag: str) -> dict[str, Any]:
+        scores, _ = (run_eval_masks(folder, cfg.data.root, cfg.data.train_split, cfg.tracking,
+                                    cfg.data.max_image_side) if masks else
+                     run_eval(folder, cfg.data.root, cfg.data.train_split, cfg.refine,
+                              tracking_cfg=cfg.tracking))
+        return error_split(scores)
+
+    return stages.run(f"errors {what}", cfg, sections, score, inputs=folder)
 
 
 def method_stages(stages: Stages, cfg: ExperimentConfig, spec: str,
@@ -155,6 +196,8 @@ def method_stages(stages: Stages, cfg: ExperimentConfig, spec: str,
         return {"miou": scores.miou, "maps": str(work / "maps" / tag)}
 
     row = stages.run(f"maps {spec}", mcfg, (*CLASSIFIER, "cams", "refine"), maps)
+    row = {**row, **errors_stage(stages, f"maps {spec}", mcfg, (*CLASSIFIER, "cams", "refine"),
+                                 row["maps"], masks=False), "minutes": row["minutes"]}
     return {**row, "checkpoint": cls["checkpoint"], "val_mAP": cls["val_mAP"],
             "minutes": cls["minutes"] + row["minutes"]}
 
@@ -171,7 +214,10 @@ def crf_stage(stages: Stages, cfg: ExperimentConfig, spec: str, maps: str,
 
     name, knobs = parse_spec(spec)
     mcfg = cfg.with_overrides([f"method.name={name}", *knobs])
-    return stages.run(f"maps + CRF {spec}", mcfg, (*CLASSIFIER, "cams", "refine"), refine)
+    sections = (*CLASSIFIER, "cams", "refine")
+    row = stages.run(f"maps + CRF {spec}", mcfg, sections, refine)
+    return {**row, **errors_stage(stages, f"maps + CRF {spec}", mcfg, sections, row["masks"],
+                                  masks=True), "minutes": row["minutes"]}
 
 
 def segmenter_stage(stages: Stages, cfg: ExperimentConfig, name: str, masks: Path,
@@ -211,7 +257,7 @@ def knob_text(spec: str, cfg: ExperimentConfig) -> str:
     return ", ".join(f"{k}={v}" for k, v in values.items()) or "-"
 
 
-def render(rows: list[tuple[str, float, str, float]], cfg: ExperimentConfig, args, ratio,
+def render(rows: list[Row], cfg: ExperimentConfig, args, ratio,
            command: str, load: tuple) -> str:
     train, seg = cfg.train, cfg.segmenter
     lines = [
@@ -224,26 +270,29 @@ def render(rows: list[tuple[str, float, str, float]], cfg: ExperimentConfig, arg
         f"{list(cfg.cams.scales)}{' + flip' if cfg.cams.flip else ''}; segmenter {seg.arch}, "
         f"{seg.epochs} epochs, {seg.optimizer} {seg.schedule} lr {seg.lr:g}, crop "
         f"{seg.crop_size}. Masks are scored on the train split, segmenters on val (last "
-        f"epoch). mIoU in %.", "",
-        "| what | mIoU | knobs / notes | minutes |", "|---|---:|---|---:|"]
-    for what, miou, notes, minutes in rows:
-        lines.append(f"| {what} | {100 * miou:.1f} | {notes} | {minutes:.1f} |")
+        f"epoch). mIoU in %. FP / FN: false positives and false negatives in % of each "
+        f"class's union, mean over classes (IoU + FP + FN = 100; AdvCAM's analysis): FN > FP "
+        f"marks masks narrower than their objects, the fault expanding methods address.", "",
+        "| what | mIoU | FP / FN | knobs / notes | minutes |", "|---|---:|---:|---|---:|"]
+    for row in rows:
+        lines.append(f"| {row.what} | {100 * row.miou:.1f} | {row.errors()} | {row.notes} | "
+                     f"{row.minutes:.1f} |")
     if ratio is not None:
         lines += ["", f"- WSSS / full supervision (segmenter from the classifier, val): "
                       f"**{ratio:.2f}**"]
-    total = sum(r[3] for r in rows)
+    total = sum(row.minutes for row in rows)
     lines += [f"- total minutes of the stages: {total:.0f}", ""]
     return "\n".join(lines + machine_lines(command, load)) + "\n"
 
 
-def plot(rows: list[tuple[str, float, str, float]], path: Path, title: str) -> None:
+def plot(rows: list[Row], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(8, 0.4 * len(rows) + 1.2))
-    names = [r[0] for r in rows][::-1]
-    values = [100 * r[1] for r in rows][::-1]
+    names = [row.what for row in rows][::-1]
+    values = [100 * row.miou for row in rows][::-1]
     ax.barh(names, values, color=["#7f7f7f" if "prior" in n else "#1f77b4" for n in names])
     for y, v in enumerate(values):
         ax.text(v + 0.5, y, f"{v:.1f}", va="center", fontsize=8)
-    ax.axvline(100 * rows[0][1], color="#7f7f7f", linestyle="--", linewidth=1)
+    ax.axvline(100 * rows[0].miou, color="#7f7f7f", linestyle="--", linewidth=1)
     ax.set_xlabel("mIoU (%)")
     ax.set_xlim(0, 100)
     ax.set_title(title)
@@ -267,7 +316,8 @@ def main(argv: list[str] | None = None) -> None:
     init_ray()
     stages = Stages(args.work)
     floor = stages.run("label prior", cfg, ("data",), lambda tag: label_prior_miou(cfg))
-    rows = [("label prior (uniform present class)", floor["miou"], "-", floor["minutes"])]
+    rows = [Row("label prior (uniform present class)", floor["miou"], "-", floor["minutes"],
+                floor)]
     first = method_stages(stages, cfg, args.methods[0], args.work)
     crf = crf_stage(stages, cfg, args.methods[0], first["maps"], args.work)
     ratio, seg_rows = None, []
@@ -283,15 +333,17 @@ def main(argv: list[str] | None = None) -> None:
             note = ("ground-truth masks of train" if "fully" in key
                     else f"trained on the CRF masks; best epoch "
                          f"{100 * results[key]['best_epoch_miou']:.1f}")
-            seg_rows.append((f"{key} (val)", results[key]["miou"], note,
-                             results[key]["minutes"]))
+            seg_rows.append(Row(f"{key} (val)", results[key]["miou"], note,
+                                results[key]["minutes"]))
         full = results["fully supervised, from the classifier"]["miou"]
         ratio = results["segmenter, from the classifier"]["miou"] / full if full else None
     for spec in args.methods:
         row = first if spec == args.methods[0] else method_stages(stages, cfg, spec, args.work)
-        rows.append((f"maps: {spec}", row["miou"],
-                     f"{knob_text(spec, cfg)}; val mAP {row['val_mAP']:.2f}", row["minutes"]))
-    rows.append((f"maps + CRF: {args.methods[0]}", crf["miou"], crf_text(cfg), crf["minutes"]))
+        rows.append(Row(f"maps: {spec}", row["miou"],
+                        f"{knob_text(spec, cfg)}; val mAP {row['val_mAP']:.2f}", row["minutes"],
+                        row))
+    rows.append(Row(f"maps + CRF: {args.methods[0]}", crf["miou"], crf_text(cfg), crf["minutes"],
+                    crf))
     rows += seg_rows
     publish(render(rows, cfg, args, ratio, command, (load_start, os.getloadavg())), args.out)
     plot(rows, args.out.with_suffix(".png"), f"{Path(cfg.data.root).name}: mIoU per stage")

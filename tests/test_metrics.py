@@ -250,3 +250,18 @@ def test_average_precision_input_errors() -> None:
         average_precision([0.1, 0.2], [0, 2])
     with pytest.raises(ValueError, match="NaN"):
         average_precision([0.1, np.nan], [0, 1])
+
+
+def test_errors_split_each_union_into_false_positives_and_negatives() -> None:
+    # class 1 (4 true pixels) is predicted on only 2 of them: too narrow, FN > FP; class 0
+    # takes the other 2 and so is too wide. An ignored prediction is a false negative.
+    gt = np.array([0, 0, 1, 1, 1, 1, 1])
+    pred = np.array([0, 0, 1, 1, 0, 0, I])
+    s = ConfusionMatrix(2).update(pred, gt).compute()
+    assert nan_eq(s.false_negative, (0.0, 3 / 5))
+    assert nan_eq(s.false_positive, (2 / 4, 0.0))
+    for iou, fp, fn in zip(s.iou, s.false_positive, s.false_negative):
+        assert iou + fp + fn == pytest.approx(1.0)
+    assert s.mean_false_negative == pytest.approx(0.3)
+    assert s.summary()["mean_false_positive"] == pytest.approx(0.25)
+    assert "false positives 25.00  false negatives 30.00" in s.table()

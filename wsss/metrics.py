@@ -14,7 +14,10 @@ Conventions:
 * a class's IoU is NaN when it occurs in neither ground truth nor prediction, precision is NaN
   when it was never predicted, recall is NaN when it never occurs in ground truth; mean scores
   (mIoU, macro precision/recall) are means over the non-NaN classes. So mIoU averages over the
-  classes that occur in ground truth *or* prediction.
+  classes that occur in ground truth *or* prediction;
+* a class's errors split its union into false positives and false negatives: IoU + FP + FN = 1,
+  each a fraction of the union (the FP/FN analysis of AdvCAM, Lee et al., CVPR 2021, Sec. 5):
+  a map too narrow for its objects shows as FN > FP, one too wide as FP > FN.
 """
 
 from __future__ import annotations
@@ -173,7 +176,8 @@ class ConfusionMatrix:
         tp = np.diag(m)
         gt_total = m.sum(axis=1) + self.missed
         pred_total = m.sum(axis=0)
-        iou = _ratio(tp, gt_total + pred_total - tp)
+        union = gt_total + pred_total - tp
+        iou = _ratio(tp, union)
         precision, recall = _ratio(tp, pred_total), _ratio(tp, gt_total)
         fg_precision = fg_recall = None
         if background is not None:
@@ -184,7 +188,8 @@ class ConfusionMatrix:
             pixel_accuracy=float(_ratio(tp.sum(), gt_total.sum())),
             macro_precision=_nanmean(precision), macro_recall=_nanmean(recall),
             fg_precision=fg_precision, fg_recall=fg_recall, background=background,
-            num_pixels=self.total)
+            num_pixels=self.total, false_positive=_floats(_ratio(pred_total - tp, union)),
+            false_negative=_floats(_ratio(gt_total - tp, union)))
 
 
 def _foreground_scores(m: np.ndarray, missed: np.ndarray, bg: int) -> tuple[float, float]:
@@ -244,6 +249,8 @@ class SegmentationScores:
 
     Fractions in [0, 1]; NaN where undefined (see the ``wsss.metrics`` conventions).
     ``fg_precision`` / ``fg_recall`` are None unless a background index was given.
+    ``false_positive`` / ``false_negative``: each class's false positives / negatives as a
+    fraction of its union (``iou + false_positive + false_negative = 1``; empty when unknown).
     """
 
     class_names: tuple[str, ...]
@@ -258,11 +265,24 @@ class SegmentationScores:
     fg_recall: float | None = None
     background: int | None = None
     num_pixels: int = 0
+    false_positive: tuple[float, ...] = ()
+    false_negative: tuple[float, ...] = ()
+
+    @property
+    def mean_false_positive(self) -> float:
+        """Mean over classes of false positives / union (NaN classes left out)."""
+        return _nanmean(np.asarray(self.false_positive, dtype=np.float64))
+
+    @property
+    def mean_false_negative(self) -> float:
+        """Mean over classes of false negatives / union (NaN classes left out)."""
+        return _nanmean(np.asarray(self.false_negative, dtype=np.float64))
 
     def summary(self) -> dict[str, float]:
         """Flat metrics for experiment tracking.
 
         Keys: ``miou``, ``pixel_accuracy``, ``macro_precision``, ``macro_recall``,
+        ``mean_false_positive``/``mean_false_negative`` (fractions of the union),
         ``fg_precision``/``fg_recall`` (with a background), and ``iou/<name>``,
         ``precision/<name>``, ``recall/<name>`` for each class whose value is not NaN, the
         name made a valid MLflow key part by ``wsss.names.metric_key_part`` (``table()``
@@ -272,6 +292,9 @@ class SegmentationScores:
         parts = check_class_names(self.class_names)
         out = {"miou": self.miou, "pixel_accuracy": self.pixel_accuracy,
                "macro_precision": self.macro_precision, "macro_recall": self.macro_recall}
+        if self.false_positive:
+            out["mean_false_positive"] = self.mean_false_positive
+            out["mean_false_negative"] = self.mean_false_negative
         if self.fg_precision is not None:
             out["fg_precision"] = self.fg_precision
             out["fg_recall"] = self.fg_recall
@@ -295,6 +318,10 @@ class SegmentationScores:
                      f"{_pct(self.macro_recall)}")
         lines.append(f"mIoU {_pct(self.miou).strip()}  pixel accuracy "
                      f"{_pct(self.pixel_accuracy).strip()}  ({self.num_pixels} pixels)")
+        if self.false_positive:
+            lines.append(f"errors, % of each class's union (mean): false positives "
+                         f"{_pct(self.mean_false_positive).strip()}  false negatives "
+                         f"{_pct(self.mean_false_negative).strip()}")
         if self.fg_precision is not None:
             bg = self.class_names[self.background]
             lines.append(f"foreground (not '{bg}'): precision {_pct(self.fg_precision).strip()}"
