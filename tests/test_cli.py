@@ -113,10 +113,13 @@ def test_pipeline_end_to_end(ray_session, tmp_path, monkeypatch, capsys):
                  "--out", "pred"]) == 0
     val_ids = (tmp_path / "synth/ImageSets/Segmentation/val.txt").read_text().split()
     assert len(list((tmp_path / "pred").glob("synth_*.png"))) == len(val_ids)
+    assert main(["predict", "--checkpoint", str(seg), "--data", "synth", "--split", "val",
+                 "--out", "pred-crf", "--crf", "--set", "refine.crf_iterations=3"]) == 0
+    assert len(list((tmp_path / "pred-crf").glob("synth_*.png"))) == len(val_ids)
     capsys.readouterr()
     assert main(["eval", "--masks", "pred", "--data", "synth", "--split", "val"]) == 0
     assert f"{len(val_ids)} done" in capsys.readouterr().out
     runs = mlflow.search_runs(experiment_names=["wsss"],
                               filter_string="attributes.status = 'FINISHED'")
-    assert sorted(runs["tags.stage"]) == ["cam", "cam", "eval", "eval", "predict", "refine",
-                                          "train-cls", "train-seg"]
+    assert sorted(runs["tags.stage"]) == ["cam", "cam", "eval", "eval", "predict", "predict",
+                                          "refine", "train-cls", "train-seg"]

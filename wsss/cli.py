@@ -216,7 +216,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     cfg = _config(args, [])
     report = run_predict(args.checkpoint, args.data, args.split, args.out, cfg.tracking,
-                         device=args.device, max_image_side=cfg.data.max_image_side)
+                         device=args.device, max_image_side=cfg.data.max_image_side,
+                         crf=cfg.refine if args.crf else None)
     _print_report(report, "predicted")
     print(f"masks in {args.out}; score them with: wsss eval --masks {args.out} --data "
           f"{args.data} --split {args.split}")
@@ -382,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="val")
     p.add_argument("--out", required=True)
+    p.add_argument("--crf", action="store_true",
+                   help="refine each prediction with the dense CRF of the config's refine "
+                        "section (its crf_* keys; set them with --config / --set)")
     p.add_argument("--device")
     _add_common(p)
     p.set_defaults(func=cmd_predict)

@@ -107,14 +107,23 @@ def run_train_segmenter(cfg: ExperimentConfig, pseudo_dir: str | Path, out_dir: 
 
 def run_predict(checkpoint: str | Path, data_root: str | Path, split: str,
                 out_dir: str | Path, tracking_cfg: TrackingConfig = TrackingConfig(),
-                device: str | None = None, max_image_side: int = 1024) -> StageReport:
+                device: str | None = None, max_image_side: int = 1024,
+                crf: RefineConfig | None = None) -> StageReport:
     """Write the segmenter's predicted masks ``<out_dir>/<id>.png`` for every image of
     ``split`` (full image size, predicted at the segmenter's training ``data.image_scale``);
-    scored against ground truth where it exists."""
+    scored against ground truth where it exists.
+
+    ``crf``: refine each prediction with the dense CRF of these ``crf_*`` settings
+    (``wsss.train.segmenter.predict_mask``); an image whose CRF fails is skipped and listed in
+    the report. Raises ConfigError before any work when ``crf`` is out of range for
+    ``max_image_side``.
+    """
     from wsss import tracking
     from wsss.train.checkpoint import CheckpointError, trained_image_scale
-    from wsss.train.segmenter import load_segmenter, predict_labels
+    from wsss.train.segmenter import load_segmenter, predict_mask
 
+    if crf is not None:
+        crf.validate_for(max_image_side)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, state = load_segmenter(checkpoint, device)
     dataset = VOCDataset(data_root, split, max_image_side=max_image_side)
@@ -125,15 +134,15 @@ def run_predict(checkpoint: str | Path, data_root: str | Path, split: str,
     image_scale = trained_image_scale(state)
 
     def make(sample_id: str) -> np.ndarray:
-        image = torch.from_numpy(dataset.load_image(sample_id)).permute(2, 0, 1)[None]
-        labels = predict_labels(model, image.to(device), image_scale)
-        return labels[0].cpu().numpy().astype(np.uint8)
+        return predict_mask(model, dataset.load_image(sample_id), image_scale, crf, device)
 
     params = {"checkpoint": str(checkpoint), "data": str(data_root), "split": split,
-              "arch": state["arch"]}
+              "arch": state["arch"], "crf": crf is not None}
+    if crf is not None:
+        params["refine"] = crf
     with tracking.start_run(f"predict-{split}", experiment=tracking_cfg.experiment,
-                            uri=tracking_cfg.uri, params=params, tags={"stage": "predict"},
-                            local_dir=out_dir) as run:
+                            uri=tracking_cfg.uri, params=_plain(params),
+                            tags={"stage": "predict"}, local_dir=out_dir) as run:
         report = write_masks(dataset, Path(out_dir), make, "predict")
         _finish(report, dataset, Path(out_dir), "predicted")
     if report.note_unsent(run.info.run_id):

@@ -177,3 +177,38 @@ def test_a_run_without_an_optimizer_step_is_an_error(ray_session, seg_set, tmp_p
     (run,) = mlflow.MlflowClient(uri).search_runs(
         [mlflow.get_experiment_by_name("wsss").experiment_id])
     assert run.info.status == "FAILED"
+
+
+class _BlurryBoundary(torch.nn.Module):
+    """A stand-in segmenter: two classes whose logits cross at column ``boundary`` of the
+    input, whatever the image (a prediction too smooth to find the edge itself)."""
+
+    def __init__(self, boundary: int, softness: float = 6.0) -> None:
+        super().__init__()
+        self.boundary, self.softness = boundary, softness
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        columns = torch.arange(x.shape[-1], dtype=x.dtype) + 0.5
+        ramp = ((columns - self.boundary) / self.softness).expand(x.shape[0], x.shape[-2], -1)
+        return torch.stack([-ramp, ramp], dim=1)
+
+
+@pytest.mark.parametrize("unary", ["scores", "labels"])
+def test_predict_crf_moves_the_boundary_to_the_image_edge(unary):
+    """``predict --crf``: the arg-max splits the image where the segmenter's scores cross
+    (column 20); the dense CRF moves the split to the colour edge of the image (column 28)."""
+    from wsss.config import RefineConfig
+    from wsss.train.segmenter import predict_mask
+
+    image = np.zeros((32, 48, 3), dtype=np.uint8)
+    image[:, 28:] = 230
+    model = _BlurryBoundary(boundary=20).eval()
+    with torch.no_grad():
+        plain = predict_mask(model, image)
+        crf = RefineConfig(crf_unary=unary, crf_bilateral_compat=10.0, crf_iterations=10)
+        refined = predict_mask(model, image, crf=crf)
+    assert (plain[:, :20] == 0).all() and (plain[:, 20:] == 1).all()
+    assert (refined[:, :28] == 0).all() and (refined[:, 28:] == 1).all(), refined[0]
+    with torch.no_grad():  # the trained scale: same split at half resolution, upsampled
+        half = predict_mask(_BlurryBoundary(boundary=10).eval(), image, image_scale=0.5)
+    assert (half[:, :20] == 0).all() and (half[:, 20:] == 1).all()

@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from wsss.config import DataConfig, ExperimentConfig, from_dict
+from wsss.config import DataConfig, ExperimentConfig, RefineConfig, from_dict
 from wsss.data.transforms import normalize, resize_by, scale_crop_flip
 from wsss.data import errors
 from wsss.data.voc import IGNORE_INDEX, DatasetError, VOCDataset, load_mask, read_info
@@ -100,19 +100,44 @@ def collate(samples: list[dict[str, Any]], num_classes: int,
 
 
 @torch.no_grad()
-def predict_labels(model: nn.Module, images: torch.Tensor,
-                   image_scale: float = 1.0) -> torch.Tensor:
-    """Class indices long [B, H, W] for RGB uint8 images [B, 3, H, W] (model in eval mode).
+def predict_probs(model: nn.Module, images: torch.Tensor,
+                  image_scale: float = 1.0) -> torch.Tensor:
+    """Class probabilities float [B, C, H, W] (softmax) for RGB uint8 images [B, 3, H, W]
+    (model in eval mode), on the images' device.
 
     The images are resized (bilinear) by ``image_scale``, the resolution the model was trained
-    at (``data.image_scale``), and the class scores upsampled back to [H, W] before the
-    arg-max.
+    at (``data.image_scale``), and the probabilities upsampled back to [H, W].
     """
     height, width = images.shape[-2:]
-    scores = model(resize_by(normalize(images), image_scale)).softmax(dim=1)
-    if scores.shape[-2:] != (height, width):
-        scores = F.interpolate(scores, size=(height, width), mode="bilinear", align_corners=False)
-    return scores.argmax(dim=1)
+    probs = model(resize_by(normalize(images), image_scale)).softmax(dim=1)
+    if probs.shape[-2:] != (height, width):
+        probs = F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=False)
+    return probs
+
+
+def predict_labels(model: nn.Module, images: torch.Tensor,
+                   image_scale: float = 1.0) -> torch.Tensor:
+    """Class indices long [B, H, W]: the arg-max of :func:`predict_probs`."""
+    return predict_probs(model, images, image_scale).argmax(dim=1)
+
+
+def predict_mask(model: nn.Module, image: np.ndarray, image_scale: float = 1.0,
+                 crf: RefineConfig | None = None, device: str | torch.device = "cpu") -> np.ndarray:
+    """The predicted mask uint8 [H, W] of one RGB uint8 image [H, W, 3]: the arg-max of
+    :func:`predict_probs`, or with ``crf`` of the dense CRF (``wsss.refine.dense_crf`` with
+    these ``crf_*`` settings, its input made by ``crf_unary``) over all C classes, DeepLab's
+    post-processing (Chen et al., TPAMI 2018, Sec. 3.3).
+
+    Raises ValueError / ``wsss.native_crf.NativeCrash`` from the CRF (``dense_crf``).
+    """
+    from wsss.refine import crf_probs, dense_crf
+
+    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(device)
+    probs = predict_probs(model, pixels, image_scale)[0]
+    if crf is None:
+        return probs.argmax(dim=0).cpu().numpy().astype(np.uint8)
+    refined = dense_crf(image, crf_probs(probs.cpu().numpy(), crf), crf)
+    return refined.argmax(axis=0).astype(np.uint8)
 
 
 def save_segmenter(path: str | Path, *, model: nn.Module, cfg: ExperimentConfig,
