@@ -68,6 +68,9 @@ def test_two_workers_learn_from_pseudo_masks(ray_session, seg_set, tmp_path):
                          load_config(None, [f"tracking.uri={uri}"]).tracking)
     ids = VOCDataset(seg_set, "val").ids
     assert report.done == len(ids) and not report.failed
+    # the val mIoU reported while training is the saved model's (every worker validated with
+    # rank 0's BatchNorm statistics, the ones the checkpoint holds)
+    assert report.extra["miou"] == pytest.approx(history[-1], abs=1e-9)
     assert sorted(p.stem for p in out.glob("*.png") if p.stem != "samples") == sorted(ids)
     scores, scored = run_eval_masks(out, seg_set, "val",
                                     load_config(None, [f"tracking.uri={uri}"]).tracking)

@@ -226,6 +226,7 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = {"epoch": epoch + 1, "loss": loss, **logs, "lr": scheduler.get_last_lr()[0],
                    "optimizer_steps": steps}
         if val_loader is not None:
+            broadcast_buffers(model)
             metrics["val_mAP"] = _validate(model, val_loader)
         if config.get("mask_eval_ids") and rank == 0:
             metrics["pseudo_miou"] = _pseudo_miou(method, model, cfg, config["mask_eval_ids"])
@@ -335,6 +336,16 @@ def all_reduce_sum(value: int) -> int:
     tensor = torch.tensor([value], dtype=torch.int64, device=device)
     torch.distributed.all_reduce(tensor)
     return int(tensor.item())
+
+
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every worker, so that each
+    worker's evaluation uses the weights the checkpoint saves (rank 0's). DDP syncs buffers
+    only inside its own forward; a worker's last training batch leaves its own statistics."""
+    if not torch.distributed.is_initialized():
+        return
+    for buffer in model.buffers():
+        torch.distributed.broadcast(buffer.data, src=0)
 
 
 def _all_gather(obj: Any) -> list[Any]:

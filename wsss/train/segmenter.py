@@ -43,7 +43,7 @@ from wsss.train.checkpoint import (CheckpointError, classifier_from_state,
                                    copy_from_ray_checkpoint, load_checkpoint_state, load_weights,
                                    read_state, restore_training_state, write_state)
 from wsss.train.classifier import (TrainingData, _all_gather, _all_reduce_mean, all_reduce_sum,
-                                   data_key, scan_split)
+                                   broadcast_buffers, data_key, scan_split)
 from wsss.train.classifier import ClassifierResult as TrainResult
 from wsss.train.optim import optimizer_and_schedule
 from wsss.train.reporting import (MODEL_FILE, check_optimizer_steps, epoch_callbacks,
@@ -311,6 +311,7 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
                                   config["has_background"])
         metrics = {"epoch": epoch + 1, **losses, "lr": scheduler.get_last_lr()[0]}
         if config["val_ids"]:
+            broadcast_buffers(model)
             metrics.update(_validate(getattr(model, "module", model), val_ds,
                                      len(config["class_names"]), cfg.data.image_scale))
         history.append(metrics)
