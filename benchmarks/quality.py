@@ -7,7 +7,8 @@ Rows (mIoU in %, against the dataset's ground truth, used for scoring only):
    split, arg-max over the present classes / background score; no CRF);
 3. the first method's maps + dense CRF with the recipe's ``refine`` settings;
 4. DeepLab segmenters trained on those CRF masks, from random weights and from the first
-   method's classifier (``segmenter.init_from``), scored on the val split;
+   method's classifier (``segmenter.init_from``): the val mIoU of the saved model's
+   predictions (``wsss predict``), the latter also refined by the same CRF (``--crf``);
 5. the fully supervised reference: the same segmenter recipe trained on the ground-truth masks
    of the train split, and the ratio WSSS / full supervision.
 
@@ -237,6 +238,22 @@ def segmenter_stage(stages: Stages, cfg: ExperimentConfig, name: str, masks: Pat
     return stages.run(name, scfg, ("data", "segmenter"), train, inputs=str(masks))
 
 
+def predict_stage(stages: Stages, cfg: ExperimentConfig, name: str, checkpoint: str,
+                  crf: bool, work: Path) -> dict[str, Any]:
+    """The val mIoU of a segmenter checkpoint's predictions, as ``wsss predict`` (``--crf``:
+    refined by the recipe's dense CRF) writes them."""
+    from wsss.stages_segmentation import run_predict
+
+    def predict(tag: str) -> dict[str, Any]:
+        report = run_predict(checkpoint, cfg.data.root, cfg.data.val_split, work / "pred" / tag,
+                             cfg.tracking, max_image_side=cfg.data.max_image_side,
+                             crf=cfg.refine if crf else None)
+        return {"miou": report.extra["miou"]}
+
+    return stages.run(name, cfg, ("data", "refine") if crf else ("data",), predict,
+                      inputs=checkpoint)
+
+
 def crf_text(cfg: ExperimentConfig) -> str:
     """The recipe's CRF settings, as a table cell."""
     ref = cfg.refine
@@ -269,8 +286,8 @@ def render(rows: list[Row], cfg: ExperimentConfig, args, ratio,
         f"(x {cfg.data.scale_range[0]:g}-{cfg.data.scale_range[1]:g}); maps at scales "
         f"{list(cfg.cams.scales)}{' + flip' if cfg.cams.flip else ''}; segmenter {seg.arch}, "
         f"{seg.epochs} epochs, {seg.optimizer} {seg.schedule} lr {seg.lr:g}, crop "
-        f"{seg.crop_size}. Masks are scored on the train split, segmenters on val (last "
-        f"epoch). mIoU in %. FP / FN: false positives and false negatives in % of each "
+        f"{seg.crop_size}. Masks are scored on the train split, segmenters on val (the saved "
+        f"model's `wsss predict` masks). mIoU in %. FP / FN: false positives and false negatives in % of each "
         f"class's union, mean over classes (IoU + FP + FN = 100; AdvCAM's analysis): FN > FP "
         f"marks masks narrower than their objects, the fault expanding methods address.", "",
         "| what | mIoU | FP / FN | knobs / notes | minutes |", "|---|---:|---:|---|---:|"]
@@ -329,12 +346,19 @@ def main(argv: list[str] | None = None) -> None:
                   first["checkpoint"])]
         results = {}
         for key, mask_dir, init in plans:
-            results[key] = segmenter_stage(stages, cfg, key, mask_dir, init, args.work)
+            trained = segmenter_stage(stages, cfg, key, mask_dir, init, args.work)
+            results[key] = {**predict_stage(stages, cfg, f"predict {key}", trained["checkpoint"],
+                                            False, args.work), "checkpoint": trained["checkpoint"]}
             note = ("ground-truth masks of train" if "fully" in key
-                    else f"trained on the CRF masks; best epoch "
-                         f"{100 * results[key]['best_epoch_miou']:.1f}")
-            seg_rows.append(Row(f"{key} (val)", results[key]["miou"], note,
-                                results[key]["minutes"]))
+                    else "trained on the CRF masks")
+            seg_rows.append(Row(f"{key} (val)", results[key]["miou"],
+                                f"{note}; best epoch {100 * trained['best_epoch_miou']:.1f}",
+                                trained["minutes"] + results[key]["minutes"]))
+        key = "segmenter, from the classifier"
+        refined = predict_stage(stages, cfg, f"predict {key} + CRF", results[key]["checkpoint"],
+                                True, args.work)
+        seg_rows.insert(2, Row(f"{key} + CRF (val)", refined["miou"],
+                               f"wsss predict --crf: {crf_text(cfg)}", refined["minutes"]))
         full = results["fully supervised, from the classifier"]["miou"]
         ratio = results["segmenter, from the classifier"]["miou"] / full if full else None
     for spec in args.methods:
