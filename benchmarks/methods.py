@@ -43,7 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--crop-size", type=int, default=112)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--lr", type=float, help="learning rate (default: the recipe's, which "
+                   "follows the weights: wsss.config.FINE_TUNING)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n", type=int, default=300, help="synthetic images")
@@ -67,14 +68,19 @@ def dataset_root(args: argparse.Namespace) -> Path:
     return root
 
 
+def recipe_overrides(args: argparse.Namespace) -> list[str]:
+    """The optimiser overrides of every method's run: ``--lr`` (when given) and ``--set``."""
+    return [*([f"train.lr={args.lr}"] if args.lr else []), *args.overrides]
+
+
 def bench_method(spec: str, root: Path, args: argparse.Namespace) -> dict:
     """Train, map and score one method spec (``NAME[:KEY=VALUE;...]``); returns its table row."""
     name, knobs = parse_spec(spec)
     overrides = [f"data.root={root}", f"method.name={name}", f"train.epochs={args.epochs}",
                  f"data.crop_size={args.crop_size}", f"train.batch_size={args.batch_size}",
-                 f"train.lr={args.lr}", f"train.num_workers={args.workers}",
-                 f"train.seed={args.seed}", "tracking.experiment=bench-methods"]
-    cfg = load_config(None, overrides + args.overrides + knobs)
+                 f"train.num_workers={args.workers}", f"train.seed={args.seed}",
+                 "tracking.experiment=bench-methods", *recipe_overrides(args)]
+    cfg = load_config(None, overrides + knobs)
     start = time.perf_counter()
     label = re.sub(r"[^A-Za-z0-9_.=-]+", "_", spec)
     result = run_train_classifier(cfg, args.workdir / "runs", run_name=f"{label}-{root.name}")
@@ -104,8 +110,10 @@ def write_results(rows: list[dict], root: Path, args: argparse.Namespace, argv: 
     tag = args.tag or root.name
     RESULTS.mkdir(parents=True, exist_ok=True)
     base = next((r for r in rows if r["method"] == "cam"), None)
+    train = load_config(None, recipe_overrides(args)).train
     lines = [f"# Pseudo-mask quality per method: {root.name}", "",
-             f"Train split, {args.epochs} epochs, crop {args.crop_size}, lr {args.lr}, batch "
+             f"Train split, {args.epochs} epochs, crop {args.crop_size}, {train.optimizer} "
+             f"{train.schedule} lr {train.lr:g}, weight decay {train.weight_decay:g}, batch "
              f"{args.batch_size}, {args.workers} Ray Train workers, resnet18 from scratch, seed "
              f"{args.seed}. Precision/recall: foreground (datasets with background) or the "
              f"class-macro average (no background class).", "",

@@ -60,8 +60,27 @@ def test_missing_config_file_is_named(tmp_path):
 
 def test_flatten_gives_dotted_keys():
     flat = flatten(ExperimentConfig().to_dict())
-    assert flat["train.lr"] == 0.01 and flat["data.crop_size"] == 112
+    assert flat["train.lr"] == 1e-3 and flat["data.crop_size"] == 112
     assert "method.params" in flat  # empty mapping kept as a value
+
+
+def test_optimiser_recipe_follows_the_weights():
+    """From random weights: AdamW one-cycle; from pretrained weights, each optimiser key the
+    user leaves unset takes the fine-tuning recipe (SGD poly, 10x head for the classifier),
+    the keys the user sets stay; the segmenter follows its own weights."""
+    scratch = load_config(None)
+    assert (scratch.train.optimizer, scratch.train.schedule, scratch.train.lr) == \
+        ("adamw", "onecycle", 1e-3)
+    tuned = load_config(None, ["model.pretrained=imagenet", "train.lr=0.05"])
+    assert (tuned.train.optimizer, tuned.train.schedule, tuned.train.lr,
+            tuned.train.head_lr_mult) == ("sgd", "poly", 0.05, 10.0)
+    assert tuned.segmenter.optimizer == "adamw"  # its trunk still starts from random weights
+    seg = load_config(None, ["segmenter.pretrained_backbone=imagenet"]).segmenter
+    assert (seg.optimizer, seg.schedule, seg.lr, seg.weight_decay) == ("sgd", "poly", 0.01, 5e-4)
+    kept = load_config(None, ["model.pretrained=imagenet", "train.optimizer=adamw"]).train
+    assert (kept.optimizer, kept.schedule) == ("adamw", "poly")  # the unset keys still follow
+    again = from_dict(tuned.to_dict())  # a saved config (every key set) rebuilds unchanged
+    assert again == tuned
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")),

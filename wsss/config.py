@@ -86,6 +86,35 @@ class MethodConfig:
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "poly", "onecycle")
 
+# The optimiser recipe follows from where the weights start. The dataclass defaults below are
+# the from-scratch recipe (AdamW, one-cycle, lr 1e-3, weight decay 1e-2: on MSRC-21 from
+# random weights, benchmarks/results/quality.md). A config that starts from pretrained weights
+# (``model.pretrained`` for ``train``, ``segmenter.pretrained_backbone`` for ``segmenter``)
+# takes the fine-tuning recipe for each of these keys it does not set itself: SGD with poly
+# decay (AffinityNet/SEAM's classifier: lr 0.01, 10x for the new head; mmsegmentation's
+# DeepLabV3: lr 0.01, weight decay 5e-4).
+FINE_TUNING = {
+    "train": {"optimizer": "sgd", "schedule": "poly", "lr": 0.01, "weight_decay": 1e-4,
+              "head_lr_mult": 10.0},
+    "segmenter": {"optimizer": "sgd", "schedule": "poly", "lr": 0.01, "weight_decay": 5e-4,
+                  "head_lr_mult": 1.0},
+}
+WEIGHTS_KEYS = {"train": ("model", "pretrained"), "segmenter": ("segmenter", "pretrained_backbone")}
+
+
+def with_weights_recipe(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` (a nested config dict as written) with :data:`FINE_TUNING`'s values for the
+    optimiser keys it leaves out of each section whose weights start pretrained."""
+    out = {key: dict(value) if isinstance(value, Mapping) else value
+           for key, value in data.items()}
+    for section, (weights_section, weights_key) in WEIGHTS_KEYS.items():
+        weights = out.get(weights_section)
+        if isinstance(weights, Mapping) and weights.get(weights_key) is not None:
+            given = out.setdefault(section, {})
+            if isinstance(given, dict):
+                out[section] = {**FINE_TUNING[section], **given}
+    return out
+
 
 def _check_recipe(prefix: str, section: Any) -> None:
     """The optimiser and schedule fields shared by ``train`` and ``segmenter`` (their meaning:
@@ -111,15 +140,16 @@ class TrainConfig:
 
     ``optimizer`` (sgd | adamw), ``schedule`` (cosine | poly | onecycle, stepped every batch),
     ``warmup_epochs`` (None: the schedule's own) and ``head_lr_mult`` (learning-rate factor of
-    the parameters outside the backbone): see ``wsss.train.optim``.
+    the parameters outside the backbone): see ``wsss.train.optim``. Defaults: the from-scratch
+    recipe; with ``model.pretrained``, :data:`FINE_TUNING` for the keys not set.
     """
 
     epochs: int = 8
     batch_size: int = 16
-    lr: float = 0.01
-    weight_decay: float = 1e-4
-    optimizer: str = "sgd"
-    schedule: str = "cosine"
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    optimizer: str = "adamw"
+    schedule: str = "onecycle"
     warmup_epochs: float | None = None
     head_lr_mult: float = 1.0
     num_workers: int = 2
@@ -248,7 +278,8 @@ class SegmenterConfig:
     checkpoint whose backbone weights start the trunk (``wsss.train.segmenter.
     classifier_trunk_weights``; applied after ``pretrained_backbone``). ``optimizer``, ``schedule``,
     ``warmup_epochs`` and ``head_lr_mult`` (the DeepLab head's learning-rate factor) as in
-    ``train`` (``wsss.train.optim``).
+    ``train`` (``wsss.train.optim``); with ``pretrained_backbone``, :data:`FINE_TUNING` for
+    the keys not set.
     """
 
     arch: str = "deeplabv3_resnet18"
@@ -256,10 +287,10 @@ class SegmenterConfig:
     init_from: str | None = None
     epochs: int = 10
     batch_size: int = 8
-    lr: float = 0.01
-    weight_decay: float = 1e-4
-    optimizer: str = "sgd"
-    schedule: str = "poly"
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    optimizer: str = "adamw"
+    schedule: str = "onecycle"
     warmup_epochs: float | None = None
     head_lr_mult: float = 1.0
     crop_size: int = 112
@@ -361,8 +392,9 @@ NOT_PATHS = ("imagenet",)
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Read a YAML config (or the defaults when ``path`` is None) and apply dotted overrides;
-    relative paths under :data:`PATH_KEYS` made absolute (``wsss.storage.absolute``), as Ray
-    workers run elsewhere. ConfigError names a missing file, a bad key or value."""
+    optimiser keys left unset follow the weights (:data:`FINE_TUNING`); relative paths under
+    :data:`PATH_KEYS` made absolute (``wsss.storage.absolute``), as Ray workers run elsewhere.
+    ConfigError names a missing file, a bad key or value."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -372,7 +404,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         if loaded is not None and not isinstance(loaded, Mapping):
             raise ConfigError(f"{path}: top level must be a mapping")
         data = dict(loaded or {})
-    return _absolute_paths(from_dict(apply_overrides(data, overrides)))
+    return _absolute_paths(from_dict(with_weights_recipe(apply_overrides(data, overrides))))
 
 
 def _absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:

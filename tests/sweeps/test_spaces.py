@@ -15,14 +15,15 @@ from wsss.sweeps.spaces import (CRF_KNOBS, LR, Knob, METHOD_KNOBS, Space, apply_
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_registered_method_has_a_valid_space(name):
-    space = Space([LR], methods=[name])
+    space = Space([LR], methods=[name], base=ExperimentConfig())
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
     for _ in range(5):
         trial = study.ask()
         space(trial)
         cfg = apply_trial(ExperimentConfig(), trial.params)  # validates the method's Params
         assert cfg.method.name == name
-        assert 1e-3 <= cfg.train.lr <= 1e-1
+        base_lr = ExperimentConfig().train.lr  # LR: a decade either side of the recipe's
+        assert base_lr / 10 <= cfg.train.lr <= base_lr * 10
         study.tell(trial, 0.0)
 
 
@@ -62,3 +63,16 @@ def test_crf_space_gives_valid_refine_configs():
         refine = apply_trial(ExperimentConfig(), trial.params).refine
         assert refine.bg_mode in ("threshold", "power")
         assert refine.crf_iterations >= 1 and not math.isnan(refine.crf_bilateral_srgb)
+
+
+def test_the_learning_rate_is_searched_around_the_recipes_own():
+    """LR spans a decade either side of the base config's lr: AdamW from scratch and SGD
+    fine-tuning get ranges of their own; a relative knob cannot be searched without a base."""
+    from wsss.config import load_config
+
+    scratch = Space([LR], base=ExperimentConfig()).knobs[0]
+    assert (scratch.low, scratch.high) == pytest.approx((1e-4, 1e-2))
+    tuned = Space([LR], base=load_config(None, ["model.pretrained=imagenet"])).knobs[0]
+    assert (tuned.low, tuned.high) == pytest.approx((1e-3, 1e-1))
+    with pytest.raises(ValueError, match="relative"):
+        Space([LR])(optuna.create_study().ask())

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.slow
 
 def _cfg(root, tracking_uri, epochs, **extra):
     overrides = [f"data.root={root}", f"train.epochs={epochs}", "data.crop_size=64",
-                 "train.batch_size=8", "train.lr=0.05", "train.num_workers=2",
+                 "train.batch_size=8", "train.lr=0.05", "train.optimizer=sgd",
+                 "train.schedule=cosine", "train.weight_decay=1e-4", "train.num_workers=2",
                  f"tracking.uri={tracking_uri}", "tracking.experiment=test-train"]
     return load_config(None, overrides + [f"{k}={v}" for k, v in extra.items()])
 
@@ -57,7 +58,7 @@ def test_two_workers_learn_above_chance(ray_session, train_set, tmp_path):
 
 def test_rerun_with_same_name_resumes_from_checkpoint(ray_session, train_set, tmp_path):
     """Re-running a run name with more epochs resumes from its checkpoint, on the longer run's
-    schedule (AdamW, one-cycle, 10x head learning rate: the non-default recipe path)."""
+    schedule (AdamW, one-cycle, 10x head learning rate; the other tests train with SGD)."""
     from wsss.train.optim import optimizer_and_schedule
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -151,7 +151,7 @@ def test_resumed_run_continues_where_the_uninterrupted_run_would_be(optimizer, s
 def test_resumed_with_more_epochs_follows_the_longer_schedule():
     """The config, not the checkpoint, sets the schedule: 2 epochs done of a 2-epoch cosine
     run (learning rate near 0), resumed as a 4-epoch run, continue at the 4-epoch run's rate."""
-    short = _recipe(epochs=2)
+    short = _recipe(epochs=2, optimizer="sgd", schedule="cosine")
     model = _tiny()
     optimizer, _ = optimizer_and_schedule(model, short, STEPS)
     longer = dataclasses.replace(short, epochs=4)
@@ -172,7 +172,7 @@ def test_onecycle_needs_three_iterations():
     ("optimizer=adam", "optimizer='adam' is not valid; choose one of: sgd, adamw"),
     ("schedule=step", "schedule='step' is not valid; choose one of: cosine, poly, onecycle"),
     ("head_lr_mult=0", "head_lr_mult=0 is out of range: expected > 0"),
-    ("warmup_epochs=-1", "warmup_epochs=-1 is out of range: expected >= 0 and < "),
+    ("warmup_epochs=-1", "warmup_epochs=-1 is out of range: expected > 0 and < "),
     ("warmup_epochs=99", "warmup_epochs=99 is out of range"),
 ]])
 def test_bad_recipe_values_are_refused_naming_the_key(section, override, message):

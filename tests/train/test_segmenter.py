@@ -28,7 +28,9 @@ def seg_set(tmp_path_factory):
 
 def _cfg(root, uri, **extra):
     overrides = [f"data.root={root}", "segmenter.epochs=4", "segmenter.batch_size=3",
-                 "segmenter.crop_size=64", "segmenter.lr=0.02", "segmenter.num_workers=2",
+                 "segmenter.crop_size=64", "segmenter.lr=0.02", "segmenter.optimizer=sgd",
+                 "segmenter.schedule=poly", "segmenter.weight_decay=1e-4",
+                 "segmenter.num_workers=2",
                  f"tracking.uri={uri}", "tracking.experiment=test-seg"]
     return load_config(None, overrides + [f"{k}={v}" for k, v in extra.items()])
 

@@ -43,9 +43,10 @@ class Sweep:
         """What Tune reserves for one trial (``tune.with_resources``)."""
         return self.trial_resources
 
-    def space(self, smoke: bool) -> Space:
+    def space(self, smoke: bool, base: ExperimentConfig) -> Space:
+        """The search space on ``base`` (relative knobs take their ranges from it)."""
         return Space(self.knobs, self.constants, self.methods,
-                     overrides=self.smoke_knobs if smoke else ())
+                     overrides=self.smoke_knobs if smoke else (), base=base)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Options of this sweep only (none by default)."""

@@ -14,14 +14,19 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
-from wsss.config import ConfigError, ExperimentConfig, from_dict
+from wsss.config import ConfigError, ExperimentConfig, flatten, from_dict
 
 SEP = ":"  # "<method>:<key>" names keep each method's sub-space its own Optuna distributions
 
 
 @dataclass(frozen=True)
 class Knob:
-    """One searched config key: a float/int range (``log`` for log scale) or ``choices``."""
+    """One searched config key: a float/int range (``log`` for log scale) or ``choices``.
+
+    ``relative``: ``low`` and ``high`` are factors of the base config's value of ``key`` (a
+    learning rate searched around the recipe's own, whatever the optimiser); :meth:`on` makes
+    the range absolute.
+    """
 
     key: str
     low: float | None = None
@@ -29,9 +34,22 @@ class Knob:
     log: bool = False
     integer: bool = False
     choices: tuple[Any, ...] | None = None
+    relative: bool = False
+
+    def on(self, base: ExperimentConfig) -> Knob:
+        """This knob with a relative range made absolute around ``base``'s value of ``key``."""
+        if not self.relative:
+            return self
+        value = flatten(base.to_dict())[self.key]
+        return dataclasses.replace(self, low=self.low * value, high=self.high * value,
+                                   relative=False)
 
     def suggest(self, trial: Any, name: str | None = None) -> Any:
-        """Ask an ``optuna.Trial`` for a value (parameter ``name``, default the key)."""
+        """Ask an ``optuna.Trial`` for a value (parameter ``name``, default the key). Raises
+        ValueError for a relative knob (use :meth:`on` first)."""
+        if self.relative:
+            raise ValueError(f"knob {self.key} has a range relative to a base config; "
+                             f"search Knob.on(base)")
         name = name or self.key
         if self.choices is not None:
             return trial.suggest_categorical(name, list(self.choices))
@@ -55,7 +73,9 @@ def dilation_sets(rates: Sequence[int] = (2, 3, 6, 9, 12), max_size: int = 3) ->
     return tuple(",".join(map(str, s)) for s in sets)
 
 
-LR = Knob("train.lr", 1e-3, 1e-1, log=True)
+# A decade either side of the recipe's learning rate (AdamW from scratch: 1e-4..1e-2; SGD
+# fine-tuning: 1e-3..1e-1).
+LR = Knob("train.lr", 0.1, 10.0, log=True, relative=True)
 
 METHOD_KNOBS: dict[str, tuple[Knob, ...]] = {
     "adversarial_erasing": (Knob("method.params.steps", 1, 4, integer=True),
@@ -108,14 +128,18 @@ class Space:
     ``Space(knobs, constants)`` suggests every knob under its key. With ``methods`` the method is
     searched too: ``method.name`` is suggested first, then that method's knobs under
     ``"<method>:<key>"`` names (each method's distributions stay separate). ``overrides``
-    replace knobs of the same key (e.g. narrower ranges for a smoke test).
+    replace knobs of the same key (e.g. narrower ranges for a smoke test). ``base``: the config
+    that relative knobs (``Knob.relative``) take their ranges from.
     """
 
     def __init__(self, knobs: Sequence[Knob] = (), constants: Mapping[str, Any] | None = None,
-                 methods: Sequence[str] | None = None,
-                 overrides: Sequence[Knob] = ()) -> None:
-        self.overrides = {k.key: k for k in overrides}
-        self.knobs = tuple(self.overrides.get(k.key, k) for k in knobs)
+                 methods: Sequence[str] | None = None, overrides: Sequence[Knob] = (),
+                 base: ExperimentConfig | None = None) -> None:
+        def fixed(knob: Knob) -> Knob:
+            return knob.on(base) if base is not None else knob
+
+        self.overrides = {k.key: fixed(k) for k in overrides}
+        self.knobs = tuple(self.overrides.get(k.key, fixed(k)) for k in knobs)
         self.constants = dict(constants or {})
         self.methods = tuple(methods) if methods else None
         for name in self.methods or ():

@@ -113,7 +113,7 @@ def run_sweep(sweep: Sweep, args: argparse.Namespace) -> dict[str, Any] | None:
                "and --storage-path")
     uri, storage = check_before_compute(args)
     cfg = base_config(args, dataset_root(args, Path(args.workdir)))
-    check_space(sweep.space(args.smoke_test), cfg)  # every proposal is a valid config
+    check_space(sweep.space(args.smoke_test, cfg), cfg)  # every proposal is a valid config
     training_data = scan_training_data(cfg)
     init_ray(args.address)
     workdir = Path(args.workdir) / args.experiment
@@ -214,7 +214,7 @@ def make_tuner(sweep: Sweep, args: argparse.Namespace, ctx: SweepContext, cfg: A
         print(f"resuming sweep from {path}", flush=True)
         return tune.Tuner.restore(path, trainable, resume_errored=True)
     tune_config = tune.TuneConfig(metric=OBJECTIVE, mode="max", num_samples=args.num_samples,
-                                  search_alg=_searcher(sweep, args),
+                                  search_alg=_searcher(sweep, args, cfg),
                                   scheduler=_scheduler(sweep, args, cfg))
     run_config = tune.RunConfig(name=args.experiment, storage_path=ctx.storage_path,
                                 failure_config=tune.FailureConfig(max_failures=2),
@@ -254,7 +254,7 @@ def _release(trial: Any) -> None:
         remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id))))
 
 
-def _searcher(sweep: Sweep, args: argparse.Namespace) -> Any:
+def _searcher(sweep: Sweep, args: argparse.Namespace, cfg: Any) -> Any:
     import optuna
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
@@ -264,7 +264,7 @@ def _searcher(sweep: Sweep, args: argparse.Namespace) -> Any:
     else:
         startup = max(2, min(10, args.num_samples // 3))
         sampler = optuna.samplers.TPESampler(seed=args.seed, n_startup_trials=startup)
-    search = OptunaSearch(space=sweep.space(args.smoke_test), metric=OBJECTIVE, mode="max",
+    search = OptunaSearch(space=sweep.space(args.smoke_test, cfg), metric=OBJECTIVE, mode="max",
                           sampler=sampler)
     return ConcurrencyLimiter(search, max_concurrent=args.max_concurrent)
 
