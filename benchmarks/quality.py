@@ -290,6 +290,7 @@ def render(rows: list[Row], cfg: ExperimentConfig, args, ratio,
         f"model's `wsss predict` masks). mIoU in %. FP / FN: false positives and false negatives in % of each "
         f"class's union, mean over classes (IoU + FP + FN = 100; AdvCAM's analysis): FN > FP "
         f"marks masks narrower than their objects, the fault expanding methods address.", "",
+        "How to read it, and what the MSRC-21 numbers say: `docs/quality.md`.", "",
         "| what | mIoU | FP / FN | knobs / notes | minutes |", "|---|---:|---:|---|---:|"]
     for row in rows:
         lines.append(f"| {row.what} | {100 * row.miou:.1f} | {row.errors()} | {row.notes} | "
