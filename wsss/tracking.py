@@ -55,6 +55,22 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     return absolute(uri or os.environ.get(URI_ENV) or f"sqlite:///{Path.cwd() / 'mlflow.db'}")
 
 
+def missing_local_store(uri: str) -> Path | None:
+    """The path of a local store (``sqlite:///PATH``, ``file:PATH`` or a bare folder) that does
+    not exist; None for a store that exists or a server. Readers check this first: MLflow
+    would create an empty store there."""
+    if is_server(uri):
+        return None
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+    else:
+        from urllib.parse import urlparse
+        from urllib.request import url2pathname
+
+        path = Path(url2pathname(urlparse(uri).path) if uri.startswith("file:") else uri)
+    return None if path.exists() else path
+
+
 def _artifact_location(uri: str) -> str | None:
     """Local stores keep artifacts in ``mlruns/`` next to the database file."""
     if uri.startswith("sqlite:///"):

@@ -31,8 +31,29 @@ def test_tables_are_sorted_best_first_and_plots_written(tmp_path):
 
 def test_compare_names_an_experiment_without_sweeps(tmp_path, capsys):
     from wsss.cli import main
+    from wsss.tracking import ensure_experiment
 
-    code = main(["compare", "--experiment", "nothing-here", "--tracking-uri",
-                 f"sqlite:///{tmp_path / 'mlflow.db'}", "--out", str(tmp_path / "out")])
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ensure_experiment("another", uri)
+    code = main(["compare", "--experiment", "nothing-here", "--tracking-uri", uri,
+                 "--out", str(tmp_path / "out")])
     assert code == 2
     assert "'nothing-here'" in capsys.readouterr().err
+
+
+def test_compare_refuses_a_store_that_does_not_exist_and_creates_none(tmp_path, capsys,
+                                                                     monkeypatch):
+    """Run from a folder without ``mlflow.db`` (the default store), compare names the missing
+    store and exits 2, instead of creating an empty one and finding no sweeps."""
+    from wsss.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["compare", "--experiment", "demo-erasing", "--out", "out"]) == 2
+    assert f"no MLflow store at {tmp_path / 'mlflow.db'}" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    folder = tmp_path / "mlruns"
+    assert main(["compare", "--experiment", "x", "--tracking-uri", folder.as_uri(),
+                 "--out", "out"]) == 2
+    assert f"no MLflow store at {folder}" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

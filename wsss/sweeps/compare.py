@@ -28,8 +28,18 @@ def sweep_rows(uri: str, experiment: str) -> tuple[Any, list[dict[str, Any]]]:
 
 
 def compare(uri: str, experiment: str, out_dir: str | Path) -> tuple[str, list[Path]]:
-    """The trials table (best first) as text, and the tables and plots written to ``out_dir``."""
+    """The trials table (best first) as text, and the tables and plots written to ``out_dir``.
+
+    Raises LookupError naming the store when ``uri`` is a local store that does not exist
+    (nothing is created), or the experiment when it holds no sweep with trials.
+    """
     from wsss.sweeps.report import format_table, write_outputs
+    from wsss.tracking import missing_local_store
+
+    missing = missing_local_store(uri)
+    if missing is not None:
+        raise LookupError(f"no MLflow store at {missing}; run wsss compare where the sweep "
+                          f"ran, or pass --tracking-uri (or set $MLFLOW_TRACKING_URI)")
 
     parent, rows = sweep_rows(uri, experiment)
     if not rows:
