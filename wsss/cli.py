@@ -226,18 +226,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from wsss.sweeps.compare import compare
+    from wsss.sweeps.report import runs_view
     from wsss.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     out = args.out or f"runs/compare/{args.experiment}"  # a folder name: see check_names
     try:
-        table, paths = compare(uri, args.experiment, out)
+        table, paths, experiment_id = compare(uri, args.experiment, out)
     except LookupError as err:
         print(f"wsss compare: error: {err}", file=sys.stderr)
         return 2
     print(table)
     print("wrote " + ", ".join(str(p) for p in paths))
-    print(f"browse: mlflow ui --backend-store-uri {uri}")
+    print("browse:\n" + runs_view(uri, experiment_id))
     return 0
 
 

@@ -57,3 +57,42 @@ def test_compare_refuses_a_store_that_does_not_exist_and_creates_none(tmp_path, 
                  "--out", "out"]) == 2
     assert f"no MLflow store at {folder}" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_best_trial_is_ranked_among_those_that_ran_their_full_budget():
+    """A trial ASHA stopped after 2 of 4 epochs does not outrank a completed one, whatever its
+    objective; with no completed trial the best scored one is chosen."""
+    from wsss.sweeps.report import best_trial
+
+    rows = _rows()
+    rows[0]["objective"] = 0.9  # "a", stopped early, scored higher after less training
+    assert best_trial(rows)["trial_id"] == "b"
+    assert best_trial([rows[0], rows[2]])["trial_id"] == "a"
+    assert best_trial([rows[2]]) is None
+
+
+def test_a_trials_checkpoint_is_its_last_finished_round(tmp_path):
+    from wsss.sweeps.report import next_steps
+    from wsss.sweeps.trial import trial_checkpoint
+
+    for k in (1, 2, 10):
+        (tmp_path / "trials/t1" / f"round{k}").mkdir(parents=True)
+        (tmp_path / "trials/t1" / f"round{k}/model.pt").write_bytes(b"x")
+    (tmp_path / "trials/t2/round1").mkdir(parents=True)  # stopped inside its first round
+    found = trial_checkpoint(tmp_path, "t1")
+    assert found == (tmp_path / "trials/t1/round10/model.pt").resolve()
+    assert trial_checkpoint(tmp_path, "t2") is None and trial_checkpoint(tmp_path, "t3") is None
+    text = next_steps(str(found), "data/my set")
+    assert f"best checkpoint: {found}" in text
+    assert f"wsss cam --checkpoint {found} --data 'data/my set' --split train" in text
+    assert next_steps(None, "data") == ""
+
+
+def test_the_runs_view_opens_the_experiments_runs_table():
+    from wsss.sweeps.report import runs_view
+
+    page = "#/experiments/7/runs?workflowType=machine_learning"
+    local = runs_view("sqlite:////w/mlflow.db", "7")
+    assert "mlflow ui --backend-store-uri sqlite:////w/mlflow.db" in local
+    assert f"http://127.0.0.1:5000/{page}" in local
+    assert runs_view("http://mlflow.lab:5000/", "7") == f"  runs: http://mlflow.lab:5000/{page}"

@@ -65,7 +65,10 @@ def check_store(uri: str, experiment: str, trials: int, best: dict, knob: str,
             names = [a.path for a in client.list_artifacts(child.info.run_id, "samples")]
             assert "samples/cam_overlays.png" in names
     objectives = {c.data.tags["wsss.trial_id"]: c.data.metrics["objective"] for c in children}
-    assert best["objective"] == pytest.approx(max(objectives.values()))
+    full = {c.data.tags["wsss.trial_id"] for c in children
+            if c.data.tags["wsss.status"] == "completed"}  # best: among full-budget trials
+    assert best["objective"] == pytest.approx(
+        max(v for t, v in objectives.items() if t in full or not full))
     assert parent.data.metrics["best_objective"] == pytest.approx(best["objective"])
     best_knobs = json.loads(next(c for c in children if c.data.tags["wsss.trial_id"]
                                  == best["trial_id"]).data.tags["wsss.knobs"])
@@ -150,6 +153,19 @@ def test_relative_paths_run_and_resume_from_the_same_folder(tmp_path, synth_root
             "objective": children[0].data.metrics["objective"]}
     check_store(uri, "rel", 1, only, "method.params.dilations")
     assert parent.data.tags[STORAGE_TAG] == str(tune_dir)
+    # The summary names the best trial's checkpoint (it exists) and the commands to run on it;
+    # wsss compare says the same from the store.
+    checkpoint = parent.data.tags["wsss.best_checkpoint"]
+    assert Path(checkpoint).is_file() and checkpoint.startswith(str(here / "runs/rel/trials"))
+    assert f"best checkpoint: {checkpoint}" in first.stdout
+    assert f"wsss cam --checkpoint {checkpoint} --data {synth_root.resolve()}" in first.stdout
+    compared = run_command(["-m", "wsss.cli", "compare", "--experiment", "rel", "--tracking-uri",
+                            uri, "--out", str(here / "compare")], here)
+    assert compared.returncode == 0, compared.stderr[-3000:]
+    assert f"best checkpoint: {checkpoint}" in compared.stdout
+    runs_page = f"#/experiments/{parent.info.experiment_id}/runs?workflowType=machine_learning"
+    assert runs_page in first.stdout and runs_page in compared.stdout
+    assert parent.data.metrics["objective"] == pytest.approx(only["objective"])
 
     again = run_command([*argv, "--resume"], here)
     assert again.returncode == 0, again.stderr[-3000:]

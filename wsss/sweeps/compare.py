@@ -27,8 +27,9 @@ def sweep_rows(uri: str, experiment: str) -> tuple[Any, list[dict[str, Any]]]:
     return parent, rows
 
 
-def compare(uri: str, experiment: str, out_dir: str | Path) -> tuple[str, list[Path]]:
-    """The trials table (best first) as text, and the tables and plots written to ``out_dir``.
+def compare(uri: str, experiment: str, out_dir: str | Path) -> tuple[str, list[Path], str]:
+    """The trials table (best first) as text, the tables and plots written to ``out_dir``, and
+    the experiment's id.
 
     Raises LookupError naming the store when ``uri`` is a local store that does not exist
     (nothing is created), or the experiment when it holds no sweep with trials.
@@ -47,4 +48,22 @@ def compare(uri: str, experiment: str, out_dir: str | Path) -> tuple[str, list[P
     paths = write_outputs(rows, Path(out_dir), PROGRESS)
     header = (f"sweep '{experiment}' (MLflow parent run {parent.info.run_id}, "
               f"{parent.info.status}): {len(rows)} trials")
-    return header + "\n" + format_table(rows, PROGRESS), paths
+    return (header + "\n" + format_table(rows, PROGRESS) + best_lines(parent, rows), paths,
+            parent.info.experiment_id)
+
+
+def best_lines(parent: Any, rows: list[dict[str, Any]]) -> str:
+    """The best trial (``report.best_trial``), its checkpoint (the parent run's
+    ``wsss.best_checkpoint`` tag, written when the sweep finished) and the commands to run on
+    it; empty when no trial scored."""
+    from wsss.sweeps.report import BEST_CHECKPOINT_TAG, best_trial, next_steps
+
+    best = best_trial(rows)
+    if best is None:
+        return ""
+    checkpoint = parent.data.tags.get(BEST_CHECKPOINT_TAG)
+    if checkpoint and parent.data.tags.get("wsss.best_trial_id") != best["trial_id"]:
+        checkpoint = None  # the tag names another trial (a sweep resumed since)
+    data = parent.data.params.get("data.root", "DATA")
+    return (f"\nbest trial {best['trial_id']} ({best['status']}): objective "
+            f"{best['objective']:.4f}\n" + next_steps(checkpoint, data).rstrip("\n"))

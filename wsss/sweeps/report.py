@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import re
+import shlex
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -20,6 +21,7 @@ import numpy as np
 from wsss.sweeps.tracking import _client
 
 KNOBS_TAG = "wsss.knobs"
+BEST_CHECKPOINT_TAG = "wsss.best_checkpoint"  # on the parent run: the best trial's model.pt
 
 
 def trial_row(result: Any, full_length: Callable[[dict[str, Any]], int], time_attr: str,
@@ -35,6 +37,45 @@ def trial_row(result: Any, full_length: Callable[[dict[str, Any]], int], time_at
             time_attr: ran, "full": full, "status": status,
             "checkpoint_path": metrics.get("checkpoint_path"),
             "knobs": {k: v for k, v in result.config.items() if not k.startswith("_")}}
+
+
+def best_trial(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The scored row with the highest objective among the trials that ran their full budget
+    (status ``completed``) when any did, else among all scored rows; None when none scored.
+
+    A trial stopped early (ASHA) reported its objective after less budget (fewer epochs, or a
+    CRF trial's first chunk of images), which does not rank against a full run's.
+    """
+    scored = [r for r in rows if not math.isnan(r["objective"])]
+    pool = [r for r in scored if r["status"] == "completed"] or scored
+    return max(pool, key=lambda r: r["objective"]) if pool else None
+
+
+def next_steps(checkpoint: str | None, data: str) -> str:
+    """Lines naming the best trial's checkpoint and the commands to run on it (empty without
+    one: a sweep that trains nothing, or a best trial stopped inside its first round)."""
+    if not checkpoint:
+        return ""
+    ckpt = shlex.quote(checkpoint)
+    return (f"best checkpoint: {checkpoint}\n"
+            f"next: its maps and pseudo-masks on the train split:\n"
+            f"  wsss cam --checkpoint {ckpt} --data {shlex.quote(data)} --split train "
+            f"--out runs/cams\n"
+            f"  wsss pseudo-label --checkpoint {ckpt} --data {shlex.quote(data)} --split train "
+            f"--out runs/pseudo-masks --eval\n")
+
+
+def runs_view(uri: str, experiment_id: str) -> str:
+    """Lines telling how to browse the experiment's runs: the MLflow UI command for a local
+    store (its default address) or the server's own address, each opened on the runs table
+    (the UI's "Model training" view, not its GenAI overview)."""
+    from wsss.tracking import is_server
+
+    page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    if is_server(uri):
+        return f"  runs: {uri.rstrip('/')}/{page}"
+    return (f"  mlflow ui --backend-store-uri {uri}\n"
+            f"  then open http://127.0.0.1:5000/{page}")
 
 
 def run_status(row: dict[str, Any]) -> str:
@@ -104,14 +145,14 @@ def summarize_sweep(uri: str, parent_run_id: str, rows: list[dict[str, Any]], ti
     """
     from wsss.tracking import send_or_keep
 
-    scored = [r for r in rows if not math.isnan(r["objective"])]
-    best = max(scored, key=lambda r: r["objective"]) if scored else None
+    best = best_trial(rows)
     outputs = write_outputs(rows, out_dir, time_attr)
     metrics = {"trials": len(rows), f"{time_attr}_run": sum(r[time_attr] for r in rows),
                f"{time_attr}_full_budget": sum(r["full"] for r in rows)}
     best_config = None if best is None else {"trial_id": best["trial_id"],
                                              "objective": best["objective"],
-                                             "config": best["knobs"]}
+                                             "config": best["knobs"],
+                                             "checkpoint": best.get("checkpoint")}
     record = {"kind": "close_sweep_run", "metrics": metrics, "best": best_config,
               "artifacts": [str(p) for p in outputs], "status": "FINISHED"}
 
@@ -153,7 +194,10 @@ def _log_best(client: Any, run_id: str, best: dict[str, Any]) -> None:
     """Best objective, trial and config (``best.*`` params when first set; MLflow params are
     immutable, so a resumed sweep with a new best updates the ``wsss.best.*`` tags)."""
     client.log_metric(run_id, "best_objective", best["objective"])
+    client.log_metric(run_id, "objective", best["objective"])  # the parent's row in the UI
     client.set_tag(run_id, "wsss.best_trial_id", best["trial_id"])
+    if best.get("checkpoint"):
+        client.set_tag(run_id, BEST_CHECKPOINT_TAG, best["checkpoint"])
     params = client.get_run(run_id).data.params
     for key, value in best["knobs"].items():
         client.set_tag(run_id, f"wsss.best.{key}", str(value))

@@ -146,6 +146,15 @@ def train_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         previous = result.checkpoint
 
 
+def trial_checkpoint(workdir: str | Path, trial_id: str) -> Path | None:
+    """The classifier ``model.pt`` of a trial's last finished round
+    (``<workdir>/trials/<id>/round<k>/model.pt``, the layout :func:`train_trial` writes); None
+    when no round finished (a trial stopped early inside its first round)."""
+    rounds = sorted(Path(workdir, "trials", trial_id).glob("round*/model.pt"),
+                    key=lambda p: int(p.parent.name.removeprefix("round") or 0))
+    return rounds[-1].resolve() if rounds else None
+
+
 def scaled(cfg: ExperimentConfig, workers: int, gpus: float) -> ExperimentConfig:
     """``cfg`` trained by ``workers`` Ray Train workers, on GPUs when ``gpus`` > 0."""
     train = dataclasses.replace(cfg.train, num_workers=workers, use_gpu=gpus > 0)

@@ -119,7 +119,7 @@ def run_sweep(sweep: Sweep, args: argparse.Namespace) -> dict[str, Any] | None:
     workdir = Path(args.workdir) / args.experiment
     unsent = workdir / tracking.UNSENT_FILE
     with _signals_interrupt():  # after ray.init, which sets its own SIGTERM handler
-        tracking.ensure_experiment(args.experiment, uri)
+        experiment_id = tracking.ensure_experiment(args.experiment, uri)
         parent = sweep_run(uri, args.experiment, args.experiment, _sweep_params(args, cfg),
                            args.resume)
         outcomes: dict[str, str] = {}  # trial id -> MLflow status, once Tune's results are in
@@ -138,7 +138,8 @@ def run_sweep(sweep: Sweep, args: argparse.Namespace) -> dict[str, Any] | None:
                               OBJECTIVE) for r in results]
             outcomes.update({row["trial_id"]: run_status(row) for row in rows})
             best = record_results(sweep, ctx, cfg, rows)
-    _print_summary(args, uri, parent, best, time.perf_counter() - start, unsent)
+    _print_summary(args, uri, parent, best, time.perf_counter() - start, unsent,
+                   str(cfg.data.root), experiment_id)
     return best
 
 
@@ -283,8 +284,11 @@ def record_results(sweep: Sweep, ctx: SweepContext, cfg: Any,
     """Close every trial's MLflow run (objective, status, pictures); summarise on the parent
     (tables and plots also in ``WORKDIR/summary``). Returns the best row."""
     from wsss.sweeps.report import close_trial_run, summarize_sweep
+    from wsss.sweeps.trial import trial_checkpoint
 
     for row in rows:
+        checkpoint = trial_checkpoint(ctx.workdir, row["trial_id"])
+        row["checkpoint"] = str(checkpoint) if checkpoint else None
         folder = Path(ctx.workdir) / "samples" / row["trial_id"]
         close_trial_run(ctx.tracking_uri, ctx.experiment, ctx.parent_run_id, row,
                         sweep.time_attr, lambda: _trial_samples(sweep, ctx, cfg, row, folder),
@@ -310,7 +314,8 @@ def _sweep_params(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
 
 
 def _print_summary(args: argparse.Namespace, uri: str, parent: str, best: dict | None,
-                   seconds: float, unsent: Path) -> None:
+                   seconds: float, unsent: Path, data: str, experiment_id: str) -> None:
+    from wsss.sweeps.report import next_steps, runs_view
     from wsss.tracking import unsent_records
 
     kept = len(unsent_records(unsent))
@@ -323,9 +328,10 @@ def _print_summary(args: argparse.Namespace, uri: str, parent: str, best: dict |
     knobs = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                       for k, v in best["knobs"].items())
     print(f"\nsweep '{args.experiment}' finished in {seconds:.0f}s; best trial "
-          f"{best['trial_id']}: {OBJECTIVE}={best['objective']:.4f} ({knobs})\n"
-          f"MLflow: parent run {parent} in experiment '{args.experiment}' at {uri}\n"
+          f"{best['trial_id']} ({best['status']}): {OBJECTIVE}={best['objective']:.4f} "
+          f"({knobs})\n" + next_steps(best.get("checkpoint"), data)
+          + f"MLflow: parent run {parent} in experiment '{args.experiment}' at {uri}\n"
           f"  wsss compare --experiment {shlex.quote(args.experiment)}"
           + (f" --tracking-uri {uri}" if args.tracking_uri else "") + "\n"
-          f"  mlflow ui --backend-store-uri {uri}"
+          + runs_view(uri, experiment_id)
           + (f"\nMLflow did not answer: {kept} record(s) kept in {unsent}" if kept else ""))
