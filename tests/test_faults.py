@@ -206,7 +206,7 @@ def test_killed_sweep_driver_resumes_with_one_child_run_per_trial(tmp_path, synt
 
 
 # -- a sweep that fails or is stopped: its MLflow runs are closed -----------------------------
-MLFLOW_STATUS = {"completed": "FINISHED", "stopped early": "KILLED", "error": "FAILED"}
+MLFLOW_STATUS = {"completed": "FINISHED", "stopped early": "FINISHED", "error": "FAILED"}
 
 
 def _inject_failure(where: str, monkeypatch) -> None:
