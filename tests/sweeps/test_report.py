@@ -71,20 +71,20 @@ def test_the_best_trial_is_ranked_among_those_that_ran_their_full_budget():
     assert best_trial([rows[2]]) is None
 
 
-def test_a_trials_checkpoint_is_its_last_finished_round(tmp_path):
+def test_the_best_checkpoint_is_the_model_in_the_trials_last_ray_checkpoint(tmp_path):
+    """Tune's ``checkpoint_path`` has no scheme: a remote storage's is put back."""
     from wsss.sweeps.report import next_steps
-    from wsss.sweeps.trial import trial_checkpoint
+    from wsss.sweeps.trial import checkpoint_file
 
-    for k in (1, 2, 10):
-        (tmp_path / "trials/t1" / f"round{k}").mkdir(parents=True)
-        (tmp_path / "trials/t1" / f"round{k}/model.pt").write_bytes(b"x")
-    (tmp_path / "trials/t2/round1").mkdir(parents=True)  # stopped inside its first round
-    found = trial_checkpoint(tmp_path, "t1")
-    assert found == (tmp_path / "trials/t1/round10/model.pt").resolve()
-    assert trial_checkpoint(tmp_path, "t2") is None and trial_checkpoint(tmp_path, "t3") is None
-    text = next_steps(str(found), "data/my set")
-    assert f"best checkpoint: {found}" in text
-    assert f"wsss cam --checkpoint {found} --data 'data/my set' --split train" in text
+    local = str(tmp_path / "ray/x-train/t1-round2/checkpoint_1")
+    assert checkpoint_file(local, str(tmp_path / "ray")) == f"{local}/model.pt"
+    assert checkpoint_file(local, (tmp_path / "ray").as_uri()) == f"{local}/model.pt"
+    assert (checkpoint_file("bucket/sweeps/x-train/t1-round2/checkpoint_1", "s3://bucket/sweeps")
+            == "s3://bucket/sweeps/x-train/t1-round2/checkpoint_1/model.pt")
+    assert checkpoint_file(None, "s3://bucket") is None
+    text = next_steps(f"{local}/model.pt", "data/my set")
+    assert f"best checkpoint: {local}/model.pt" in text
+    assert f"wsss cam --checkpoint {local}/model.pt --data 'data/my set' --split train" in text
     assert next_steps(None, "data") == ""
 
 

@@ -156,7 +156,7 @@ def test_relative_paths_run_and_resume_from_the_same_folder(tmp_path, synth_root
     # The summary names the best trial's checkpoint (it exists) and the commands to run on it;
     # wsss compare says the same from the store.
     checkpoint = parent.data.tags["wsss.best_checkpoint"]
-    assert Path(checkpoint).is_file() and checkpoint.startswith(str(here / "runs/rel/trials"))
+    assert Path(checkpoint).is_file() and checkpoint.startswith(str(tune_dir) + "-train")
     assert f"best checkpoint: {checkpoint}" in first.stdout
     assert f"wsss cam --checkpoint {checkpoint} --data {synth_root.resolve()}" in first.stdout
     compared = run_command(["-m", "wsss.cli", "compare", "--experiment", "rel", "--tracking-uri",

@@ -146,13 +146,19 @@ def train_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         previous = result.checkpoint
 
 
-def trial_checkpoint(workdir: str | Path, trial_id: str) -> Path | None:
-    """The classifier ``model.pt`` of a trial's last finished round
-    (``<workdir>/trials/<id>/round<k>/model.pt``, the layout :func:`train_trial` writes); None
-    when no round finished (a trial stopped early inside its first round)."""
-    rounds = sorted(Path(workdir, "trials", trial_id).glob("round*/model.pt"),
-                    key=lambda p: int(p.parent.name.removeprefix("round") or 0))
-    return rounds[-1].resolve() if rounds else None
+def checkpoint_file(checkpoint_path: str | None, storage_path: str) -> str | None:
+    """The ``model.pt`` in a trial's last reported Ray Train checkpoint (the ``checkpoint_path``
+    Tune's report carries: the checkpoint folder on the storage's file system, without its
+    scheme), as a local path or a URI on ``storage_path``'s scheme; None without one. This is
+    the model as it was when the trial stopped, whether it completed or ASHA stopped it (Tune
+    may end a trial at its last report, before ``train_trial`` copies the round's model)."""
+    from wsss.train.reporting import MODEL_FILE
+
+    if not checkpoint_path:
+        return None
+    scheme, remote, _ = storage_path.partition("://")
+    prefix = f"{scheme}://" if remote and scheme != "file" and "://" not in checkpoint_path else ""
+    return f"{prefix}{checkpoint_path.rstrip('/')}/{MODEL_FILE}"
 
 
 def scaled(cfg: ExperimentConfig, workers: int, gpus: float) -> ExperimentConfig:

@@ -284,11 +284,10 @@ def record_results(sweep: Sweep, ctx: SweepContext, cfg: Any,
     """Close every trial's MLflow run (objective, status, pictures); summarise on the parent
     (tables and plots also in ``WORKDIR/summary``). Returns the best row."""
     from wsss.sweeps.report import close_trial_run, summarize_sweep
-    from wsss.sweeps.trial import trial_checkpoint
+    from wsss.sweeps.trial import checkpoint_file
 
     for row in rows:
-        checkpoint = trial_checkpoint(ctx.workdir, row["trial_id"])
-        row["checkpoint"] = str(checkpoint) if checkpoint else None
+        row["checkpoint"] = checkpoint_file(row.get("checkpoint_path"), ctx.storage_path)
         folder = Path(ctx.workdir) / "samples" / row["trial_id"]
         close_trial_run(ctx.tracking_uri, ctx.experiment, ctx.parent_run_id, row,
                         sweep.time_attr, lambda: _trial_samples(sweep, ctx, cfg, row, folder),
