@@ -102,9 +102,11 @@ def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe,
     """The learning-rate schedule of ``recipe`` over ``recipe.epochs * steps_per_epoch``
     iterations; call ``step()`` after every optimiser step.
 
+    ``onecycle`` over fewer than 3 iterations (a smoke run: no room for a rise and a fall)
+    keeps ``lr`` constant.
+
     Raises:
-        ValueError: ``steps_per_epoch`` < 1, ``onecycle`` over fewer than 3 iterations, or an
-            unknown schedule name.
+        ValueError: ``steps_per_epoch`` < 1 or an unknown schedule name.
     """
     from torch.optim import lr_scheduler
 
@@ -113,9 +115,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe,
     total = recipe.epochs * steps_per_epoch
     warmup = min(warmup_steps(recipe, steps_per_epoch), total - 1)
     if recipe.schedule == "onecycle":
-        if total < 3:  # a rise of >= 2 iterations and a fall of >= 1
-            raise ValueError(f"the onecycle schedule needs >= 3 iterations, got {total} "
-                             f"({recipe.epochs} epoch(s) of {steps_per_epoch} batch(es))")
+        if total < 3:  # a rise needs >= 2 iterations and a fall >= 1
+            return lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
         rise = max(warmup, 2)
         return lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
                                        total_steps=total, pct_start=rise / total)
