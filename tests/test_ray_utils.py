@@ -81,3 +81,36 @@ def test_processes_of_a_local_ray_find_their_own_cluster(machine_tmp, tmp_path):
     sessions = sorted((machine_tmp / "ray").glob("session_2*"))
     assert len(sessions) == 2, sessions
     assert (machine_tmp / "ray" / "ray_current_cluster").read_text() == OTHER_CLUSTER
+
+
+def test_a_local_start_that_times_out_under_load_is_retried(monkeypatch, tmp_path):
+    """Ray's raylet has 30 s to register; on a saturated machine the start is tried again
+    (what the failed start left is shut down first); other errors are raised at once."""
+    import types
+
+    import ray
+
+    from wsss import ray_utils
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    monkeypatch.setenv(ray_utils.SESSION_ROOT_ENV, str(tmp_path / "sessions"))
+    calls = []
+
+    def init(**kwargs):
+        calls.append("init")
+        if calls.count("init") == 1:
+            raise Exception("The current node timed out during startup. This could happen ...")
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append("shutdown"))
+    monkeypatch.setattr(ray, "get_runtime_context",
+                        lambda: types.SimpleNamespace(gcs_address="127.0.0.1:6379"))
+    assert ray_utils.start_local_ray() == "127.0.0.1:6379"
+    assert calls == ["init", "shutdown", "init"]
+
+    def broken(**kwargs):
+        raise Exception("something else")
+
+    monkeypatch.setattr(ray, "init", broken)
+    with pytest.raises(Exception, match="something else"):
+        ray_utils.start_local_ray()

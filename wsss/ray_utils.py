@@ -33,6 +33,10 @@ from typing import Any
 SESSION_ROOT_ENV = "WSSS_RAY_SESSION_ROOT"
 ADDRESS_FILE = "ray_current_cluster"  # Ray's own name (ray._private.utils.get_ray_address_file)
 WORKER_NICENESS_ENV = "RAY_worker_niceness"  # Ray's config override (ray_constants)
+# Ray gives its raylet a fixed 30 s to register with the GCS (ray._private.node); on a machine
+# whose CPUs are all busy that can run out. Such a start is retried, up to START_ATTEMPTS.
+STARTUP_TIMEOUT = "timed out during startup"
+START_ATTEMPTS = 3
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -58,12 +62,20 @@ def start_local_ray(**init_args: Any) -> str:
     instance found on this machine). Sets ``$RAY_TMPDIR`` of this process (and so of every Ray
     process it starts) to a fresh lookup folder whose ``ray/ray_current_cluster`` holds the new
     instance's GCS address, and runs its workers at normal priority (``$RAY_worker_niceness``
-    0 unless set); see the module docstring for why.
+    0 unless set); see the module docstring for why. A start that times out while the raylet
+    registers (a machine under heavy load) is retried, :data:`START_ATTEMPTS` in all.
     """
     import ray
 
     lookup = prepare_local_ray()
-    ray.init(address="local", _temp_dir=os.environ[SESSION_ROOT_ENV], **init_args)
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            ray.init(address="local", _temp_dir=os.environ[SESSION_ROOT_ENV], **init_args)
+            break
+        except Exception as err:  # Ray raises a bare Exception for this timeout
+            if STARTUP_TIMEOUT not in str(err) or attempt == START_ATTEMPTS:
+                raise
+            ray.shutdown()  # what the timed-out start left running
     address = ray.get_runtime_context().gcs_address
     (lookup / ADDRESS_FILE).write_text(address)
     return address
