@@ -95,11 +95,10 @@ def test_pipeline_end_to_end(ray_session, tmp_path, monkeypatch, capsys):
     assert report["done"] == len(ids) and report["failed"] == []
     maps, class_ids = load_maps(tmp_path / f"cams/{ids[0]}.npz")
     assert maps.shape[0] == len(class_ids) and maps.shape[1:] == (64, 64)
-    # each map is scaled by its own peak: 1, or 0 where a 1-epoch model has no positive
-    # evidence for that class anywhere in the image
-    peaks = maps.max(axis=(1, 2))
-    assert (np.isclose(peaks, 1.0, atol=1e-2) | (peaks == 0)).all() and peaks.max() > 0.99
-    assert maps.min() >= 0
+    # maps are in [0, 1]: each scale's map is scaled by its peak before the scales and the
+    # flip are averaged (so a peak may fall below 1 where they disagree, and a class with no
+    # positive evidence after 1 epoch stays 0)
+    assert maps.min() >= 0 and 0.25 - 1e-3 <= maps.max() <= 1.0 + 1e-3  # 4 maps averaged
     # a re-run reuses every map already written
     capsys.readouterr()
     assert main(["cam", "--checkpoint", str(ckpt), "--data", "synth", "--out", "cams"]) == 0
