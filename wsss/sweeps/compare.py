@@ -56,13 +56,13 @@ def best_lines(parent: Any, rows: list[dict[str, Any]]) -> str:
     """The best trial (``report.best_trial``), its checkpoint (the parent run's
     ``wsss.best_checkpoint`` tag, written when the sweep finished) and the commands to run on
     it; empty when no trial scored."""
-    from wsss.sweeps.report import BEST_CHECKPOINT_TAG, best_trial, next_steps
+    from wsss.sweeps.report import BEST_CHECKPOINT_TAG, BEST_TRIAL_TAG, best_trial, next_steps
 
     best = best_trial(rows)
     if best is None:
         return ""
     checkpoint = parent.data.tags.get(BEST_CHECKPOINT_TAG)
-    if checkpoint and parent.data.tags.get("wsss.best_trial_id") != best["trial_id"]:
+    if checkpoint and parent.data.tags.get(BEST_TRIAL_TAG) != best["trial_id"]:
         checkpoint = None  # the tag names another trial (a sweep resumed since)
     data = parent.data.params.get("data.root", "DATA")
     return (f"\nbest trial {best['trial_id']} ({best['status']}): objective "

@@ -21,6 +21,7 @@ import numpy as np
 from wsss.sweeps.tracking import _client
 
 KNOBS_TAG = "wsss.knobs"
+BEST_TRIAL_TAG = "wsss.best_trial_id"  # on the parent run: the best trial's id
 BEST_CHECKPOINT_TAG = "wsss.best_checkpoint"  # on the parent run: the best trial's model.pt
 
 
@@ -196,7 +197,7 @@ def _log_best(client: Any, run_id: str, best: dict[str, Any]) -> None:
     immutable, so a resumed sweep with a new best updates the ``wsss.best.*`` tags)."""
     client.log_metric(run_id, "best_objective", best["objective"])
     client.log_metric(run_id, "objective", best["objective"])  # the parent's row in the UI
-    client.set_tag(run_id, "wsss.best_trial_id", best["trial_id"])
+    client.set_tag(run_id, BEST_TRIAL_TAG, best["trial_id"])
     if best.get("checkpoint"):
         client.set_tag(run_id, BEST_CHECKPOINT_TAG, best["checkpoint"])
     params = client.get_run(run_id).data.params
