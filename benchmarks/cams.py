@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from wsss import cams
+from wsss.core import maps as cams
 from wsss.config import ModelConfig
 from wsss.methods import get_method
 

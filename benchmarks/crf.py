@@ -1,5 +1,5 @@
 """Dense CRF over the present classes only vs over all classes (absent ones scored 0); and the
-cost of containing pydensecrf in a warm child process (``wsss.native_crf``) vs calling it in
+cost of containing pydensecrf in a warm child process (``wsss.core.native_crf``) vs calling it in
 this process.
 
 Both variants refine the same CAM-like maps of the same images in one process: labels are
@@ -32,8 +32,8 @@ import torch.nn.functional as F
 
 from cams import cpu_model  # benchmarks/cams.py (this folder is on sys.path as a script)
 from wsss.config import RefineConfig
-from wsss.native_crf import CRF_WORKER, mean_field
-from wsss.refine import crf_job, normalise_scores
+from wsss.core.native_crf import CRF_WORKER, mean_field
+from wsss.core.masks import crf_job, normalise_scores
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "crf.md"
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "msrc21"
@@ -72,13 +72,13 @@ def cam_like(labels: np.ndarray, ids: np.ndarray, stride: int = 16) -> np.ndarra
 
 def dataset_cases(args: argparse.Namespace) -> tuple[list[Case], int, str]:
     """Cases from the dataset's images with 2-3 classes; (cases, class count, description)."""
-    from wsss.data.voc import VOCDataset
+    from wsss.data.dataset import VOCDataset
 
     dataset = VOCDataset(args.data, args.split)
     cases: list[Case] = []
     for sample_id in dataset.ids:
-        image = dataset.load_image(sample_id)
-        mask = dataset.load_mask(sample_id, image.shape[:2])
+        sample = dataset.sample(sample_id)
+        image, mask = sample.image, sample.gt
         ids = np.array([c for c in np.unique(mask) if c != 255]) if mask is not None else []
         if 2 <= len(ids) <= 3:
             cases.append((image, cam_like(mask, ids), ids))
@@ -110,7 +110,7 @@ def synthetic_cases(args: argparse.Namespace) -> tuple[list[Case], int, str]:
 
 
 def solve(image: np.ndarray, probs: np.ndarray, cfg: RefineConfig) -> np.ndarray:
-    """``wsss.refine.dense_crf`` computed in this process (so its CPU time is counted here):
+    """``wsss.core.masks.dense_crf`` computed in this process (so its CPU time is counted here):
     distributions [K, H * W]."""
     return mean_field(crf_job(image, probs, cfg))
 
@@ -210,7 +210,7 @@ def containment_lines(cases: list[Case], results: tuple[dict, dict, bool]) -> li
     med_cpu = {k: statistics.median(v) / len(cases) for k, v in cpus.items()}
     lines = ["## Contained CRF vs in-process call", "",
              f"The same {len(cases)} CRF inputs (present classes) solved by pydensecrf in this "
-             "process and in the warm child process `wsss.native_crf.CRF_WORKER` (input and "
+             "process and in the warm child process `wsss.core.native_crf.CRF_WORKER` (input and "
              "output pickled over a socket), alternating per image; "
              f"{len(next(iter(wall.values())))} repeat(s). CPU: this process plus the child.",
              "", "| mode | wall s / image (median) | min wall s / image | CPU s / image "

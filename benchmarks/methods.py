@@ -26,7 +26,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from wsss.config import load_config  # noqa: E402
 from wsss.methods import METHODS  # noqa: E402
-from wsss.stages import run_cams, run_eval, run_train_classifier  # noqa: E402
+from wsss.pipeline.maps import run_cams
+from wsss.pipeline.masks import run_eval
+from wsss.pipeline.train_cls import run_train_classifier
 
 RESULTS = Path(__file__).parent / "results"
 MSRC = Path(__file__).resolve().parents[1].parent / "shared/data/msrc21"

@@ -35,8 +35,11 @@ import torch
 
 from crf import DEFAULT_DATA, machine_lines, publish  # benchmarks/crf.py
 from wsss.config import CamConfig, ExperimentConfig, RefineConfig, TrackingConfig
-from wsss.pseudo_label import PipelineOptions, read_rows, run_pseudo_label
-from wsss.pseudo_label_tasks import CamExtractor, Job, decode_batch, refine_and_write
+from wsss.pipeline.pseudo_label import PipelineOptions, run_pseudo_label
+from wsss.data.reader import DatasetReader
+from wsss.pipeline.executors import LocalExecutor, Step
+from wsss.pipeline.maps import map_steps
+from wsss.pipeline.steps import Job, make_masks, write_outputs
 from wsss.storage import Location
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "pseudo_label.md"
@@ -69,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def prepare(args: argparse.Namespace, work: Path) -> tuple[Path, str, Path]:
     """(dataset root, description, checkpoint): ``images`` + warm-up ids in a split file."""
     from wsss.data.synthetic import generate_dataset
-    from wsss.data.voc import read_info, read_split
+    from wsss.data.reader import read_info, read_split
     from wsss.methods import get_method
     from wsss.train.checkpoint import save_checkpoint
 
@@ -106,14 +109,13 @@ def plain_loop(view: Path, ckpt: Path, out: Path, cam: CamConfig, threads: int) 
     previous = torch.get_num_threads()
     state = load_checkpoint_state(ckpt)
     start = time.perf_counter()
-    info, labels, rows = read_rows(Location.parse(view), "bench")
-    job = Job(Location.parse(view), Location.parse(out), info, state["method"],
-              state["method_params"], cam, RefineConfig(), labels)
-    extractor = CamExtractor(state, job, threads=threads)
-    for first in range(0, len(rows), cam.batch_size):
-        chunk = rows[first:first + cam.batch_size]
-        batch = {key: np.asarray([r[key] for r in chunk]) for key in chunk[0]}
-        done = refine_and_write(extractor(decode_batch(batch, job)), job)
+    torch.set_num_threads(threads)
+    reader = DatasetReader.open(view)
+    job = Job(reader, state["method"], dict(state["method_params"]), cam, RefineConfig(),
+              out=Location.parse(out))
+    steps = [*map_steps(job, state, ckpt), Step(make_masks, {"job": job}),
+             Step(write_outputs, {"job": job})]
+    for done in LocalExecutor(cam.batch_size, "plain loop").run(reader.index("bench"), steps):
         assert (done["status"] == "done").all(), done["reason"]
     seconds = time.perf_counter() - start
     torch.set_num_threads(previous)
@@ -135,23 +137,23 @@ def pipeline(view: Path, ckpt: Path, out: Path, cam: CamConfig, workers: int,
 
 def one_worker_threads() -> int:
     """Torch threads of the one-worker pipeline's map actor on this machine."""
-    from wsss.pseudo_label import plan_workers
+    from wsss.pipeline.executors import plan_workers
 
     cluster = {"CPU": float(len(os.sched_getaffinity(0)))}
-    return plan_workers(cluster, PipelineOptions(cam_workers=1)).threads
+    return plan_workers(cluster, cam_workers=1).threads
 
 
 def bare_forward(view: Path, ckpt: Path, cam: CamConfig, threads: int) -> float:
     """Seconds of logits-only forward passes over the images (decoded beforehand)."""
     from wsss.data.transforms import normalize
-    from wsss.data.voc import VOCDataset
+    from wsss.data.dataset import VOCDataset
     from wsss.train.checkpoint import load_classifier
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     _, model, _ = load_classifier(ckpt)
     dataset = VOCDataset(view, "bench")
-    images = [torch.from_numpy(dataset.load_image(i)).permute(2, 0, 1) for i in dataset.ids]
+    images = [torch.from_numpy(dataset.sample(i).image).permute(2, 0, 1) for i in dataset.ids]
     groups: dict[tuple, list[torch.Tensor]] = {}
     for image in images:
         groups.setdefault(tuple(image.shape), []).append(image)

@@ -129,29 +129,26 @@ class Row(NamedTuple):
 def label_prior_miou(cfg: ExperimentConfig, seed: int = 0) -> dict[str, Any]:
     """mIoU of masks that give each pixel a uniformly random class among its image's labels
     (train split): what image-level labels alone score."""
-    from wsss.data.voc import VOCDataset
-    from wsss.metrics import ConfusionMatrix
+    from wsss.core.scoring import Scorer
+    from wsss.data.dataset import VOCDataset
 
     dataset = VOCDataset(cfg.data.root, cfg.data.train_split,
                          max_image_side=cfg.data.max_image_side)
     rng = np.random.default_rng(seed)
-    confusion = ConfusionMatrix(dataset.info.num_classes)
+    scorer = Scorer(dataset.info)
     for sample_id in dataset.ids:
-        image = dataset.load_image(sample_id)
-        gt = dataset.load_mask(sample_id, image.shape[:2])
-        if gt is None:
+        sample = dataset.sample(sample_id)
+        if sample.gt is None:
             continue
-        present = np.asarray(dataset.class_ids(sample_id, gt))
-        confusion.update(present[rng.integers(len(present), size=gt.shape)], gt)
-    info = dataset.info
-    scores = confusion.compute(list(info.class_names),
-                               background=0 if info.has_background else None)
+        present = np.asarray(sample.class_ids)
+        scorer.update(present[rng.integers(len(present), size=sample.gt.shape)], sample.gt)
+    scores = scorer.scores()
     return {"miou": scores.miou, **error_split(scores)}
 
 
 def error_split(scores: Any) -> dict[str, float]:
     """Mean false positives and false negatives, each a fraction of the class's union
-    (``wsss.metrics``): FN > FP marks masks narrower than their objects, FP > FN wider ones."""
+    (``wsss.core.scoring``): FN > FP marks masks narrower than their objects, FP > FN wider ones."""
     return {"false_positive": scores.mean_false_positive,
             "false_negative": scores.mean_false_negative}
 
@@ -160,8 +157,8 @@ def errors_stage(stages: Stages, what: str, cfg: ExperimentConfig, sections: tup
                  folder: str, masks: bool) -> dict[str, Any]:
     """The error split of the pseudo-masks of ``folder`` (maps, or mask PNGs when ``masks``)
     on the train split; its own stage, so rows recorded before it existed gain it too."""
-    from wsss.stages import run_eval
-    from wsss.stages_segmentation import run_eval_masks
+    from wsss.pipeline.masks import run_eval
+    from wsss.pipeline.masks import run_eval_masks
 
     def score(tag: str) -> dict[str, Any]:
         scores, _ = (run_eval_masks(folder, cfg.data.root, cfg.data.train_split, cfg.tracking,
@@ -177,7 +174,9 @@ def method_stages(stages: Stages, cfg: ExperimentConfig, spec: str,
                   work: Path) -> dict[str, Any]:
     """Classifier, maps and their pseudo-mask mIoU (no CRF) of one method spec: the maps row,
     with the classifier's checkpoint and the maps folder."""
-    from wsss.stages import run_cams, run_eval, run_train_classifier
+    from wsss.pipeline.maps import run_cams
+    from wsss.pipeline.masks import run_eval
+    from wsss.pipeline.train_cls import run_train_classifier
 
     name, knobs = parse_spec(spec)
     mcfg = cfg.with_overrides([f"method.name={name}", *knobs])
@@ -206,7 +205,7 @@ def method_stages(stages: Stages, cfg: ExperimentConfig, spec: str,
 def crf_stage(stages: Stages, cfg: ExperimentConfig, spec: str, maps: str,
               work: Path) -> dict[str, Any]:
     """``maps`` (the first method's) through the dense CRF with the recipe's ``refine``."""
-    from wsss.stages_segmentation import run_refine
+    from wsss.pipeline.masks import run_refine
 
     def refine(tag: str) -> dict[str, Any]:
         report = run_refine(maps, cfg.data.root, cfg.data.train_split, work / "masks" / tag,
@@ -225,7 +224,7 @@ def segmenter_stage(stages: Stages, cfg: ExperimentConfig, name: str, masks: Pat
                     init_from: str | None, work: Path) -> dict[str, Any]:
     """A segmenter trained on ``masks`` (train split), scored on the val split (last epoch)."""
     from wsss.config import override
-    from wsss.stages_segmentation import run_train_segmenter
+    from wsss.pipeline.train_seg import run_train_segmenter
 
     scfg = cfg.with_overrides([override("segmenter.init_from", init_from)] if init_from else [])
 
@@ -242,7 +241,7 @@ def predict_stage(stages: Stages, cfg: ExperimentConfig, name: str, checkpoint: 
                   crf: bool, work: Path) -> dict[str, Any]:
     """The val mIoU of a segmenter checkpoint's predictions, as ``wsss predict`` (``--crf``:
     refined by the recipe's dense CRF) writes them."""
-    from wsss.stages_segmentation import run_predict
+    from wsss.pipeline.predict import run_predict
 
     def predict(tag: str) -> dict[str, Any]:
         report = run_predict(checkpoint, cfg.data.root, cfg.data.val_split, work / "pred" / tag,

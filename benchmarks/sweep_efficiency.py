@@ -26,9 +26,9 @@ ARMS = {"tpe+asha": ("tpe", "asha"), "random": ("random", "fifo")}
 def run_arm(sweep, arm: str, seed: int, args: argparse.Namespace, data: Path,
             checkpoint: Path, uri: str) -> dict:
     """One sweep; returns its best-so-far curve and compute (chunks run, full budget)."""
-    from wsss.sweeps.compare import sweep_rows
-    from wsss.sweeps.runner import build_parser
-    from wsss.sweeps.tuner import run_sweep
+    from wsss.tune.compare import sweep_rows
+    from wsss.tune.runner import build_parser
+    from wsss.tune.tuner import run_sweep
 
     search, scheduler = ARMS[arm]
     experiment = f"bench-{arm}-s{seed}"
@@ -54,7 +54,7 @@ def prepare(args: argparse.Namespace) -> tuple[Path, Path]:
     from wsss.config import load_config
     from wsss.data.synthetic import generate_dataset
     from wsss.ray_utils import init_ray
-    from wsss.stages import run_train_classifier
+    from wsss.pipeline.train_cls import run_train_classifier
 
     data = args.workdir / "data/synth"
     generate_dataset(data, n=args.n, seed=0, image_size=args.size)

@@ -9,9 +9,10 @@ the maps of the scored images once; every trial re-refines them through Ray Data
 
 import sys
 
-from wsss.sweeps.crf import CrfSweep, crf_trial
-from wsss.sweeps.spaces import CRF_KNOBS, Knob
-from wsss.sweeps.tuner import main
+from wsss.knobs import Knob
+from wsss.tune.crf import CrfSweep, crf_trial
+from wsss.tune.spaces import CRF_KNOBS
+from wsss.tune.tuner import main
 
 SWEEP = CrfSweep("crf", knobs=CRF_KNOBS, trainable=crf_trial,
                  constants={"refine.crf": True},

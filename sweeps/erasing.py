@@ -9,9 +9,9 @@ fixed subset of training images, reported every epoch so ASHA can stop poor tria
 
 import sys
 
-from wsss.sweeps.runner import training_sweep
-from wsss.sweeps.spaces import Knob
-from wsss.sweeps.tuner import main
+from wsss.knobs import Knob
+from wsss.tune.runner import training_sweep
+from wsss.tune.tuner import main
 
 SWEEP = training_sweep("erasing", "adversarial_erasing",
                        smoke_knobs=[Knob("method.params.steps", 1, 2, integer=True)])

@@ -6,8 +6,8 @@
 
 import sys
 
-from wsss.sweeps.runner import training_sweep
-from wsss.sweeps.tuner import main
+from wsss.tune.runner import training_sweep
+from wsss.tune.tuner import main
 
 SWEEP = training_sweep("hide_and_seek", "hide_and_seek")
 

@@ -7,10 +7,11 @@
 
 import sys
 
+from wsss.knobs import Knob
 from wsss.methods import METHODS
-from wsss.sweeps.runner import Sweep
-from wsss.sweeps.spaces import LR, Knob
-from wsss.sweeps.tuner import main
+from wsss.tune.runner import Sweep
+from wsss.tune.spaces import LR
+from wsss.tune.tuner import main
 
 SWEEP = Sweep("methods", knobs=[LR], methods=sorted(METHODS),
               smoke_knobs=[Knob("method.params.steps", 1, 2, integer=True)])

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from wsss.config import RefineConfig
-from wsss.data.voc import IGNORE_INDEX
-from wsss.refine import class_scores, masks_from_maps, pseudo_mask
+from wsss.data.palette import IGNORE_INDEX
+from wsss.core.masks import class_scores, masks_from_maps, pseudo_mask
 
 ROW = np.array([[[0.1, 0.3, 0.6, 0.45, 0.22]]], dtype=np.float32)  # one class, [1, 1, 5]
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss import cams
+from wsss.core import maps as cams
 from wsss.methods import get_method
 from wsss.models import CamClassifier, build_backbone
 

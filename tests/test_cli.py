@@ -8,7 +8,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from wsss.cams import load_maps
+from wsss.core.maps import load_maps
 from wsss.cli import main
 
 
@@ -60,7 +60,7 @@ def test_train_seg_on_ground_truth_masks_reads_the_datasets_own(synth_root, monk
     """``--masks-from-ground-truth``: the fully supervised reference trains the same segmenter
     on ``<data>/SegmentationClass``; it excludes ``--pseudo-masks``."""
     import wsss.ray_utils
-    import wsss.stages_segmentation
+    import wsss.pipeline.train_seg
     from wsss.train.segmenter import TrainResult
 
     given = {}
@@ -70,7 +70,7 @@ def test_train_seg_on_ground_truth_masks_reads_the_datasets_own(synth_root, monk
         return TrainResult(out, {}, [], [], 0.0)
 
     monkeypatch.setattr(wsss.ray_utils, "init_ray", lambda address=None: None)
-    monkeypatch.setattr(wsss.stages_segmentation, "run_train_segmenter", train)
+    monkeypatch.setattr(wsss.pipeline.train_seg, "run_train_segmenter", train)
     assert main(["train-seg", "--masks-from-ground-truth", "--data", str(synth_root)]) == 0
     assert given["masks"] == synth_root / "SegmentationClass"
     train_ids = (synth_root / "ImageSets/Segmentation/train.txt").read_text().split()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from wsss.config import ConfigError, RefineConfig, load_config
-from wsss.refine import crf_probs, dense_crf, label_probs, normalise_scores, pseudo_mask
+from wsss.core.masks import crf_probs, dense_crf, label_probs, normalise_scores, pseudo_mask
 
 CFG = RefineConfig()
 
@@ -145,11 +145,12 @@ def test_pseudo_mask_with_crf_follows_the_edge() -> None:
 
 def test_refine_stage_writes_resumes_and_lists_bad_maps(tmp_path) -> None:
     """run_refine: palette PNG per image, mIoU vs ground truth, missing maps listed, resume."""
-    from wsss.cams import save_maps
+    from wsss.core.maps import save_maps
     from wsss.config import TrackingConfig
     from wsss.data.synthetic import generate_dataset
-    from wsss.data.voc import VOCDataset, load_mask
-    from wsss.stages_segmentation import run_refine
+    from wsss.data.dataset import VOCDataset
+    from wsss.data.decode import load_mask
+    from wsss.pipeline.masks import run_refine
 
     root = tmp_path / "synth"
     generate_dataset(root, n=6, seed=0, image_size=48, val_fraction=0.2)

@@ -1,5 +1,5 @@
 """A native crash of the dense CRF (pydensecrf) fails one image, not the stage: the CRF runs
-in a warm child process (wsss.native_crf); a batch stage lists the image with the reason and
+in a warm child process (wsss.core.native_crf); a batch stage lists the image with the reason and
 writes every other mask once. Crashes are real (a NaN width segfaults pydensecrf) or injected
 in the child (``CRASH_ENV``: os.abort() on one image)."""
 
@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 import torch
 
-from wsss.cams import load_maps
+from wsss.core.maps import load_maps
 from wsss.cli import main
 from wsss.config import CamConfig, ExperimentConfig, RefineConfig, TrackingConfig
 from wsss.data.synthetic import generate_dataset
-from wsss.data.voc import VOCDataset
+from wsss.data.dataset import VOCDataset
 from wsss.methods import get_method
-from wsss.native_crf import CRASH_ENV, CRF_WORKER, MeanFieldJob, NativeCrash, mean_field
-from wsss.stages import run_cams
+from wsss.core.native_crf import CRASH_ENV, CRF_WORKER, MeanFieldJob, NativeCrash, mean_field
+from wsss.pipeline.maps import run_cams
 from wsss.train.checkpoint import save_checkpoint
 
 SIDE = 48  # data.max_image_side of every run here
@@ -80,7 +80,7 @@ def maps(tmp_path_factory) -> dict:
              max_image_side=SIDE)
     dataset = VOCDataset(root, "train", max_image_side=SIDE)
     crash_id = next(i for i in dataset.ids if len(load_maps(base / f"cams/{i}.npz")[1]) > 0)
-    image = np.ascontiguousarray(dataset.load_image(crash_id), dtype=np.uint8)
+    image = np.ascontiguousarray(dataset.sample(crash_id).image, dtype=np.uint8)
     return {"root": root, "cams": base / "cams", "checkpoint": checkpoint, "ids": dataset.ids,
             "crash_id": crash_id, "sha1": hashlib.sha1(image.tobytes()).hexdigest()}
 
@@ -97,12 +97,13 @@ def crash_one_image(maps):
 
 def test_refine_lists_the_image_whose_crf_crashed_and_writes_every_other_once(
         maps, crash_one_image, tmp_path, capsys, monkeypatch):
-    import wsss.stages_segmentation as stages
+    from wsss.storage import Location
 
     writes: list[str] = []
-    save = stages.save_mask_png
-    monkeypatch.setattr(stages, "save_mask_png",
-                        lambda path, mask: writes.append(Path(path).stem) or save(path, mask))
+    write = Location.write_bytes
+    monkeypatch.setattr(Location, "write_bytes", lambda self, data, *parts: writes.append(
+        parts[-1][:-4]) or write(self, data, *parts) if parts[-1].endswith(".png") else
+        write(self, data, *parts))
     out = tmp_path / "masks"
     code = main(["refine", "--cams", str(maps["cams"]), "--data", str(maps["root"]), "--out",
                  str(out), *SMALL, "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
@@ -117,19 +118,20 @@ def test_refine_lists_the_image_whose_crf_crashed_and_writes_every_other_once(
 
 def test_ray_data_refine_task_lists_the_crashed_image_and_writes_the_rest(
         maps, crash_one_image, tmp_path):
-    """The task function Ray Data runs for `wsss pseudo-label` and the CRF sweep's rescoring
-    (decode, read saved maps, refine, write), called here without Ray."""
-    from wsss.pseudo_label import read_rows
-    from wsss.rescore import _refine_saved
-    from wsss.pseudo_label_tasks import Job
+    """The steps Ray Data runs for `wsss pseudo-label` and the CRF sweep's rescoring
+    (decode, read saved maps, masks, write), called here without Ray."""
+    from wsss.data.reader import DatasetReader
+    from wsss.pipeline.steps import (Job, decode, load_saved_maps, make_masks, ref_columns,
+                                     write_outputs)
     from wsss.storage import Location
 
-    data, out = Location.parse(str(maps["root"])), Location.parse(str(tmp_path / "out"))
-    info, labels, rows = read_rows(data, "train")
-    job = Job(data, out, info, "cam", {}, refine=RefineConfig(), labels_file=labels,
-              max_image_side=SIDE)
-    batch = {key: np.asarray([r[key] for r in rows]) for key in rows[0]}
-    result = _refine_saved(batch, job, Location.parse(str(maps["cams"])))
+    reader = DatasetReader.open(str(maps["root"]), SIDE)
+    job = Job(reader, refine=RefineConfig(), out=Location.parse(str(tmp_path / "out")),
+              maps=Location.parse(str(maps["cams"])))
+    batch = ref_columns(reader.index("train"))
+    for step in (decode, load_saved_maps, make_masks, write_outputs):
+        batch = step(batch, job)
+    result = batch
     statuses = dict(zip(result["id"], zip(result["status"], result["reason"])))
     others = sorted(set(maps["ids"]) - {crash_one_image})
     assert statuses.pop(crash_one_image) == ("failed", CRASHED)

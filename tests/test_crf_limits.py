@@ -16,9 +16,10 @@ from wsss.cli import main
 from wsss.config import ConfigError, ExperimentConfig, RefineConfig, load_config
 from wsss.crf_limits import MAX_PIXELS, crf_violation, size_violation
 from wsss.data.synthetic import generate_dataset
-from wsss.native_crf import MeanFieldJob, mean_field
-from wsss.refine import dense_crf
-from wsss.sweeps.spaces import CRF_KNOBS, Knob, Space, check_space
+from wsss.core.native_crf import MeanFieldJob, mean_field
+from wsss.core.masks import dense_crf
+from wsss.knobs import Knob
+from wsss.tune.spaces import CRF_KNOBS, Space, check_space
 
 WHY = "narrower kernels overflow the 16-bit keys of pydensecrf's permutohedral lattice"
 # (key, value given to --set, how the message shows it, what it expects)
@@ -102,9 +103,9 @@ def test_width_limits_scale_with_the_largest_image():
 
 def test_stage_functions_check_the_refine_config_before_any_work(tmp_path, monkeypatch):
     """Python callers of the batch stages get the same error, before any file is read."""
-    from wsss.pseudo_label import PipelineOptions, run_pseudo_label
-    from wsss.rescore import rescore_maps
-    from wsss.stages_segmentation import run_refine
+    from wsss.pipeline.pseudo_label import PipelineOptions, run_pseudo_label
+    from wsss.pipeline.pseudo_label import rescore_maps
+    from wsss.pipeline.masks import run_refine
 
     monkeypatch.setattr("wsss.ray_utils.init_ray", _no_ray)
     cfg = RefineConfig(crf_gaussian_sxy=0.05)  # fine on small images, too narrow at 1024 px
@@ -224,7 +225,7 @@ def test_crf_sweep_refuses_a_space_too_narrow_for_its_images(tmp_path, capsys, m
     the sweep stops before Ray starts."""
     import runpy
 
-    from wsss.sweeps.tuner import main as sweep_main
+    from wsss.tune.tuner import main as sweep_main
 
     monkeypatch.setattr("wsss.ray_utils.init_ray", _no_ray)
     sweep = runpy.run_path(str(Path(__file__).parents[1] / "sweeps/crf.py"))["SWEEP"]

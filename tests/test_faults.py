@@ -78,7 +78,7 @@ def test_killed_training_worker_restarts_from_its_checkpoint(ray_with_fault, syn
     import psutil
 
     from wsss.config import load_config
-    from wsss.stages import run_train_classifier
+    from wsss.pipeline.train_cls import run_train_classifier
     from wsss.train.checkpoint import load_checkpoint_state
 
     marker, epochs = tmp_path / "killed", 3
@@ -104,7 +104,7 @@ def test_killed_segmenter_worker_logs_each_epoch_once(ray_with_fault, synth_root
     MLflow once each, with the values of the final checkpoint's history."""
     from wsss.config import load_config
     from wsss.data.voc import MASK_DIR
-    from wsss.stages_segmentation import run_train_segmenter
+    from wsss.pipeline.train_seg import run_train_segmenter
 
     marker = tmp_path / "killed"
     ray_with_fault(f"epoch_reported:1:{marker}")
@@ -135,7 +135,7 @@ def _sweep_test_helpers() -> tuple:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "sweep_script_tests", ROOT / "tests/sweeps/test_sweep_scripts.py")
+        "sweep_script_tests", ROOT / "tests/tune/test_sweep_scripts.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.run_script, module.stored_sweep, module.check_store
@@ -212,9 +212,9 @@ MLFLOW_STATUS = {"completed": "FINISHED", "stopped early": "FINISHED", "error": 
 def _inject_failure(where: str, monkeypatch) -> None:
     """Make the sweep raise RuntimeError in its preparation, in Tuner.fit (at the first trial
     result) or while it records the trials' results."""
-    import wsss.sweeps.report as report
-    from wsss.sweeps.runner import Sweep
-    from wsss.sweeps.tuner import ReleaseStoppedTrials
+    import wsss.tune.report as report
+    from wsss.tune.runner import Sweep
+    from wsss.tune.tuner import ReleaseStoppedTrials
 
     def fail(*args, **kwargs):
         raise RuntimeError(f"injected failure in {where}")
@@ -357,7 +357,7 @@ def test_unreachable_tracking_server_from_the_environment(tmp_path, synth_root, 
 def test_sweep_with_unreachable_tracking_server_fails_before_any_compute(tmp_path, capsys):
     import runpy
 
-    from wsss.sweeps.tuner import main as sweep_main
+    from wsss.tune.tuner import main as sweep_main
 
     sweep = runpy.run_path(str(ROOT / "sweeps/erasing.py"))["SWEEP"]
     uri, workdir = _dead_server(), tmp_path / "runs"
@@ -413,7 +413,7 @@ def test_tracking_server_lost_mid_run_keeps_metrics_locally(mlflow_server, tmp_p
     import mlflow
     import torch
 
-    import wsss.stages as stages
+    import wsss.pipeline.maps as maps_step
     from wsss import tracking
     from wsss.config import ExperimentConfig
     from wsss.methods import get_method
@@ -426,16 +426,16 @@ def test_tracking_server_lost_mid_run_keeps_metrics_locally(mlflow_server, tmp_p
     save_checkpoint(checkpoint, model=method.build_model(ExperimentConfig().model), method=method,
                     cfg=ExperimentConfig(), class_names=["background", *"abcde"],
                     has_background=True, epoch=1)
-    real_extract = stages._extract_all
+    real_collect = maps_step.collect
 
     probes, killed_at = [], []  # the run does not wait on a dead server for every record
 
-    def server_dies_then_extract(*args, **kwargs):  # the run and its params are on the server
+    def server_dies_then_collect(*args, **kwargs):  # the run and its params are on the server
         _kill_tree(server)
         killed_at.append(len(probes))
-        return real_extract(*args, **kwargs)
+        return real_collect(*args, **kwargs)
 
-    monkeypatch.setattr(stages, "_extract_all", server_dies_then_extract)
+    monkeypatch.setattr(maps_step, "collect", server_dies_then_collect)
     real_probe = tracking._health_problem
     monkeypatch.setattr(tracking, "_health_problem",
                         lambda *a, **k: probes.append(a) or real_probe(*a, **k))
@@ -581,7 +581,7 @@ def test_full_disk_fails_at_start(tmp_path, synth_root, capsys, monkeypatch):
 def test_sweep_with_unwritable_storage_fails_at_start(tmp_path, capsys):
     import runpy
 
-    from wsss.sweeps.tuner import main as sweep_main
+    from wsss.tune.tuner import main as sweep_main
 
     sweep = runpy.run_path(str(ROOT / "sweeps/erasing.py"))["SWEEP"]
     blocker = tmp_path / "a-file"

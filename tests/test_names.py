@@ -17,7 +17,9 @@ from PIL import Image
 from wsss import names
 from wsss.cli import main
 from wsss.data.synthetic import generate_dataset
-from wsss.data.voc import DatasetError, VOCDataset, read_info, read_split
+from wsss.data.errors import DatasetError
+from wsss.data.dataset import VOCDataset
+from wsss.data.reader import read_info, read_split
 
 # name -> the rule it breaks, as the error says it (folders the project creates)
 BAD_FOLDER_NAMES = {
@@ -124,8 +126,8 @@ def test_experiment_names_keep_slashes_and_quotes_where_only_mlflow_sees_them(tm
                          ids=ascii)
 def test_sweep_experiment_names_are_refused_before_any_compute(name, tmp_path, capsys,
                                                                no_compute):
-    from wsss.sweeps.runner import Sweep
-    from wsss.sweeps.tuner import main as sweep_main
+    from wsss.tune.runner import Sweep
+    from wsss.tune.tuner import main as sweep_main
 
     workdir = tmp_path / "work"
     code = sweep_main(Sweep("t"), [f"--experiment={name}", "--workdir", str(workdir),
@@ -181,11 +183,10 @@ def test_long_and_repeated_ids_are_refused(tmp_path):
     message = f"{split}: id {ids[0]!r} is listed twice (lines 1 and 4)"
     with pytest.raises(DatasetError, match=re.escape(message)):
         VOCDataset(data, "odd")
-    from wsss.pseudo_label import read_rows
-    from wsss.storage import Location
+    from wsss.data.reader import DatasetReader
 
     with pytest.raises(DatasetError, match=re.escape(message)):
-        read_rows(Location.parse(data), "odd")
+        DatasetReader.open(data).index("odd")
     split.write_text(f"{'水' * 66}\n{ids[0]}\n")  # 198 bytes: fits
     assert VOCDataset(data, "odd").ids == ["水" * 66, ids[0]]
 
@@ -279,7 +280,7 @@ def test_per_class_iou_keys_keep_every_class_apart(tmp_path, capsys):
 def test_sweep_runs_are_found_by_exact_tag_values(value, tmp_path):
     """find_runs quotes each value with the quote it does not hold (MLflow filters have no
     escape) and compares every run in Python too: one run per value, never another's."""
-    from wsss.sweeps.tracking import ROLE, SWEEP, find_runs
+    from wsss.tune.tracking import ROLE, SWEEP, find_runs
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)

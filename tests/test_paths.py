@@ -70,15 +70,15 @@ class Reached(Exception):
 
 
 @pytest.mark.parametrize("command, stage, options, expected", [
-    ("cam", "wsss.stages.run_cams",
+    ("cam", "wsss.pipeline.maps.run_cams",
      ["--checkpoint", "ck/model.pt", "--data", "synth", "--out", "cams"],
      ["ck/model.pt", "synth", "train", "cams"]),
-    ("eval", "wsss.stages.run_eval", ["--cams", "cams", "--data", "synth", "--masks-out", "m"],
+    ("eval", "wsss.pipeline.masks.run_eval", ["--cams", "cams", "--data", "synth", "--masks-out", "m"],
      ["cams", "synth", "train", None, "m"]),
-    ("refine", "wsss.stages_segmentation.run_refine",
+    ("refine", "wsss.pipeline.masks.run_refine",
      ["--cams", "cams", "--data", "synth", "--out", "masks"],
      ["cams", "synth", "train", "masks"]),
-    ("predict", "wsss.stages_segmentation.run_predict",
+    ("predict", "wsss.pipeline.predict.run_predict",
      ["--checkpoint", "seg.pt", "--data", "synth", "--out", "pred"],
      ["seg.pt", "synth", "val", "pred"]),
 ])
@@ -109,7 +109,7 @@ def test_cli_hands_absolute_paths_to_its_stage(command, stage, options, expected
 
 
 def test_sweep_options_become_absolute(in_tmp, monkeypatch):
-    from wsss.sweeps.runner import parse_options
+    from wsss.tune.runner import parse_options
 
     monkeypatch.delenv("WSSS_STORAGE_PATH", raising=False)
     sweep = runpy.run_path(str(ROOT / "sweeps/crf.py"))["SWEEP"]

@@ -14,13 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
-from wsss.cams import load_maps
+from wsss.core.maps import load_maps
 from wsss.cli import main
 from wsss.config import CamConfig, ExperimentConfig, RefineConfig, TrackingConfig
 from wsss.methods import get_method
-from wsss.pseudo_label import PipelineOptions, WorkerPlan, plan_workers, run_pseudo_label
-from wsss.stages import run_cams
-from wsss.stages_segmentation import run_refine
+from wsss.pipeline.pseudo_label import PipelineOptions, run_pseudo_label
+from wsss.pipeline.executors import WorkerPlan, plan_workers
+from wsss.pipeline.maps import run_cams
+from wsss.pipeline.masks import run_refine
 from wsss.storage import Location
 from wsss.train.checkpoint import save_checkpoint
 
@@ -83,13 +84,13 @@ def test_locations_read_write_list_and_clean_up(tmp_path, kind):
 
 def test_plan_keeps_cpus_for_the_tasks():
     # one CPU stays reserved for the tasks; torch threads are the actor's share of all cores
-    assert plan_workers({"CPU": 2}, PipelineOptions()) == WorkerPlan(1, 1.0, 0.0, 2)
-    assert plan_workers({"CPU": 2}, PipelineOptions(cam_workers=2)) == WorkerPlan(2, 0.5, 0.0, 1)
-    assert plan_workers({"CPU": 9}, PipelineOptions(cam_workers=2)) == WorkerPlan(2, 4.0, 0.0, 4)
-    gpu = plan_workers({"CPU": 8, "GPU": 2}, PipelineOptions())
+    assert plan_workers({"CPU": 2}) == WorkerPlan(1, 1.0, 0.0, 2)
+    assert plan_workers({"CPU": 2}, cam_workers=2) == WorkerPlan(2, 0.5, 0.0, 1)
+    assert plan_workers({"CPU": 9}, cam_workers=2) == WorkerPlan(2, 4.0, 0.0, 4)
+    gpu = plan_workers({"CPU": 8, "GPU": 2})
     assert gpu.workers == 2 and gpu.gpus == 1.0 and gpu.cpus == 1.0 and gpu.device == "cuda"
     with pytest.raises(ValueError, match="needs at least 2"):
-        plan_workers({"CPU": 1}, PipelineOptions())
+        plan_workers({"CPU": 1})
 
 
 @pytest.mark.slow
@@ -125,7 +126,7 @@ def test_masks_and_maps_equal_the_single_process_path(ray_session, synth_root, c
 def test_resume_after_interruption_writes_each_mask_once(ray_session, synth_root, checkpoint,
                                                          reference, tmp_path, monkeypatch,
                                                          capsys, restart_ray):
-    import wsss.pseudo_label as pl
+    import wsss.pipeline.report as pl
 
     _, masks_dir, _ = reference
     ids, out = _ids(synth_root), tmp_path / "out"
@@ -206,7 +207,7 @@ def test_two_nodes_share_the_work_and_a_killed_actor_loses_nothing(two_node_clus
                              RefineConfig(), _tracking(tmp_path), options)
     assert clean.done == len(ids) and clean.failed == []
     assert set(clean.nodes["cam"]) == nodes, clean.nodes  # a map actor on each node
-    assert set(clean.nodes["cam"]) | set(clean.nodes["refine"]) == nodes
+    assert set(clean.nodes["cam"]) | set(clean.nodes["masks"]) == nodes
 
     # A new job on the same cluster whose map actors carry the fault: the first actor to
     # finish its second batch is SIGKILLed before it hands the batch on.
@@ -229,7 +230,7 @@ def test_two_nodes_share_the_work_and_a_killed_actor_loses_nothing(two_node_clus
     assert report.done == len(ids) and report.failed == []  # each image reported once
     saved = json.loads((out / "report.json").read_text())
     assert saved["done"] == len(ids) and saved["reused"] == 0
-    assert sum(saved["nodes"]["refine"].values()) == len(ids)
+    assert sum(saved["nodes"]["masks"].values()) == len(ids)
     written_twice = {name for name, seen in inodes.items() if len(seen) > 1}
     assert not written_twice, f"masks written more than once: {sorted(written_twice)}"
     assert not list(out.glob(".*.tmp"))  # no write was left half-done
@@ -240,14 +241,14 @@ def test_two_nodes_share_the_work_and_a_killed_actor_loses_nothing(two_node_clus
 
 def _file_scores(masks_dir: Path, root: Path, ids: list[str]) -> float:
     """mIoU of the single-process masks of ``ids`` against ground truth."""
-    from wsss.data.voc import VOCDataset
-    from wsss.metrics import ConfusionMatrix
+    from wsss.data.dataset import VOCDataset
+    from wsss.core.scoring import ConfusionMatrix
 
     dataset = VOCDataset(root, ids=ids)
     confusion = ConfusionMatrix(dataset.info.num_classes)
     for sample_id, mask in _masks(masks_dir).items():
         if sample_id in ids:
-            confusion.update(mask, dataset.load_mask(sample_id, mask.shape))
+            confusion.update(mask, dataset.sample(sample_id).gt)
     return confusion.compute(list(dataset.info.class_names), background=0).miou
 
 
@@ -257,7 +258,7 @@ def test_rescored_saved_maps_score_like_the_single_process_path(ray_session, syn
     in id order, the scores of the single-process masks; a missing map file is listed."""
     import shutil
 
-    from wsss.rescore import rescore_maps
+    from wsss.pipeline.pseudo_label import rescore_maps
 
     cams_dir, masks_dir, _ = reference
     ids = _ids(synth_root)[:9]
@@ -281,7 +282,7 @@ def test_rescoring_inside_a_placement_group_uses_its_cpus(ray_session, synth_roo
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    from wsss.rescore import rescore_maps
+    from wsss.pipeline.pseudo_label import rescore_maps
 
     cams_dir, masks_dir, _ = reference
     ids = _ids(synth_root)[:4]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from wsss.data.voc import IGNORE_INDEX
-from wsss.refine import masks_from_maps
+from wsss.data.palette import IGNORE_INDEX
+from wsss.core.masks import masks_from_maps
 
 
 def test_background_threshold_just_below_and_above() -> None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from wsss.config import RefineConfig, SegmenterConfig
-from wsss.sec import (constrain_loss, crf_targets, expansion_loss, gwrp, sec_losses,
+from wsss.core.sec import (constrain_loss, crf_targets, expansion_loss, gwrp, sec_losses,
                       seeding_loss)
 
 

@@ -15,8 +15,9 @@ import torch
 
 from wsss.cli import main
 from wsss.data.synthetic import generate_dataset
-from wsss.data.voc import DatasetError, VOCDataset
-from wsss.pseudo_label import run_pseudo_label
+from wsss.data.errors import DatasetError
+from wsss.data.dataset import VOCDataset
+from wsss.pipeline.pseudo_label import run_pseudo_label
 from wsss.train.checkpoint import CheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,10 +130,9 @@ def test_split_ids_cannot_escape_the_dataset_folder(bad_id, tmp_path, capsys):
 
 def _pipeline_rows(data: Path, split: str):
     """The pipeline's dataset index (what run_pseudo_label reads before any work)."""
-    from wsss.pseudo_label import read_rows
-    from wsss.storage import Location
+    from wsss.data.reader import DatasetReader
 
-    return read_rows(Location.parse(data), split)
+    return DatasetReader.open(data).index(split)
 
 
 # -- the MLflow server ------------------------------------------------------------------------

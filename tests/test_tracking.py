@@ -98,7 +98,7 @@ def test_a_value_over_the_store_limit_is_shortened_and_kept_in_full(tmp_path):
 def test_sweep_parent_and_trial_runs_keep_long_params_in_full(tmp_path):
     """The sweep's own runs (MlflowClient, no active run) follow the same rule."""
     from wsss.config import load_config
-    from wsss.sweeps.tracking import sweep_run, trial_run
+    from wsss.tune.tracking import sweep_run, trial_run
 
     uri, root = _store(tmp_path), "/d/" + "r" * 7000
     cfg = load_config(None, [f"data.root={root}"])
@@ -120,8 +120,8 @@ def test_no_trial_run_stays_running_after_its_sweep_was_stopped(tmp_path):
     its worker was still starting) ends that run itself; one opened before is ended by the
     sweep. Either order leaves no child RUNNING."""
     from wsss.config import load_config
-    from wsss.sweeps.report import end_sweep_run
-    from wsss.sweeps.tracking import sweep_run, trial_run, trial_runs
+    from wsss.tune.report import end_sweep_run
+    from wsss.tune.tracking import sweep_run, trial_run, trial_runs
 
     uri, cfg = _store(tmp_path), load_config(None, [])
     parent = sweep_run(uri, "sweep-stop", "sweep-stop", {}, resume=False)

@@ -117,7 +117,7 @@ def test_problems_are_grouped_by_kind_most_common_first(tmp_path, capsys, nothin
 def test_train_seg_on_rgb_ground_truth(tmp_path, capsys, nothing_starts):
     """Segmenter training reads the ground truth for the image-level labels: the same error,
     before Ray and MLflow, with the pseudo-masks all present."""
-    from wsss.viz import save_mask_png
+    from wsss.data.palette import save_mask_png
 
     root, ids = _dataset(tmp_path / "data")
     pseudo = tmp_path / "pseudo"
@@ -138,7 +138,7 @@ def test_train_seg_on_rgb_ground_truth(tmp_path, capsys, nothing_starts):
 
 
 def test_sweep_checks_its_dataset_before_ray_and_mlflow(tmp_path, capsys, nothing_starts):
-    from wsss.sweeps.tuner import main as sweep_main
+    from wsss.tune.tuner import main as sweep_main
 
     root, ids = _dataset(tmp_path / "data")
     _masks_to_rgb(root, ids)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wsss.data.voc import load_mask
-from wsss.viz import colorize, overlay_grid, save_mask_png, voc_palette
+from wsss.data.decode import load_mask
+from wsss.data.palette import colorize, save_mask_png, voc_palette
+from wsss.viz import overlay_grid
 
 
 def _rows(n: int, size: int = 32) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:

@@ -26,7 +26,8 @@ from wsss.config import (BACKBONES, BG_MODES, MAP_KINDS, SEGMENTER_ARCHS, SEGMEN
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (sections: data, model, method, train, "
-                                    "cams, refine, segmenter, tracking; recipes in configs/)")
+                                    "cams, refine, segmenter, tracking; recipes in configs/); "
+                                    "options given on the command line win")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted config override, e.g. train.lr=0.05 (repeatable)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI "
@@ -50,6 +51,26 @@ def _config(args: argparse.Namespace, extra: list[str]) -> ExperimentConfig:
     overrides = list(extra) + _opts([("tracking.uri", args.tracking_uri or None),
                                      ("tracking.experiment", args.experiment or None)])
     return load_config(args.config, overrides + list(args.overrides))
+
+
+def _add_split(p: argparse.ArgumentParser, split: str) -> None:
+    """``--data`` and ``--split`` of a command that reads one split of a dataset."""
+    p.add_argument("--data", help="dataset folder or URI (VOC layout; s3://, gs://, file://; "
+                                  "default: the config's data.root)")
+    p.add_argument("--split", help=f"split file ImageSets/Segmentation/<split>.txt (default: "
+                                   f"the config's data.{split}_split)")
+    p.set_defaults(split_role=split)
+
+
+def _data_config(args: argparse.Namespace, extra: list[str]) -> ExperimentConfig:
+    """The config of a command that reads one split: ``--data`` / ``--split`` set
+    ``data.root`` and ``data.<train|val>_split``; the command reads both from the config."""
+    key = f"data.{args.split_role}_split"
+    return _config(args, _opts([("data.root", args.data), (key, args.split)]) + extra)
+
+
+def _split(cfg: ExperimentConfig, args: argparse.Namespace) -> str:
+    return getattr(cfg.data, f"{args.split_role}_split")
 
 
 def _opts(pairs: list[tuple[str, object]]) -> list[str]:
@@ -99,7 +120,7 @@ def _refine_overrides(args: argparse.Namespace) -> list[str]:
 def cmd_train_cls(args: argparse.Namespace) -> int:
     from wsss.methods import METHODS  # noqa: F401  (registry for validation)
     from wsss.ray_utils import init_ray
-    from wsss.stages import run_train_classifier
+    from wsss.pipeline.train_cls import run_train_classifier
     from wsss.train.classifier import scan_training_data
 
     extra = _opts([("data.root", args.data), ("method.name", args.method),
@@ -129,54 +150,55 @@ def _print_skipped(skipped: list[tuple[str, str]]) -> None:
 
 
 def cmd_cam(args: argparse.Namespace) -> int:
-    from wsss.stages import run_cams
+    from wsss.pipeline.maps import run_cams
 
-    cfg = _config(args, _cam_overrides(args))
-    report = run_cams(args.checkpoint, args.data, args.split, args.out, cfg.cams, cfg.tracking,
-                      device=args.device, max_image_side=cfg.data.max_image_side)
+    cfg = _data_config(args, _cam_overrides(args))
+    report = run_cams(args.checkpoint, cfg.data.root, _split(cfg, args), args.out, cfg.cams,
+                      cfg.tracking, device=args.device, max_image_side=cfg.data.max_image_side)
     _print_report(report, "maps")
     print(f"maps in {args.out} (report: {args.out}/report.json)")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from wsss.stages import run_eval
-    from wsss.stages_segmentation import run_eval_masks
+    from wsss.pipeline.masks import run_eval
+    from wsss.pipeline.masks import run_eval_masks
 
     extra = _opts([("refine.bg_threshold", args.bg_threshold)])
-    cfg = _config(args, extra)
+    cfg = _data_config(args, extra)
+    data, split, side = cfg.data.root, _split(cfg, args), cfg.data.max_image_side
     if args.masks:
-        scores, report = run_eval_masks(args.masks, args.data, args.split, cfg.tracking)
+        scores, report = run_eval_masks(args.masks, data, split, cfg.tracking, side)
     else:
-        scores, report = run_eval(args.cams, args.data, args.split, cfg.refine, args.masks_out,
-                                  cfg.tracking)
+        scores, report = run_eval(args.cams, data, split, cfg.refine, args.masks_out,
+                                  cfg.tracking, side)
     print(scores.table())
     _print_report(report, "scored")
     return 0
 
 
 def cmd_refine(args: argparse.Namespace) -> int:
-    from wsss.stages_segmentation import run_refine
+    from wsss.pipeline.masks import run_refine
 
-    cfg = _config(args, _refine_overrides(args))
-    report = run_refine(args.cams, args.data, args.split, args.out, cfg.refine, cfg.tracking,
-                        max_image_side=cfg.data.max_image_side)
+    cfg = _data_config(args, _refine_overrides(args))
+    report = run_refine(args.cams, cfg.data.root, _split(cfg, args), args.out, cfg.refine,
+                        cfg.tracking, max_image_side=cfg.data.max_image_side)
     _print_report(report, "masks")
     print(f"pseudo-masks in {args.out} (report: {args.out}/report.json)")
     return 0
 
 
 def cmd_pseudo_label(args: argparse.Namespace) -> int:
-    from wsss.pseudo_label import PipelineOptions, run_pseudo_label
+    from wsss.pipeline.pseudo_label import PipelineOptions, run_pseudo_label
     from wsss.ray_utils import init_ray
 
-    cfg = _config(args, _cam_overrides(args) + _refine_overrides(args))
+    cfg = _data_config(args, _cam_overrides(args) + _refine_overrides(args))
     options = PipelineOptions(cam_workers=args.cam_workers, gpus_per_worker=args.gpus_per_worker,
                               save_maps=args.save_maps, evaluate=args.eval,
                               max_image_side=cfg.data.max_image_side)
     init_ray(args.address)
-    report = run_pseudo_label(args.checkpoint, args.data, args.split, args.out, cfg.cams,
-                              cfg.refine, cfg.tracking, options)
+    report = run_pseudo_label(args.checkpoint, cfg.data.root, _split(cfg, args), args.out,
+                              cfg.cams, cfg.refine, cfg.tracking, options)
     if report.scores is not None:
         print(report.scores.table())
     _print_report(report, "masks")
@@ -189,7 +211,7 @@ def cmd_train_seg(args: argparse.Namespace) -> int:
 
     from wsss.data.voc import MASK_DIR
     from wsss.ray_utils import init_ray
-    from wsss.stages_segmentation import run_train_segmenter
+    from wsss.pipeline.train_seg import run_train_segmenter
     from wsss.train.segmenter import scan_segmenter_data
 
     extra = _opts([("data.root", args.data), ("segmenter.arch", args.arch),
@@ -212,21 +234,22 @@ def cmd_train_seg(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from wsss.stages_segmentation import run_predict
+    from wsss.pipeline.predict import run_predict
 
-    cfg = _config(args, [])
-    report = run_predict(args.checkpoint, args.data, args.split, args.out, cfg.tracking,
+    cfg = _data_config(args, [])
+    split = _split(cfg, args)
+    report = run_predict(args.checkpoint, cfg.data.root, split, args.out, cfg.tracking,
                          device=args.device, max_image_side=cfg.data.max_image_side,
                          crf=cfg.refine if args.crf else None)
     _print_report(report, "predicted")
     print(f"masks in {args.out}; score them with: wsss eval --masks {args.out} --data "
-          f"{args.data} --split {args.split}")
+          f"{cfg.data.root} --split {split}")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from wsss.sweeps.compare import compare
-    from wsss.sweeps.report import runs_view
+    from wsss.tune.compare import compare
+    from wsss.tune.report import runs_view
     from wsss.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
@@ -315,8 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cam", help="localization maps (CAM / Grad-CAM) for a split")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--split", default="train")
+    _add_split(p, "train")
     p.add_argument("--out", required=True)
     _add_cam_options(p)
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -328,8 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--cams", help="folder written by `wsss cam` (masks made on the fly)")
     source.add_argument("--masks", help="folder of palette PNG masks (`wsss refine` / `predict`)")
-    p.add_argument("--data", required=True)
-    p.add_argument("--split", default="train")
+    _add_split(p, "train")
     p.add_argument("--bg-threshold", type=float, help="background threshold (VOC-style data)")
     p.add_argument("--masks-out", help="with --cams: also write the masks as palette PNGs here")
     _add_common(p)
@@ -337,8 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("refine", help="maps -> pseudo-masks (background score, dense CRF)")
     p.add_argument("--cams", required=True, help="folder written by `wsss cam`")
-    p.add_argument("--data", required=True)
-    p.add_argument("--split", default="train")
+    _add_split(p, "train")
     p.add_argument("--out", required=True, help="folder for the palette PNG masks")
     _add_refine_options(p)
     _add_common(p)
@@ -347,9 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pseudo-label", help="checkpoint + images -> pseudo-masks on a Ray "
                                             "cluster (Ray Data: decode, maps, CRF, write)")
     p.add_argument("--checkpoint", required=True, help="classifier checkpoint (path or URI)")
-    p.add_argument("--data", required=True, help="dataset folder or URI (VOC layout; s3://, "
-                                                 "gs://, file://)")
-    p.add_argument("--split", default="train")
+    _add_split(p, "train")
     p.add_argument("--out", required=True, help="folder or URI for <id>.png masks")
     p.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
     p.add_argument("--cam-workers", type=int, help="map actors (default: one per GPU, or "
@@ -370,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--masks-from-ground-truth", action="store_true",
                        help="train on the dataset's ground-truth masks instead (SegmentationClass/):"
                             " the fully supervised reference of the same recipe")
-    p.add_argument("--data", required=True, help="dataset (images; val ground truth)")
+    p.add_argument("--data", help="dataset (images; val ground truth; default: the config's "
+                                   "data.root)")
     p.add_argument("--arch", choices=SEGMENTER_ARCHS)
     p.add_argument("--mode", choices=SEGMENTER_MODES, help="ce (default) or sec losses")
     p.add_argument("--init-from", metavar="CLS_CKPT",
@@ -381,8 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="segmenter masks for a split")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--split", default="val")
+    _add_split(p, "val")
     p.add_argument("--out", required=True)
     p.add_argument("--crf", action="store_true",
                    help="refine each prediction with the dense CRF of the config's refine "
@@ -411,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = absolute_options(parser.parse_args(argv), PATH_OPTIONS)
-    from wsss.data.voc import DatasetError
+    from wsss.data.errors import DatasetError
     from wsss.storage import OutputError
     from wsss.tracking import TrackingError
     from wsss.train.checkpoint import CheckpointError

@@ -15,9 +15,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration key or value is invalid."""
+from wsss.errors import ConfigError
+from wsss.registry import get_method
 
 
 BACKBONES = ("resnet18", "resnet34", "resnet50")
@@ -50,13 +49,13 @@ class DataConfig:
 
         for key in ("train_split", "val_split"):  # files <root>/ImageSets/Segmentation/<x>.txt
             _check_name(f"data.{key}", getattr(self, key), path_component_problem)
-        _check(self.crop_size >= 16, "data.crop_size", self.crop_size, ">= 16")
-        _check(0 < self.image_scale <= 4, "data.image_scale", self.image_scale, "in (0, 4]")
-        _check(len(self.scale_range) == 2 and 0 < self.scale_range[0] <= self.scale_range[1],
+        check_value(self.crop_size >= 16, "data.crop_size", self.crop_size, ">= 16")
+        check_value(0 < self.image_scale <= 4, "data.image_scale", self.image_scale, "in (0, 4]")
+        check_value(len(self.scale_range) == 2 and 0 < self.scale_range[0] <= self.scale_range[1],
                "data.scale_range", self.scale_range, "[low, high] with 0 < low <= high")
-        _check(self.max_image_side >= self.crop_size, "data.max_image_side", self.max_image_side,
+        check_value(self.max_image_side >= self.crop_size, "data.max_image_side", self.max_image_side,
                ">= data.crop_size")
-        _check(self.loader_workers >= 0, "data.loader_workers", self.loader_workers, ">= 0")
+        check_value(self.loader_workers >= 0, "data.loader_workers", self.loader_workers, ">= 0")
 
 
 @dataclass(frozen=True)
@@ -78,8 +77,6 @@ class MethodConfig:
     params: Mapping[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        from wsss.methods import get_method  # the registry validates name and params
-
         get_method(self.name).parse_params(self.params)
 
 
@@ -119,16 +116,16 @@ def with_weights_recipe(data: Mapping[str, Any]) -> dict[str, Any]:
 def _check_recipe(prefix: str, section: Any) -> None:
     """The optimiser and schedule fields shared by ``train`` and ``segmenter`` (their meaning:
     ``wsss.train.optim``)."""
-    _check(section.epochs >= 1, f"{prefix}.epochs", section.epochs, ">= 1")
-    _check(section.lr > 0, f"{prefix}.lr", section.lr, "> 0")
-    _check(section.weight_decay >= 0, f"{prefix}.weight_decay", section.weight_decay, ">= 0")
+    check_value(section.epochs >= 1, f"{prefix}.epochs", section.epochs, ">= 1")
+    check_value(section.lr > 0, f"{prefix}.lr", section.lr, "> 0")
+    check_value(section.weight_decay >= 0, f"{prefix}.weight_decay", section.weight_decay, ">= 0")
     _check_choice(f"{prefix}.optimizer", section.optimizer, OPTIMIZERS)
     _check_choice(f"{prefix}.schedule", section.schedule, SCHEDULES)
-    _check(section.head_lr_mult > 0, f"{prefix}.head_lr_mult", section.head_lr_mult, "> 0")
+    check_value(section.head_lr_mult > 0, f"{prefix}.head_lr_mult", section.head_lr_mult, "> 0")
     warmup = section.warmup_epochs
     if warmup is not None:  # one-cycle needs a rising phase
         onecycle = section.schedule == "onecycle"
-        _check((warmup > 0 if onecycle else warmup >= 0) and warmup < section.epochs,
+        check_value((warmup > 0 if onecycle else warmup >= 0) and warmup < section.epochs,
                f"{prefix}.warmup_epochs", warmup,
                f"{'> 0' if onecycle else '>= 0'} and < {prefix}.epochs ({section.epochs}) with "
                f"schedule {section.schedule}, or null")
@@ -159,9 +156,9 @@ class TrainConfig:
 
     def validate(self) -> None:
         _check_recipe("train", self)
-        _check(self.batch_size >= 1, "train.batch_size", self.batch_size, ">= 1")
-        _check(self.num_workers >= 1, "train.num_workers", self.num_workers, ">= 1")
-        _check(self.max_failures >= -1, "train.max_failures", self.max_failures,
+        check_value(self.batch_size >= 1, "train.batch_size", self.batch_size, ">= 1")
+        check_value(self.num_workers >= 1, "train.num_workers", self.num_workers, ">= 1")
+        check_value(self.max_failures >= -1, "train.max_failures", self.max_failures,
                ">= -1 (-1: retry forever)")
 
 
@@ -180,9 +177,9 @@ class CamConfig:
 
     def validate(self) -> None:
         _check_choice("cams.kind", self.kind, MAP_KINDS)
-        _check(len(self.scales) > 0 and all(s > 0 for s in self.scales), "cams.scales",
+        check_value(len(self.scales) > 0 and all(s > 0 for s in self.scales), "cams.scales",
                self.scales, "a non-empty list of positive numbers")
-        _check(self.batch_size >= 1, "cams.batch_size", self.batch_size, ">= 1")
+        check_value(self.batch_size >= 1, "cams.batch_size", self.batch_size, ">= 1")
 
 
 @dataclass(frozen=True)
@@ -237,18 +234,18 @@ class RefineConfig:
 
     def validate(self) -> None:
         _check_choice("refine.bg_mode", self.bg_mode, BG_MODES)
-        _check(0.0 <= self.bg_threshold <= 1.0, "refine.bg_threshold", self.bg_threshold,
+        check_value(0.0 <= self.bg_threshold <= 1.0, "refine.bg_threshold", self.bg_threshold,
                "in [0, 1]")
-        _check(self.bg_power > 0, "refine.bg_power", self.bg_power, "> 0")
+        check_value(self.bg_power > 0, "refine.bg_power", self.bg_power, "> 0")
         self.check_crf()
-        _check(0.0 < self.crf_min_prob < 1.0, "refine.crf_min_prob", self.crf_min_prob,
+        check_value(0.0 < self.crf_min_prob < 1.0, "refine.crf_min_prob", self.crf_min_prob,
                "in (0, 1)")
         _check_choice("refine.crf_unary", self.crf_unary, CRF_UNARIES)
         # <= 0.5 would let a two-class image start from a uniform unary and come out one class
-        _check(0.5 < self.crf_label_confidence < 1.0, "refine.crf_label_confidence",
+        check_value(0.5 < self.crf_label_confidence < 1.0, "refine.crf_label_confidence",
                self.crf_label_confidence, "in (0.5, 1)")
         for key in ("fg_confidence", "bg_confidence"):
-            _check(0.0 <= getattr(self, key) <= 1.0, f"refine.{key}", getattr(self, key),
+            check_value(0.0 <= getattr(self, key) <= 1.0, f"refine.{key}", getattr(self, key),
                    "in [0, 1]")
 
     def validate_for(self, max_image_side: int) -> None:
@@ -264,7 +261,7 @@ class RefineConfig:
 
         found = crf_violation(dataclasses.asdict(self), width, height)
         if found is not None:
-            _check(False, f"refine.{found.key}", found.value, found.expected)
+            check_value(False, f"refine.{found.key}", found.value, found.expected)
 
 
 @dataclass(frozen=True)
@@ -308,15 +305,15 @@ class SegmenterConfig:
         _check_choice("segmenter.arch", self.arch, SEGMENTER_ARCHS)
         _check_choice("segmenter.mode", self.mode, SEGMENTER_MODES)
         _check_recipe("segmenter", self)
-        _check(self.batch_size >= 1, "segmenter.batch_size", self.batch_size, ">= 1")
-        _check(self.crop_size >= 32, "segmenter.crop_size", self.crop_size, ">= 32")
-        _check(self.num_workers >= 1, "segmenter.num_workers", self.num_workers, ">= 1")
-        _check(self.max_failures >= -1, "segmenter.max_failures", self.max_failures,
+        check_value(self.batch_size >= 1, "segmenter.batch_size", self.batch_size, ">= 1")
+        check_value(self.crop_size >= 32, "segmenter.crop_size", self.crop_size, ">= 32")
+        check_value(self.num_workers >= 1, "segmenter.num_workers", self.num_workers, ">= 1")
+        check_value(self.max_failures >= -1, "segmenter.max_failures", self.max_failures,
                ">= -1 (-1: retry forever)")
-        _check(1 <= self.sec_downscale <= self.crop_size // 4, "segmenter.sec_downscale",
+        check_value(1 <= self.sec_downscale <= self.crop_size // 4, "segmenter.sec_downscale",
                self.sec_downscale, "in [1, crop_size / 4]")
         for key in ("sec_fg_decay", "sec_bg_decay", "sec_absent_decay"):
-            _check(0.0 <= getattr(self, key) <= 1.0, f"segmenter.{key}", getattr(self, key),
+            check_value(0.0 <= getattr(self, key) <= 1.0, f"segmenter.{key}", getattr(self, key),
                    "in [0, 1]")
 
 
@@ -501,7 +498,7 @@ def _dataclass_type(f: dataclasses.Field) -> type | None:
     return type(default) if dataclasses.is_dataclass(default) else None
 
 
-def _check(ok: bool, key: str, value: Any, expected: str) -> None:
+def check_value(ok: bool, key: str, value: Any, expected: str) -> None:
     if not ok:
         raise ConfigError(f"config value {key}={value!r} is out of range: expected {expected}")
 

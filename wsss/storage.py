@@ -5,7 +5,7 @@
 ``Location`` is picklable, so Ray tasks on any node read and write through it.
 
 Writes are atomic: on a local disk through a temporary file in the same folder and a rename
-(``wsss.viz.write_atomic``); in an object store a single PUT publishes the object only when it
+(:func:`write_atomic`); in an object store a single PUT publishes the object only when it
 is complete.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,10 @@ class Location:
         """``parts`` as the user would write them (for messages)."""
         return "/".join([self.uri.rstrip("/"), *parts])
 
+    def child(self, *parts: str) -> "Location":
+        """The folder ``parts`` inside this one."""
+        return Location(self.filesystem, self.path(*parts), self.name(*parts))
+
     def local_path(self, *parts: str) -> Path:
         """The local file of ``parts``; only for local locations."""
         if not self.is_local:
@@ -141,8 +146,6 @@ class Location:
 
     def write_bytes(self, data: bytes, *parts: str) -> str:
         """Write ``data`` to file ``parts`` atomically; returns its full path."""
-        from wsss.viz import write_atomic
-
         if self.is_local:
             return str(write_atomic(self.local_path(*parts), data))
         path = self.path(*parts)
@@ -161,6 +164,21 @@ class Location:
         for name in stale:
             self.filesystem.delete_file(self.path(*parts, name))
         return len(stale)
+
+
+def write_atomic(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder + ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; the file is meant to be shared
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def check_writable(uri_or_path: str | os.PathLike, what: str = "output folder",

@@ -7,8 +7,6 @@ Ray workers and threads. Files are written atomically (temporary file + ``os.rep
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -22,26 +20,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
-# The VOC colour map lives with the dataset readers; re-exported here for the pictures.
-from wsss.data.palette import IGNORE_COLOUR, colorize, voc_palette  # noqa: E402,F401
+from wsss.data.palette import colorize  # noqa: E402
+from wsss.storage import write_atomic  # noqa: E402
 
 HEAT_ALPHA = 0.5
 CELL_INCHES = 2.0
-
-
-def write_atomic(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder + ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; the file is meant to be shared
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def heat_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = HEAT_ALPHA) -> np.ndarray:
@@ -146,30 +129,6 @@ def _check_lengths(n: int, **columns: Sequence | None) -> None:
     for name, values in columns.items():
         if values is not None and len(values) != n:
             raise ValueError(f"overlay_grid: {name} has {len(values)} entries for {n} images")
-
-
-def save_mask_png(path: str | Path, mask: np.ndarray) -> Path:
-    """Write a class-index mask uint8 [H, W] as a VOC-palette PNG, atomically; returns the path.
-
-    The file reads back (``wsss.data.voc.load_mask``) to the same indices, 255 included.
-    """
-    return write_atomic(Path(path), mask_png_bytes(mask))
-
-
-def mask_png_bytes(mask: np.ndarray) -> bytes:
-    """A class-index mask uint8 [H, W] encoded as a VOC-palette PNG file."""
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise ValueError(f"mask must be [H, W], got shape {mask.shape}")
-    if mask.dtype != np.uint8:
-        if mask.size and (mask.min() < 0 or mask.max() > 255):
-            raise ValueError("mask values must lie in 0..255")
-        mask = mask.astype(np.uint8)
-    image = Image.fromarray(np.ascontiguousarray(mask)).convert("P")
-    image.putpalette(voc_palette().reshape(-1).tobytes())
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _save_figure(fig: Figure, path: Path) -> Path:

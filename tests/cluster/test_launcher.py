@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 import pytest
 import yaml
 
-from wsss.sweeps.tracking import ROLE
+from wsss.tune.tracking import ROLE
 
 pytestmark = pytest.mark.slow
 

@@ -38,7 +38,7 @@ def test_worker_env_points_at_the_head_and_is_sourced_once(tmp_path):
 
 
 def test_sweeps_default_to_the_node_storage_and_ray_address(monkeypatch):
-    from wsss.sweeps.runner import Sweep, build_parser
+    from wsss.tune.runner import Sweep, build_parser
 
     monkeypatch.setenv("WSSS_STORAGE_PATH", "s3://bucket/ray")
     monkeypatch.setenv("RAY_ADDRESS", "auto")

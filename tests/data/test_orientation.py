@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wsss.data.voc import DatasetError, VOCDataset, load_mask, load_rgb, read_info
-from wsss.pseudo_label_tasks import Job, decode_one
-from wsss.storage import Location
+from wsss.data.errors import DatasetError
+from wsss.data.dataset import VOCDataset
+from wsss.data.decode import load_mask, load_rgb
+from wsss.data.reader import DatasetReader
+from wsss.pipeline.steps import Job, decode, ref_columns
 
 GREY, RED, BLUE = (128, 128, 128), (220, 30, 30), (30, 30, 220)
 COLOURS = np.array([GREY, RED, BLUE])  # index = class
@@ -86,11 +88,12 @@ def test_exif_rotated_photo_is_read_upright_with_its_mask(tmp_path, width, heigh
 def test_pipeline_decode_reads_the_photo_upright(tmp_path, width, height, orientation):
     """The Ray Data decode task (called directly) reads files the same way."""
     root, mask = write_dataset(tmp_path / "data", width, height, orientation)
-    job = Job(data=Location.parse(root), out=None, info=read_info(root), method_name="cam",
-              method_params={})
-    image, gt, class_ids = decode_one(job, "photo", "photo.jpg", "photo.png")
-    assert image.shape == (height, width, 3) and np.array_equal(gt, mask)
-    assert np.array_equal(nearest_class(image), mask) and class_ids == [0, 1, 2]
+    reader = DatasetReader.open(root)
+    batch = decode(ref_columns(reader.index(ids=["photo"])), Job(reader))
+    image, gt = batch["image"][0], batch["gt"][0]
+    assert not batch["error"][0] and image.shape == (height, width, 3)
+    assert np.array_equal(gt, mask) and np.array_equal(nearest_class(image), mask)
+    assert batch["labels"][0].tolist() == [1.0, 1.0]  # both foreground classes present
 
 
 def test_downscaled_rotated_photo_keeps_the_upright_target(tmp_path):

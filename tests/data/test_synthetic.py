@@ -10,7 +10,9 @@ import pytest
 from PIL import Image
 
 from wsss.data.synthetic import CLASS_NAMES, generate_dataset, render_sample, sample_id
-from wsss.data.voc import IGNORE_INDEX, VOCDataset, read_info, read_split
+from wsss.data.palette import IGNORE_INDEX
+from wsss.data.dataset import VOCDataset
+from wsss.data.reader import read_info, read_split
 
 SEED, N, SIZE = 0, 24, 64  # what the ``synth_root`` fixture generates
 

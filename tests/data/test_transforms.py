@@ -90,7 +90,7 @@ def test_image_scale_and_scale_range_are_validated():
 def test_maps_and_predictions_are_computed_at_the_trained_scale():
     """``image_scale`` resizes the whole image before the network and the output comes back at
     the image's own size: the same as resizing by hand and upsampling."""
-    from wsss import cams
+    from wsss.core import maps as cams
     from wsss.methods import get_method
     from wsss.models import CamClassifier, build_backbone
     from wsss.models.segmenter import build_segmenter

@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wsss.data.voc import VOC_CLASSES, DatasetError, VOCDataset, read_info
+from wsss.data.voc import VOC_CLASSES
+from wsss.data.errors import DatasetError
+from wsss.data.dataset import VOCDataset
+from wsss.data.reader import read_info
 
 
 def _write(root, ids, classes=None, size=(24, 32), masks=True):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wsss.cams import gradcam_maps
+from wsss.core.maps import gradcam_maps
 from wsss.config import ConfigError, ModelConfig
 from wsss.methods import get_method
 

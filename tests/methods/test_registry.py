@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from wsss.cams import gradcam_maps, localization_maps
+from wsss.core.maps import gradcam_maps, localization_maps
 from wsss.config import ConfigError, ModelConfig
 from wsss.methods import METHODS, Method
 from wsss.models import Backbone

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from wsss.config import ConfigError, RefineConfig
-from wsss.data.voc import DatasetError
+from wsss.data.errors import DatasetError
 from wsss.methods import get_method
-from wsss.saliency import load_saliency, saliency_for, spectral_residual
+from wsss.core.saliency import load_saliency, saliency_for, spectral_residual
 
 NO_CRF = RefineConfig(crf=False)
 

@@ -10,9 +10,9 @@ import torch
 
 from wsss.config import load_config
 from wsss.data.transforms import eval_transform
-from wsss.data.voc import VOCDataset
-from wsss.metrics import mean_average_precision
-from wsss.stages import run_train_classifier
+from wsss.data.dataset import VOCDataset
+from wsss.core.scoring import mean_average_precision
+from wsss.pipeline.train_cls import run_train_classifier
 from wsss.train.checkpoint import load_checkpoint_state, load_classifier
 
 pytestmark = pytest.mark.slow

@@ -10,10 +10,14 @@ import torch
 
 from wsss.config import load_config
 from wsss.data.synthetic import generate_dataset
-from wsss.data.voc import IGNORE_INDEX, MASK_DIR, VOCDataset
-from wsss.metrics import ConfusionMatrix
+from wsss.data.palette import IGNORE_INDEX
+from wsss.data.voc import MASK_DIR
+from wsss.data.dataset import VOCDataset
+from wsss.core.scoring import ConfusionMatrix
 from wsss.models.segmenter import build_segmenter
-from wsss.stages_segmentation import run_eval_masks, run_predict, run_train_segmenter
+from wsss.pipeline.masks import run_eval_masks
+from wsss.pipeline.predict import run_predict
+from wsss.pipeline.train_seg import run_train_segmenter
 from wsss.train.segmenter import load_segmenter
 
 pytestmark = pytest.mark.slow
@@ -93,7 +97,7 @@ def test_sec_epoch_trains_on_seeds_and_missing_masks_are_listed(seg_set, tmp_pat
     from wsss.train.optim import optimizer_and_schedule
     from wsss.train.segmenter import (PseudoMaskDataset, _train_one_epoch, collate,
                                       joint_train_transform)
-    from wsss.viz import save_mask_png
+    from wsss.data.palette import save_mask_png
 
     seeds = tmp_path / "seeds"
     dataset = VOCDataset(seg_set, "train")
@@ -169,7 +173,7 @@ def test_a_run_without_an_optimizer_step_is_an_error(ray_session, seg_set, tmp_p
     """Pseudo-masks with no labelled pixel (all 255) give nothing to learn: the command fails,
     writes no model and closes its MLflow run as FAILED, after one epoch."""
     from wsss.cli import main
-    from wsss.viz import save_mask_png
+    from wsss.data.palette import save_mask_png
 
     ignored = tmp_path / "ignored"
     for sample_id in VOCDataset(seg_set, "train").ids:

@@ -1,6 +1,2 @@
-"""Datasets in the VOC layout, the synthetic generator and joint transforms."""
-from wsss.data.voc import (IGNORE_INDEX, VOC_CLASSES, DatasetError, DatasetInfo, VOCDataset,
-                           read_info, read_split)
-
-__all__ = ["IGNORE_INDEX", "VOC_CLASSES", "DatasetError", "DatasetInfo", "VOCDataset",
-           "read_info", "read_split"]
+"""Datasets in the VOC layout: the layout (voc), the one reader (reader), the torch view
+(dataset), decoding, the synthetic generator and joint transforms."""

@@ -3,7 +3,7 @@
 Annotation tools and some dataset exports save ``SegmentationClass/<id>.png`` as RGB colour
 pictures (class i in the VOC devkit's colour, void in (224, 224, 192)) instead of palette PNGs
 of class indices. ``convert_masks`` turns them into the palette PNGs the readers expect
-(``wsss.viz.save_mask_png``: index = class, VOC palette, 255 = ignore):
+(``wsss.data.palette.save_mask_png``: index = class, VOC palette, 255 = ignore):
 
 * all RGB masks are checked first; a colour outside the map of the dataset's classes is an
   error naming the files and colours, and then nothing is changed;
@@ -25,7 +25,9 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from wsss.data.decode import DECODE_ERRORS, rgb_mask_indices
-from wsss.data.voc import MASK_DIR, DatasetError, DatasetInfo, read_info
+from wsss.data.voc import MASK_DIR, DatasetInfo
+from wsss.data.errors import DatasetError
+from wsss.data.reader import read_info
 
 BACKUP_DIR = "SegmentationClassRGB"
 SHOWN_PROBLEMS = 10
@@ -95,7 +97,8 @@ def convert_masks(root: str | Path) -> ConversionReport:
 
 def _convert_one(path: Path, report: ConversionReport, num_classes: int) -> None:
     """Back up ``path`` and replace it with its palette PNG (both atomically)."""
-    from wsss.viz import save_mask_png, write_atomic
+    from wsss.data.palette import save_mask_png
+    from wsss.storage import write_atomic
 
     original = path.read_bytes()
     with Image.open(io.BytesIO(original)) as im:

@@ -10,9 +10,14 @@ Numpy only (no plotting library), so dataset readers in Ray workers can use it.
 
 from __future__ import annotations
 
+import io
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
+from PIL import Image
+
+from wsss.storage import write_atomic
 
 IGNORE_COLOUR = (224, 224, 192)  # VOC's colour for index 255 (void / object boundaries)
 IGNORE_INDEX = 255  # class index of void / ignored pixels in every mask
@@ -79,3 +84,27 @@ def colours_to_indices(rgb: np.ndarray, num_classes: int) -> tuple[np.ndarray, l
         else:
             unknown.append((colour >> 16, (colour >> 8) & 255, colour & 255))
     return lookup[inverse.reshape(rgb.shape[:2])], unknown
+
+
+def save_mask_png(path: str | Path, mask: np.ndarray) -> Path:
+    """Write a class-index mask uint8 [H, W] as a VOC-palette PNG, atomically; returns the path.
+
+    The file reads back (``wsss.data.voc.load_mask``) to the same indices, 255 included.
+    """
+    return write_atomic(Path(path), mask_png_bytes(mask))
+
+
+def mask_png_bytes(mask: np.ndarray) -> bytes:
+    """A class-index mask uint8 [H, W] encoded as a VOC-palette PNG file."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be [H, W], got shape {mask.shape}")
+    if mask.dtype != np.uint8:
+        if mask.size and (mask.min() < 0 or mask.max() > 255):
+            raise ValueError("mask values must lie in 0..255")
+        mask = mask.astype(np.uint8)
+    image = Image.fromarray(np.ascontiguousarray(mask)).convert("P")
+    image.putpalette(voc_palette().reshape(-1).tobytes())
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

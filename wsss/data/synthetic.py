@@ -27,8 +27,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from wsss.data.voc import IGNORE_INDEX, IMAGE_DIR, MASK_DIR, SPLIT_DIR, DatasetInfo, read_info
-from wsss.viz import save_mask_png, write_atomic
+from wsss.data.palette import IGNORE_INDEX
+from wsss.data.voc import IMAGE_DIR, MASK_DIR, SPLIT_DIR, DatasetInfo
+from wsss.data.reader import read_info
+from wsss.data.palette import save_mask_png
+from wsss.storage import write_atomic
 
 CLASS_NAMES = ("background", "red_spot", "blue_stripes", "green_checks", "yellow_dots",
                "violet_rings")

@@ -1,7 +1,16 @@
-"""Method registry: importing this package registers every method."""
-from wsss.methods.base import METHODS, Method, NoParams, get_method, register_method
-from wsss.methods import cam  # noqa: F401  (registers cam, gradcam)
-from wsss.methods import (  # noqa: F401  (each module registers its methods)
-    acol, adversarial_erasing, hide_and_seek, mdc, mixup_cam, saliency_guided, seam)
+"""The methods: importing this package imports every module in it, and each module registers
+its methods (``wsss.registry``); a new method is one new module here.
+
+Code above the methods layer imports the registry's API from here, so the registry it sees is
+always complete.
+"""
+import importlib
+import pkgutil
+
+from wsss.methods.base import Method, NoParams
+from wsss.registry import METHODS, get_method, register_method
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["METHODS", "Method", "NoParams", "get_method", "register_method"]

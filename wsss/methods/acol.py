@@ -21,8 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss.config import ModelConfig, _check
-from wsss.methods.base import Method, _unwrap, register_method
+from wsss.config import ModelConfig, check_value
+from wsss.knobs import Knob
+from wsss.methods.base import Method
+from wsss.registry import register_method
+from wsss.models.classifier import unwrap
 from wsss.models import Backbone, build_backbone
 from wsss.models.heads import conv_class_head, max_normalise
 
@@ -33,7 +36,7 @@ class AcolParams:
     delta: float = 0.6
 
     def validate(self) -> None:
-        _check(isinstance(self.delta, (int, float)) and 0.0 < self.delta < 1.0,
+        check_value(isinstance(self.delta, (int, float)) and 0.0 < self.delta < 1.0,
                "method.params.delta", self.delta, "in (0, 1)")
 
 
@@ -109,6 +112,7 @@ class AcolMethod(Method):
     """Two branches; B is trained on the features A's ground-truth maps leave un-erased."""
 
     Params = AcolParams
+    knobs = (Knob("method.params.delta", 0.3, 0.9),)
 
     def build_model(self, model_cfg: ModelConfig) -> nn.Module:
         """An :class:`AcolClassifier` erasing at ``params.delta``."""
@@ -119,7 +123,7 @@ class AcolMethod(Method):
                    labels: torch.Tensor | None = None) -> torch.Tensor:
         """Fused maps [B, C, h, w]; B is erased with ``labels`` [B, C] when the caller knows
         them, else with A's predicted classes."""
-        return _unwrap(model).class_maps(images, labels)
+        return unwrap(model).class_maps(images, labels)
 
     def training_loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                       epoch: int) -> tuple[torch.Tensor, dict[str, float]]:

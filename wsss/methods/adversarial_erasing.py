@@ -20,7 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsss.config import ConfigError, ModelConfig
-from wsss.methods.base import Method, _unwrap, register_method
+from wsss.knobs import Knob
+from wsss.methods.base import Method
+from wsss.registry import register_method
+from wsss.models.classifier import unwrap
 from wsss.models import CamClassifier, build_backbone
 from wsss.models.heads import max_normalise
 
@@ -87,6 +90,8 @@ class AdversarialErasing(Method):
     """K sequential trainings; map = union of the rounds' maps (CAM maps only)."""
 
     Params = ErasingParams
+    knobs = (Knob("method.params.steps", 1, 4, integer=True),
+             Knob("method.params.threshold", 0.3, 0.9))
     supported_map_kinds = ("cam",)
 
     @property
@@ -100,13 +105,13 @@ class AdversarialErasing(Method):
 
     def prepare_round(self, model: nn.Module, round_index: int) -> None:
         """Train only round ``round_index``; earlier rounds are frozen in eval mode."""
-        net = _unwrap(model)
+        net = unwrap(model)
         net.active.fill_(round_index)
         for k, classifier in enumerate(net.rounds):
             classifier.requires_grad_(k == round_index)
 
     def training_loss(self, model, images, labels, epoch):
-        net = _unwrap(model)
+        net = unwrap(model)
         active = int(net.active)
         if active > 0:
             was_training = [r.training for r in net.rounds[:active]]
@@ -120,7 +125,7 @@ class AdversarialErasing(Method):
     def class_maps(self, model: nn.Module, images: torch.Tensor,
                    labels: torch.Tensor | None = None) -> torch.Tensor:
         """Union of the trained rounds' maps [B, C, h, w]; ``labels`` None means predicted."""
-        net = _unwrap(model)
+        net = unwrap(model)
         trained = int(net.active) + 1
         if labels is None:
             labels = (torch.sigmoid(net.rounds[0](images)) > RECOGNISED).float()

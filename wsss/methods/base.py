@@ -18,31 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss.config import ConfigError, ModelConfig, typed_value
+from wsss.config import ModelConfig, typed_value
+from wsss.errors import ConfigError
+from wsss.knobs import Knob
 from wsss.models import CamClassifier, build_backbone
-
-METHODS: dict[str, type["Method"]] = {}
-
-
-def register_method(name: str):
-    """Class decorator: make a method reachable by ``name`` from the CLI, sweeps and tests."""
-
-    def decorate(cls: type["Method"]) -> type["Method"]:
-        if name in METHODS:
-            raise ValueError(f"method '{name}' is registered twice")
-        cls.name = name
-        METHODS[name] = cls
-        return cls
-
-    return decorate
-
-
-def get_method(name: str) -> type["Method"]:
-    """The registered method class called ``name`` (error lists the valid names)."""
-    if name not in METHODS:
-        raise ConfigError(f"unknown method '{name}'; choose one of: {', '.join(sorted(METHODS))}")
-    return METHODS[name]
-
+from wsss.models.classifier import unwrap
 
 @dataclass(frozen=True)
 class NoParams:
@@ -52,12 +32,15 @@ class NoParams:
 class Method:
     """Base method: plain CAM training (multi-label BCE on GAP logits).
 
-    Subclasses set ``Params`` (a frozen dataclass of knobs with a ``validate`` method if needed)
-    and override the hooks they change.
+    Subclasses set ``Params`` (a frozen dataclass of knobs with a ``validate`` method if needed),
+    ``knobs`` (what a sweep searches) and override the hooks they change.
     """
 
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
+    # the method's sweep knobs: dotted keys ``method.params.<field>``; checked against Params
+    # (``wsss.tune.spaces.method_knobs``)
+    knobs: ClassVar[tuple[Knob, ...]] = ()
     default_map_kind: ClassVar[str] = "cam"
     supported_map_kinds: ClassVar[tuple[str, ...]] = ("cam", "gradcam")
     masks_need_image: ClassVar[bool] = False  # pseudo_mask reads the image even without CRF
@@ -120,7 +103,7 @@ class Method:
         ``labels`` (multi-hot [B, C]) is there for methods whose maps depend on the classes
         present (adversarial erasing mines only those); most methods ignore it.
         """
-        return _unwrap(model).class_maps(images)
+        return unwrap(model).class_maps(images)
 
     # -- masks -------------------------------------------------------------------------------
     def pseudo_mask(self, image: np.ndarray | None, maps: np.ndarray, class_ids: Sequence[int],
@@ -131,11 +114,6 @@ class Method:
         ``cfg`` is a ``RefineConfig``; ``saliency(source)`` gives the image's saliency map
         [H, W] for methods that use one (loaded lazily: most do not).
         """
-        from wsss.refine import pseudo_mask
+        from wsss.core.masks import pseudo_mask
 
         return pseudo_mask(image, maps, class_ids, has_background, cfg)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel wrapper, or the module itself."""
-    return getattr(model, "module", model)

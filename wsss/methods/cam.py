@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from wsss.config import ConfigError
-from wsss.methods.base import Method, register_method
+from wsss.knobs import Knob
+from wsss.methods.base import Method
+from wsss.registry import register_method
 from wsss.models.backbones import STAGES
 
 
@@ -29,6 +31,7 @@ class GradCamMethod(Method):
     """Trained like CAM; maps are gradient-weighted activations of ``params.layer``."""
 
     Params = GradCamParams
+    knobs = (Knob("method.params.layer", choices=("layer3", "layer4")),)
     default_map_kind = "gradcam"
 
     @property

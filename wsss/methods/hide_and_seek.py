@@ -16,8 +16,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from wsss.config import _check
-from wsss.methods.base import Method, register_method
+from wsss.config import check_value
+from wsss.knobs import Knob
+from wsss.methods.base import Method
+from wsss.registry import register_method
 
 
 @dataclass(frozen=True)
@@ -28,9 +30,9 @@ class HideAndSeekParams:
     grid_size: int = 4
 
     def validate(self) -> None:
-        _check(isinstance(self.hide_prob, (int, float)) and 0.0 <= self.hide_prob < 1.0,
+        check_value(isinstance(self.hide_prob, (int, float)) and 0.0 <= self.hide_prob < 1.0,
                "method.params.hide_prob", self.hide_prob, "in [0, 1)")
-        _check(isinstance(self.grid_size, int) and self.grid_size >= 1,
+        check_value(isinstance(self.grid_size, int) and self.grid_size >= 1,
                "method.params.grid_size", self.grid_size, "an integer >= 1")
 
 
@@ -71,6 +73,8 @@ class HideAndSeekMethod(Method):
     """CAM classifier trained on images with randomly hidden patches."""
 
     Params = HideAndSeekParams
+    knobs = (Knob("method.params.hide_prob", 0.0, 0.9),
+             Knob("method.params.grid_size", choices=(2, 4, 8, 16)))
 
     def training_loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                       epoch: int) -> tuple[torch.Tensor, dict[str, float]]:

@@ -19,8 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss.config import ModelConfig, _check
-from wsss.methods.base import Method, register_method
+from wsss.config import ModelConfig, check_value
+from wsss.knobs import Knob, dilation_sets, int_list
+from wsss.methods.base import Method
+from wsss.registry import register_method
 from wsss.models.heads import conv_class_head
 from wsss.models import Backbone, build_backbone
 
@@ -39,7 +41,7 @@ class MdcParams:
         ok = (isinstance(rates, tuple) and len(rates) > 0
               and all(isinstance(d, int) and d >= 1 for d in rates)
               and len(set(rates)) == len(rates) and 1 in rates)
-        _check(ok, "method.params.dilations", rates,
+        check_value(ok, "method.params.dilations", rates,
                "a non-empty list of distinct positive integers that includes 1")
 
 
@@ -101,6 +103,7 @@ class MdcMethod(Method):
     """Multi-dilated CAM: every branch trained with its own multi-label loss (summed)."""
 
     Params = MdcParams
+    knobs = (Knob("method.params.dilations", choices=dilation_sets(), parse=int_list),)
 
     def build_model(self, model_cfg: ModelConfig) -> nn.Module:
         """An :class:`MdcClassifier` with ``params.dilations``."""

@@ -19,8 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss.config import ModelConfig, _check
-from wsss.methods.base import Method, register_method
+from wsss.config import ModelConfig, check_value
+from wsss.knobs import Knob
+from wsss.methods.base import Method
+from wsss.registry import register_method
 from wsss.models import CamClassifier, build_backbone
 
 
@@ -32,9 +34,9 @@ class MixupCamParams:
     entropy_weight: float = 0.05
 
     def validate(self) -> None:
-        _check(isinstance(self.alpha, (int, float)) and self.alpha > 0.0, "method.params.alpha",
+        check_value(isinstance(self.alpha, (int, float)) and self.alpha > 0.0, "method.params.alpha",
                self.alpha, "> 0")
-        _check(isinstance(self.entropy_weight, (int, float)) and self.entropy_weight >= 0.0,
+        check_value(isinstance(self.entropy_weight, (int, float)) and self.entropy_weight >= 0.0,
                "method.params.entropy_weight", self.entropy_weight, ">= 0")
 
 
@@ -92,6 +94,8 @@ class MixupCamMethod(Method):
     """CAM trained on mixed images / soft labels plus the spatial-entropy regulariser."""
 
     Params = MixupCamParams
+    knobs = (Knob("method.params.alpha", 0.2, 2.0),
+             Knob("method.params.entropy_weight", 0.0, 0.2))
 
     def build_model(self, model_cfg: ModelConfig) -> nn.Module:
         """A :class:`MixupCamClassifier` (same weights layout as the plain CAM classifier)."""

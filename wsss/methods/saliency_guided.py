@@ -4,7 +4,7 @@ The classifier trains as plain CAM; the difference is how maps become masks: for
 an objectness/saliency map says "object", and each salient pixel takes the class of the best seed
 (the arg-max CAM). Saliency comes from ``<dataset>/SaliencyMaps/<id>.png`` when that folder exists
 (precomputed maps, the usual WSSS practice) or from spectral-residual static saliency
-(``wsss.saliency``). Datasets without a background class have nothing for saliency to separate,
+(``wsss.core.saliency``). Datasets without a background class have nothing for saliency to separate,
 so there the method falls back to the arg-max over present classes.
 """
 
@@ -16,8 +16,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from wsss.config import ConfigError, RefineConfig
-from wsss.methods.base import Method, register_method
-from wsss.saliency import SOURCES
+from wsss.knobs import Knob
+from wsss.methods.base import Method
+from wsss.registry import register_method
+from wsss.core.saliency import SOURCES
 
 FUSIONS = ("best_seed", "product")
 
@@ -44,12 +46,13 @@ class SaliencyGuided(Method):
     """CAM seeds + saliency foreground; knobs: saliency threshold, fusion rule, source."""
 
     Params = SaliencyParams
+    knobs = (Knob("method.params.threshold", 0.2, 0.8),)
     masks_need_image = True
 
     def pseudo_mask(self, image: np.ndarray | None, maps: np.ndarray, class_ids: Sequence[int],
                     has_background: bool, cfg: RefineConfig,
                     saliency: Callable[[str], np.ndarray] | None = None) -> np.ndarray:
-        from wsss.refine import mask_from_scores, saliency_scores
+        from wsss.core.masks import mask_from_scores, saliency_scores
 
         if not has_background or saliency is None:
             return super().pseudo_mask(image, maps, class_ids, has_background, cfg, saliency)

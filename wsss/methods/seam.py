@@ -24,9 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss.config import ModelConfig, _check
+from wsss.config import ModelConfig, check_value
 from wsss.models.heads import NORM_EPS, max_normalise
-from wsss.methods.base import Method, register_method
+from wsss.knobs import Knob
+from wsss.methods.base import Method
+from wsss.registry import register_method
 from wsss.models import Backbone, build_backbone
 
 PCM_CHANNELS = 192
@@ -42,11 +44,11 @@ class SeamParams:
     ecr_weight: float = 1.0
 
     def validate(self) -> None:
-        _check(isinstance(self.scale, (int, float)) and 0.0 < self.scale < 1.0,
+        check_value(isinstance(self.scale, (int, float)) and 0.0 < self.scale < 1.0,
                "method.params.scale", self.scale, "in (0, 1)")
         for key in ("er_weight", "ecr_weight"):
             value = getattr(self, key)
-            _check(isinstance(value, (int, float)) and value >= 0.0, f"method.params.{key}",
+            check_value(isinstance(value, (int, float)) and value >= 0.0, f"method.params.{key}",
                    value, ">= 0")
 
 
@@ -145,6 +147,9 @@ class SeamMethod(Method):
     """Siamese CAM training with equivariance (ER) and cross (ECR) regularisation."""
 
     Params = SeamParams
+    knobs = (Knob("method.params.scale", 0.3, 0.7),
+             Knob("method.params.er_weight", 0.1, 2.0),
+             Knob("method.params.ecr_weight", 0.1, 2.0))
 
     def build_model(self, model_cfg: ModelConfig) -> nn.Module:
         """A :class:`SeamClassifier`."""

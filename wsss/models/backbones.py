@@ -61,7 +61,7 @@ def build_backbone(name: str = "resnet18", pretrained: str | None = None) -> Bac
         resnet = builder(weights=weights)
         _dilate_basic_last_stage(resnet)
     if pretrained not in (None, "imagenet"):
-        _load_local_weights(resnet, Path(pretrained))
+        load_local_weights(resnet, Path(pretrained))
     return Backbone(resnet, _FEATURE_DIMS[name])
 
 
@@ -77,7 +77,7 @@ def _dilate_basic_last_stage(resnet: nn.Module) -> None:
             conv.dilation, conv.padding = (2, 2), (2, 2)
 
 
-def _load_local_weights(resnet: nn.Module, path: Path) -> None:
+def load_local_weights(resnet: nn.Module, path: Path) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"pretrained weights file not found: {path}")
     state = torch.load(path, map_location="cpu", weights_only=True)

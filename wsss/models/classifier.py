@@ -33,3 +33,8 @@ class CamClassifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.class_maps(images).mean(dim=(2, 3))
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper, or the module itself."""
+    return getattr(model, "module", model)

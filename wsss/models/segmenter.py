@@ -16,7 +16,7 @@ from torch import nn
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 
 from wsss.config import SEGMENTER_ARCHS as ARCHS
-from wsss.models.backbones import _load_local_weights, build_backbone
+from wsss.models.backbones import load_local_weights, build_backbone
 
 # DeepLabV3's ASPP rates for output stride 16 (the ResNet-18 trunk); torchvision's ResNet-50
 # model runs at output stride 8 with its own rates (12, 24, 36).
@@ -78,7 +78,7 @@ def build_segmenter(arch: str, num_classes: int,
         model = deeplabv3_resnet50(weights=None, weights_backbone=weights,
                                    num_classes=num_classes, aux_loss=False)
         if pretrained_backbone not in (None, "imagenet"):
-            _load_local_weights(model.backbone, Path(pretrained_backbone))
+            load_local_weights(model.backbone, Path(pretrained_backbone))
         return Segmenter(model.backbone, model.classifier, num_classes)
     raise ValueError(f"unknown segmenter '{arch}'; choose one of: {', '.join(ARCHS)}")
 

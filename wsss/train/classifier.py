@@ -20,9 +20,12 @@ from torch.utils.data import DataLoader
 
 from wsss.config import ExperimentConfig, from_dict
 from wsss.data.transforms import eval_transform, train_transform
-from wsss.data.voc import DatasetError, DatasetInfo, SplitScan, VOCDataset, read_info
+from wsss.data.errors import DatasetError
+from wsss.data.voc import DatasetInfo
+from wsss.data.dataset import SplitScan, VOCDataset
+from wsss.data.reader import read_info
 from wsss.methods import get_method
-from wsss.metrics import mean_average_precision
+from wsss.core.scoring import mean_average_precision
 from wsss.train.checkpoint import (copy_from_ray_checkpoint, load_checkpoint_state,
                                    restore_training_state, save_checkpoint)
 from wsss.train.optim import optimizer_and_schedule
@@ -280,7 +283,7 @@ def _train_one_epoch(method, model, loader, optimizer, scheduler,
         count += 1
         for key, value in logs.items():
             logs_sum[key] = logs_sum.get(key, 0.0) + value
-    values = _all_reduce_mean([total / max(count, 1)] + [v / max(count, 1) for v in logs_sum.values()])
+    values = all_reduce_mean([total / max(count, 1)] + [v / max(count, 1) for v in logs_sum.values()])
     return values[0], dict(zip(logs_sum, values[1:])), all_reduce_sum(count)
 
 
@@ -293,7 +296,7 @@ def _validate(model, loader) -> float:
         scores.append(torch.sigmoid(model(batch["image"])).cpu())
         targets.append(batch["labels"].cpu())
     local = (torch.cat(scores).numpy(), torch.cat(targets).numpy())
-    gathered = _all_gather(local)
+    gathered = all_gather(local)
     all_scores = np.concatenate([g[0] for g in gathered])
     all_targets = np.concatenate([g[1] for g in gathered])
     return float(mean_average_precision(all_scores, all_targets))
@@ -319,7 +322,7 @@ def _resume(checkpoint, model) -> tuple[int, list[dict[str, Any]], dict[str, Any
     return epoch, list(state.get("history", [])), saved_optimizer
 
 
-def _all_reduce_mean(values: list[float]) -> list[float]:
+def all_reduce_mean(values: list[float]) -> list[float]:
     if not torch.distributed.is_initialized():
         return values
     device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
@@ -348,7 +351,7 @@ def broadcast_buffers(model: torch.nn.Module) -> None:
         torch.distributed.broadcast(buffer.data, src=0)
 
 
-def _all_gather(obj: Any) -> list[Any]:
+def all_gather(obj: Any) -> list[Any]:
     if not torch.distributed.is_initialized():
         return [obj]
     gathered: list[Any] = [None] * torch.distributed.get_world_size()

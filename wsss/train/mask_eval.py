@@ -8,16 +8,23 @@ ground truth, which is used for scoring only. ``wsss eval`` does the same from m
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from wsss.config import RefineConfig
+from wsss.core.maps import localization_maps
+from wsss.core.masks import make_pseudo_mask
+from wsss.core.scoring import Scorer, SegmentationScores
+from wsss.data.dataset import VOCDataset
+from wsss.data.errors import DatasetError
+from wsss.data.reader import Sample
 from wsss.data.transforms import normalize
-from wsss.data.voc import DatasetError, VOCDataset
-from wsss.metrics import ConfusionMatrix
+from wsss.data.voc import DatasetInfo
+from wsss.methods.base import Method
+from wsss.models.classifier import unwrap
 
 
 def select_eval_ids(ids: Sequence[str], count: int, seed: int = 0) -> list[str]:
@@ -29,31 +36,26 @@ def select_eval_ids(ids: Sequence[str], count: int, seed: int = 0) -> list[str]:
     return sorted(ids[i] for i in order)
 
 
-def present_maps(method: Any, model: nn.Module, dataset: VOCDataset, sample_id: str,
-                 image_scale: float = 1.0) -> tuple[np.ndarray, list[int], np.ndarray | None]:
-    """Maps float [K, H, W] of the K classes present in ``sample_id`` (computed at
-    ``image_scale``, the model's training resolution, no flip; the method's map kind), their
-    dataset class ids, and the ground-truth mask uint8 [H, W] (None if absent).
-    """
-    from wsss.cams import localization_maps
-    from wsss.methods.base import _unwrap
-
-    model = _unwrap(model)
-    image = dataset.load_image(sample_id)
-    gt = dataset.load_mask(sample_id, image.shape[:2])
-    labels = dataset.info.multi_hot(dataset.class_ids(sample_id, gt))[None]
+def present_maps(method: Method, model: nn.Module, sample: Sample, info: DatasetInfo,
+                 image_scale: float = 1.0) -> tuple[np.ndarray, list[int]]:
+    """Maps float [K, H, W] of the K classes present in ``sample`` (computed at
+    ``image_scale``, the model's training resolution, one scale, no flip; the method's map
+    kind) and their dataset class ids."""
+    model = unwrap(model)
+    labels = info.multi_hot(sample.class_ids)[None]
     device = next(model.parameters()).device
-    pixels = normalize(torch.from_numpy(image).permute(2, 0, 1)[None].to(device))
+    pixels = normalize(torch.from_numpy(sample.image).permute(2, 0, 1)[None].to(device))
     maps = localization_maps(method, model, pixels, labels.to(device),
                              image_scale=image_scale)[0].cpu()
     present = labels[0] > 0
-    class_ids = torch.tensor(dataset.info.fg_classes)[present].tolist()
-    return maps[present].numpy(), class_ids, gt
+    class_ids = torch.tensor(info.fg_classes)[present].tolist()
+    return maps[present].numpy(), class_ids
 
 
-def pseudo_mask_scores(method: Any, model: nn.Module, dataset: VOCDataset, ids: Sequence[str],
-                       refine: RefineConfig, image_scale: float = 1.0) -> Any:
-    """Score the pseudo-masks of ``ids`` (``wsss.metrics.Scores``; ``.miou`` is the objective).
+def pseudo_mask_scores(method: Method, model: nn.Module, dataset: VOCDataset,
+                       ids: Sequence[str], refine: RefineConfig,
+                       image_scale: float = 1.0) -> SegmentationScores:
+    """Score the pseudo-masks of ``ids``; ``.miou`` is the sweeps' objective.
 
     Args:
         method: the model's :class:`~wsss.methods.base.Method`.
@@ -63,15 +65,14 @@ def pseudo_mask_scores(method: Any, model: nn.Module, dataset: VOCDataset, ids: 
         refine: background score settings; the CRF is switched off.
         image_scale: the model's training resolution (``data.image_scale``).
     """
-    from wsss.stages import make_pseudo_mask
-
     refine = dataclasses.replace(refine, crf=False)
     info = dataset.info
-    confusion = ConfusionMatrix(info.num_classes)
+    scorer = Scorer(info)
     for sample_id in ids:
-        maps, class_ids, gt = present_maps(method, model, dataset, sample_id, image_scale)
-        if gt is None:
+        sample = dataset.sample(sample_id)
+        if sample.gt is None:
             raise DatasetError(f"no ground-truth mask for id '{sample_id}' to score")
-        confusion.update(make_pseudo_mask(method, dataset, sample_id, maps, class_ids, refine), gt)
-    return confusion.compute(list(info.class_names),
-                             background=0 if info.has_background else None)
+        maps, class_ids = present_maps(method, model, sample, info, image_scale)
+        scorer.update(make_pseudo_mask(method, sample, maps, class_ids, info.has_background,
+                                       refine, dataset.reader.root), sample.gt)
+    return scorer.scores()

@@ -7,7 +7,7 @@ rescales around ``data.image_scale``, crops and flips move image and mask togeth
 Two modes:
 
 * ``ce``: pixel-wise cross-entropy on the pseudo-masks, 255 ignored;
-* ``sec``: SEC's seed / expand / constrain losses (``wsss.sec``). The seeds are the same
+* ``sec``: SEC's seed / expand / constrain losses (``wsss.core.sec``). The seeds are the same
   pseudo-masks: their labelled pixels are the seeds and the 255 band is unseeded, so write them
   with a confidence band (``refine.fg_confidence`` / ``refine.bg_confidence``) for SEC.
 
@@ -34,15 +34,19 @@ from torchvision.transforms import v2
 from wsss.config import DataConfig, ExperimentConfig, RefineConfig, from_dict
 from wsss.data.transforms import normalize, resize_by, scale_crop_flip
 from wsss.data import errors
-from wsss.data.voc import IGNORE_INDEX, DatasetError, VOCDataset, load_mask, read_info
-from wsss.metrics import ConfusionMatrix
+from wsss.data.palette import IGNORE_INDEX
+from wsss.data.errors import DatasetError
+from wsss.data.dataset import VOCDataset
+from wsss.data.decode import load_mask
+from wsss.data.reader import Sample, read_info
+from wsss.core.scoring import ConfusionMatrix
 from wsss.models.backbones import Backbone
 from wsss.models.segmenter import (TRUNK_BACKBONES, Segmenter, build_segmenter,
                                    single_value_batch_norm_in_eval, trunk_state)
 from wsss.train.checkpoint import (CheckpointError, classifier_from_state,
                                    copy_from_ray_checkpoint, load_checkpoint_state, load_weights,
                                    read_state, restore_training_state, write_state)
-from wsss.train.classifier import (TrainingData, _all_gather, _all_reduce_mean, all_reduce_sum,
+from wsss.train.classifier import (TrainingData, all_gather, all_reduce_mean, all_reduce_sum,
                                    broadcast_buffers, data_key, scan_split)
 from wsss.train.classifier import ClassifierResult as TrainResult
 from wsss.train.optim import optimizer_and_schedule
@@ -62,21 +66,20 @@ class PseudoMaskDataset(VOCDataset):
 
     pseudo_dir: str | Path = ""
 
-    def mask_path(self, sample_id: str) -> Path | None:
+    def sample(self, sample_id: str) -> Sample:
+        """The image of ``sample_id`` with its pseudo-mask as ``gt`` (uint8 [H, W]) and its
+        image-level labels as ``class_ids``."""
+        ref = self.refs[sample_id]
+        image = self.reader.read_image(ref)
         path = Path(self.pseudo_dir) / f"{sample_id}.png"
-        return path if path.is_file() else None
-
-    def class_ids(self, sample_id: str, mask: np.ndarray | None) -> list[int]:
-        """Image-level labels of ``sample_id``; ``mask`` uint8 [H, W] is its pseudo-mask."""
-        if mask is None:
+        if not path.is_file():
             raise DatasetError(f"no pseudo-mask for id '{sample_id}' in {self.pseudo_dir}",
-                               errors.NO_PSEUDO_MASK, f"{self.pseudo_dir}/{sample_id}.png")
-        gt_path = super().mask_path(sample_id)
-        gt = None if gt_path is None else load_mask(gt_path, mask.shape, self.info.num_classes,
-                                                    self.max_image_side)
-        if gt is None and sample_id not in self.labels_file:
+                               errors.NO_PSEUDO_MASK, str(path))
+        mask = load_mask(path, image.shape[:2], self.info.num_classes, self.max_image_side)
+        gt = self.reader.read_gt(ref, mask.shape)
+        if gt is None and sample_id not in self.reader.labels:
             gt = mask
-        return super().class_ids(sample_id, gt)
+        return Sample(sample_id, image, mask, self.reader.class_ids(sample_id, gt))
 
 
 def joint_train_transform(crop_size: int, image_scale: float = 1.0,
@@ -124,13 +127,13 @@ def predict_labels(model: nn.Module, images: torch.Tensor,
 def predict_mask(model: nn.Module, image: np.ndarray, image_scale: float = 1.0,
                  crf: RefineConfig | None = None, device: str | torch.device = "cpu") -> np.ndarray:
     """The predicted mask uint8 [H, W] of one RGB uint8 image [H, W, 3]: the arg-max of
-    :func:`predict_probs`, or with ``crf`` of the dense CRF (``wsss.refine.dense_crf`` with
+    :func:`predict_probs`, or with ``crf`` of the dense CRF (``wsss.core.masks.dense_crf`` with
     these ``crf_*`` settings, its input made by ``crf_unary``) over all C classes, DeepLab's
     post-processing (Chen et al., TPAMI 2018, Sec. 3.3).
 
-    Raises ValueError / ``wsss.native_crf.NativeCrash`` from the CRF (``dense_crf``).
+    Raises ValueError / ``wsss.core.native_crf.NativeCrash`` from the CRF (``dense_crf``).
     """
-    from wsss.refine import crf_probs, dense_crf
+    from wsss.core.masks import crf_probs, dense_crf
 
     pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(device)
     probs = predict_probs(model, pixels, image_scale)[0]
@@ -351,7 +354,7 @@ def _batch_losses(model: nn.Module, batch: dict[str, Any], cfg: ExperimentConfig
     images, masks = batch["image"].to(device), batch["mask"].to(device)
     logits = model(normalize(images))
     if cfg.segmenter.mode == "sec":
-        from wsss.sec import sec_losses
+        from wsss.core.sec import sec_losses
 
         return sec_losses(logits, images, masks, batch["present"].to(device), has_background,
                           cfg.segmenter, cfg.refine)
@@ -389,7 +392,7 @@ def _train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.opti
         for key, value in {"loss": loss, **terms}.items():
             sums[key] = sums.get(key, 0.0) + float(value.detach())
     keys = sorted(sums) if sums else ["loss"]
-    means = _all_reduce_mean([sums.get(k, 0.0) / max(count, 1) for k in keys])
+    means = all_reduce_mean([sums.get(k, 0.0) / max(count, 1) for k in keys])
     losses = {(k if k == "loss" else f"loss_{k}"): v for k, v in zip(keys, means)}
     return {**losses, "optimizer_steps": all_reduce_sum(learned)}
 
@@ -407,7 +410,7 @@ def _validate(model: nn.Module, dataset: VOCDataset, num_classes: int,
         image = torch.as_tensor(sample["image"])[None].to(device)
         prediction = predict_labels(model, image, image_scale)[0].cpu()
         confusion.update(prediction, torch.as_tensor(sample["mask"]))
-    scores = sum(_all_gather(confusion)).compute()
+    scores = sum(all_gather(confusion)).compute()
     return {"val_miou": scores.miou, "val_pixel_accuracy": scores.pixel_accuracy}
 
 

@@ -1,0 +1,1 @@
+"""Ray- and MLflow-free computation: localization maps, pseudo-masks, scores."""

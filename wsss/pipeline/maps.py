@@ -1,0 +1,70 @@
+"""The maps step (``wsss cam``): a classifier checkpoint + a split -> ``<out>/<id>.npz``.
+
+Each map file holds the multi-scale (+ flip) localization maps of the classes present in the
+image (``wsss.core.maps``), float16 [K, H, W] at the image's size, and their class ids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wsss.config import CamConfig, RefineConfig, TrackingConfig
+from wsss.data.reader import DatasetReader
+from wsss.pipeline.executors import LocalExecutor, Step
+from wsss.pipeline.report import StageReport, collect, pending, publish, tracked_stage
+from wsss.pipeline.samples import sample_grid
+from wsss.pipeline.steps import (Job, MapStep, decode, load_saved_maps, make_masks,
+                                 write_outputs)
+from wsss.storage import Location
+from wsss.train.checkpoint import check_classes, classifier_from_state, load_checkpoint_state
+
+
+def map_steps(job: Job, state: dict[str, Any], source: str | Path) -> list[Step]:
+    """decode -> maps (the model step): the map steps of ``wsss cam`` and ``wsss
+    pseudo-label``. Raises CheckpointError before any work unless ``state`` (the checkpoint
+    dict of file ``source``) fits the dataset's classes and rebuilds into its method's model.
+    Under Ray, pass the state as an object reference after this check."""
+    check_classes(state, job.reader.info.num_fg, source)
+    classifier_from_state(state, "cpu", source=source)
+    return [Step(decode, {"job": job}), Step(MapStep, {"state": state, "job": job}, model=True)]
+
+
+def run_cams(checkpoint: str | Path, data_root: str | Path, split: str, out_dir: str | Path,
+             cam_cfg: CamConfig = CamConfig(), tracking_cfg: TrackingConfig = TrackingConfig(),
+             device: str | None = None, max_image_side: int = 1024) -> StageReport:
+    """Write ``<out_dir>/<id>.npz`` maps for every image of ``split`` whose file is not there
+    yet (resume), in batches of ``cam_cfg.batch_size`` in this process; records one MLflow run.
+
+    Raises:
+        DatasetError: the dataset folder or split is bad.
+        CheckpointError: the checkpoint is unreadable or made for other classes.
+    Bad images are skipped and listed in ``<out_dir>/report.json``.
+    """
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    reader = DatasetReader.open(data_root, max_image_side)
+    state = load_checkpoint_state(checkpoint)
+    out = Location.parse(out_dir)
+    job = Job(reader, state["method"], dict(state["method_params"]), cam=cam_cfg, maps=out)
+    steps = [*map_steps(job, state, checkpoint), Step(write_outputs, {"job": job})]
+    refs = reader.index(split)
+    report = StageReport()
+    params = {"checkpoint": str(checkpoint), "data": str(data_root), "split": split,
+              "method": state["method"], "cams": cam_cfg}
+    with tracked_stage(f"cam-{split}", "cam", tracking_cfg, params, out) as stage:
+        todo = pending(refs, out, ".npz", report)
+        executor = LocalExecutor(cam_cfg.batch_size, "maps", device)
+        collect(executor.run(todo, steps), report)
+        report.extra.update(method=state["method"], method_params=state["method_params"])
+        masks_job = dataclasses.replace(job, refine=RefineConfig(crf=False))
+        grid = sample_grid(refs, [Step(decode, {"job": masks_job}),
+                                  Step(load_saved_maps, {"job": masks_job}),
+                                  Step(make_masks, {"job": masks_job})],
+                           reader.info.class_names, Path(out.root) / "samples.png") \
+            if out.is_local else None
+        publish(report, out, "maps", grid)
+        stage.report = report
+    return report

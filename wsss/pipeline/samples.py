@@ -1,0 +1,52 @@
+"""The sample picture of a step: a few images with their maps, masks and ground truth.
+
+Every step draws its picture by running its own steps (``wsss.pipeline.steps``) on the first
+few ids in this process, so the picture shows exactly what the step computes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from wsss.data.reader import SampleRef
+from wsss.pipeline.executors import LocalExecutor, Step
+from wsss.pipeline.report import GRID_SAMPLES
+from wsss.viz import overlay_grid
+from wsss.data.palette import save_mask_png
+
+
+def sample_rows(refs: Sequence[SampleRef], steps: Sequence[Step],
+                device: str = "cpu") -> list[dict[str, object]]:
+    """The good rows (no ``error``) of ``steps`` run locally on ``refs``, one dict each."""
+    rows = []
+    for batch in LocalExecutor(batch_size=max(1, len(refs)), desc="", device=device).run(
+            refs, steps):
+        for row, error in enumerate(batch["error"]):
+            if not error:
+                rows.append({key: column[row] for key, column in batch.items()})
+    return rows
+
+
+def sample_grid(refs: Sequence[SampleRef], steps: Sequence[Step], class_names: Sequence[str],
+                path: Path, mask_files: Path | None = None,
+                device: str = "cpu") -> Path | None:
+    """Draw ``path``: one row per good sample among the first ``GRID_SAMPLES`` of ``refs``
+    run through ``steps`` (columns: image, maps when the steps give them, mask, ground truth);
+    with ``mask_files`` each mask is also written there as ``pseudo_mask_<id>.png``. None when
+    no sample could be drawn."""
+    rows = sample_rows(list(refs)[:GRID_SAMPLES], steps, device)
+    if not rows:
+        return None
+    images = [r["image"] for r in rows]
+    maps = [np.asarray(r["maps"], np.float32) if "maps" in r
+            else np.zeros((0, *r["image"].shape[:2]), np.float32) for r in rows]
+    masks = [r["mask"] for r in rows] if "mask" in rows[0] else None
+    gts = [r["gt"] if r["gt"].size else None for r in rows]
+    ids = [str(r["id"]) for r in rows]
+    if mask_files is not None and masks is not None:
+        for sample_id, mask in zip(ids, masks):
+            save_mask_png(mask_files / f"pseudo_mask_{sample_id}.png", mask)
+    return overlay_grid(images, maps, masks, gts, list(class_names), path, row_titles=ids)

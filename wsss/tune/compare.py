@@ -1,0 +1,69 @@
+"""``wsss compare``: a sweep's trials from MLflow, best objective first, with knobs and plots."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+PROGRESS = "progress"
+
+
+def sweep_rows(uri: str, experiment: str) -> tuple[Any, list[dict[str, Any]]]:
+    """The newest sweep (parent run) of ``experiment`` and one row per trial."""
+    from wsss.tune.report import KNOBS_TAG
+    from wsss.tune.tracking import TRIAL_ID, latest_sweep, trial_runs
+
+    parent = latest_sweep(uri, experiment)
+    rows = []
+    for trial_id, run in trial_runs(uri, experiment, parent.info.run_id).items():
+        metrics, tags = run.data.metrics, run.data.tags
+        objective = metrics.get("objective", metrics.get("pseudo_miou", math.nan))
+        progress = next((v for k, v in metrics.items() if k.endswith("_run")), math.nan)
+        rows.append({"trial_id": tags.get(TRIAL_ID, trial_id), "objective": objective,
+                     PROGRESS: progress, "status": tags.get("wsss.status", run.info.status),
+                     "knobs": json.loads(tags.get(KNOBS_TAG, "{}")), "run_id": run.info.run_id})
+    return parent, rows
+
+
+def compare(uri: str, experiment: str, out_dir: str | Path) -> tuple[str, list[Path], str]:
+    """The trials table (best first) as text, the tables and plots written to ``out_dir``, and
+    the experiment's id.
+
+    Raises LookupError naming the store when ``uri`` is a local store that does not exist
+    (nothing is created), or the experiment when it holds no sweep with trials.
+    """
+    from wsss.tune.report import format_table, write_outputs
+    from wsss.tracking import missing_local_store
+
+    missing = missing_local_store(uri)
+    if missing is not None:
+        raise LookupError(f"no MLflow store at {missing}; run wsss compare where the sweep "
+                          f"ran, or pass --tracking-uri (or set $MLFLOW_TRACKING_URI)")
+
+    parent, rows = sweep_rows(uri, experiment)
+    if not rows:
+        raise LookupError(f"sweep run {parent.info.run_id} of '{experiment}' has no trials yet")
+    paths = write_outputs(rows, Path(out_dir), PROGRESS)
+    header = (f"sweep '{experiment}' (MLflow parent run {parent.info.run_id}, "
+              f"{parent.info.status}): {len(rows)} trials")
+    return (header + "\n" + format_table(rows, PROGRESS) + best_lines(parent, rows), paths,
+            parent.info.experiment_id)
+
+
+def best_lines(parent: Any, rows: list[dict[str, Any]]) -> str:
+    """The best trial (``report.best_trial``), its checkpoint (the parent run's
+    ``wsss.best_checkpoint`` tag, written when the sweep finished) and the commands to run on
+    it; empty when no trial scored."""
+    from wsss.tune.report import BEST_CHECKPOINT_TAG, BEST_TRIAL_TAG, best_trial, next_steps
+
+    best = best_trial(rows)
+    if best is None:
+        return ""
+    checkpoint = parent.data.tags.get(BEST_CHECKPOINT_TAG)
+    if checkpoint and parent.data.tags.get(BEST_TRIAL_TAG) != best["trial_id"]:
+        checkpoint = None  # the tag names another trial (a sweep resumed since)
+    data = parent.data.params.get("data.root", "DATA")
+    return (f"\nbest trial {best['trial_id']} ({best['status']}): objective "
+            f"{best['objective']:.4f}\n" + next_steps(checkpoint, data).rstrip("\n"))

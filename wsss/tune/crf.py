@@ -1,0 +1,113 @@
+"""The CRF sweep: background and dense-CRF knobs scored on maps of one fixed checkpoint.
+
+Before the sweep the Ray Data pseudo-labelling pipeline (``wsss.pseudo_label``) extracts the
+maps of the scored images once; a trial re-runs its refine stage on those maps through Ray Data
+(``wsss.rescore``) with the trial's settings, reporting the running mIoU after each chunk of
+images so ASHA can stop poor settings early (time attribute ``chunk``). A trial reserves one
+CPU per ``--workers-per-trial`` for its refine tasks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any, Sequence
+
+from wsss.config import ExperimentConfig
+from wsss.tune.runner import SAMPLE_IMAGES, Sweep
+from wsss.tune.trial import OBJECTIVE, SweepContext, scaled
+
+CHUNK_ATTR = "chunk"
+CHUNKS = 4
+TRIAL_MEMORY = 256 * 2**20  # the trial function only drives its Ray Data tasks
+
+
+def crf_trial(config: dict[str, Any], ctx: SweepContext) -> None:
+    """Tune function trainable: score the trial's refine settings, chunk by chunk."""
+    import ray.tune
+
+    from wsss.pipeline.pseudo_label import rescore_maps
+    from wsss.tune.spaces import apply_trial
+    from wsss.tune.tracking import trial_run
+    from wsss.tracking import log_metrics
+
+    trial = ray.tune.get_context()
+    cfg = apply_trial(ctx.base(), config)
+    run_id = trial_run(ctx, trial.get_trial_id(), trial.get_trial_name(), cfg)
+    chunks = rescore_maps(ctx.extra["maps_dir"], cfg.data.root, cfg.data.train_split,
+                          ctx.eval_ids, cfg.refine, ctx.extra["method"],
+                          ctx.extra["method_params"], chunks=CHUNKS,
+                          batch_size=cfg.cams.batch_size, max_image_side=cfg.data.max_image_side)
+    for chunk, scored in enumerate(chunks, start=1):
+        metrics = {OBJECTIVE: scored.scores.miou, CHUNK_ATTR: chunk, "images": scored.images,
+                   "images_failed": len(scored.failed),
+                   "pixel_accuracy": scored.scores.pixel_accuracy}
+        log_metrics(metrics, step=chunk, run_id=run_id, uri=ctx.tracking_uri,
+                    unsent=ctx.unsent_file)
+        ray.tune.report(metrics)
+
+
+@dataclasses.dataclass
+class CrfSweep(Sweep):
+    """Refine knobs on the maps of ``--checkpoint`` (or of a CAM classifier trained first)."""
+
+    time_attr: str = CHUNK_ATTR
+    path_options: Sequence[str] = ("checkpoint",)
+
+    def resources(self, args: argparse.Namespace) -> Any:
+        """The trial function (a little memory) plus one CPU bundle per refine worker."""
+        from ray import tune
+
+        return tune.PlacementGroupFactory(
+            [{"memory": TRIAL_MEMORY}] + [{"CPU": 1.0}] * args.workers_per_trial)
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--checkpoint", help="classifier model.pt whose maps are refined "
+                                                 "(default: train a CAM classifier first)")
+
+    def prepare(self, args: argparse.Namespace, cfg: ExperimentConfig,
+                workdir: Path) -> dict[str, Any]:
+        """Maps of the scored images from the fixed checkpoint, extracted once by the Ray Data
+        pseudo-labelling pipeline (``OUT/maps``)."""
+        from wsss.pipeline.pseudo_label import PipelineOptions, run_pseudo_label
+        from wsss.pipeline.train_cls import run_train_classifier
+        from wsss.tune.runner import select_train_eval_ids
+        from wsss.train.checkpoint import load_checkpoint_state
+
+        checkpoint = args.checkpoint
+        if checkpoint is None:
+            training = scaled(cfg, args.workers_per_trial, args.gpus_per_trial)
+            trained = run_train_classifier(training, workdir / "classifier",
+                                           run_name="crf-sweep-classifier")
+            checkpoint = trained.checkpoint
+        out = workdir / "pseudo-labels"
+        options = PipelineOptions(save_maps=True, max_image_side=cfg.data.max_image_side,
+                                  gpus_per_worker=args.gpus_per_trial or 1.0)
+        report = run_pseudo_label(checkpoint, cfg.data.root, cfg.data.train_split, out,
+                                  cfg.cams, cfg.refine, cfg.tracking, options,
+                                  ids=select_train_eval_ids(cfg, args.eval_images, args.seed))
+        if report.failed:
+            raise RuntimeError(f"map extraction failed for {len(report.failed)} image(s), "
+                               f"e.g. {report.failed[0]}; see {out / 'report.json'}")
+        state = load_checkpoint_state(checkpoint)
+        return {"maps_dir": str(out / "maps"), "checkpoint": str(checkpoint),
+                "method": state["method"], "method_params": dict(state["method_params"])}
+
+    def full_length(self, cfg: ExperimentConfig, trial_config: dict[str, Any]) -> int:
+        return CHUNKS
+
+    def samples(self, ctx: SweepContext, cfg: ExperimentConfig, row: dict[str, Any],
+                out_dir: Path) -> list[Path]:
+        """Maps and CRF-refined pseudo-masks of a few images under the trial's settings."""
+        from wsss.tune.samples import saved_map_samples
+        from wsss.tune.spaces import apply_trial
+
+        return saved_map_samples(ctx.extra["maps_dir"], cfg.data.root,
+                                 list(ctx.eval_ids[:SAMPLE_IMAGES]), ctx.extra["method"],
+                                 ctx.extra["method_params"],
+                                 apply_trial(cfg, row["knobs"]).refine, out_dir)
+
+    def max_t(self, cfg: ExperimentConfig) -> int:
+        return CHUNKS
+

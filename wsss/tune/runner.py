@@ -1,0 +1,178 @@
+"""The sweep driver every script in ``sweeps/`` shares: arguments, data, the Tuner, MLflow.
+
+``OptunaSearch`` (TPE, seeded; define-by-run space) behind a ``ConcurrencyLimiter`` proposes
+trials, ``ASHAScheduler`` stops poor ones on the per-epoch objective, Tune's ``FailureConfig``
+retries a crashed trial (its Ray Train runs resume from their last checkpoints) and ``--resume``
+restores an interrupted sweep (finished trials are not run again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from wsss.config import ExperimentConfig, load_config, override
+from wsss.knobs import Knob
+from wsss.tune.spaces import LR, Space, apply_trial
+from wsss.tune.trial import TIME_ATTR, train_trial
+
+CRASH_ENV = "WSSS_SWEEP_CRASH_MARKER"  # tests: crash the sweep's first report once
+SAMPLE_IMAGES = 4  # images in each trial's pictures
+
+
+@dataclasses.dataclass
+class Sweep:
+    """A sweep: its knobs and how a trial runs (Ray Train by default)."""
+
+    name: str
+    knobs: Sequence[Knob] = ()
+    constants: dict[str, Any] = dataclasses.field(default_factory=dict)
+    methods: Sequence[str] | None = None
+    smoke_knobs: Sequence[Knob] = ()  # replace knobs of the same key in --smoke-test
+    path_options: Sequence[str] = ()  # this sweep's own options that name local files
+    trainable: Callable[..., None] = train_trial
+    time_attr: str = TIME_ATTR
+    # The trial function itself: training trials only wait on Ray Train workers, which ask for
+    # their own CPUs/GPUs (a bundle may not be empty, so they hold a little memory instead).
+    trial_resources: dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"cpu": 0, "memory": 256 * 2**20})
+
+    def resources(self, args: argparse.Namespace) -> Any:
+        """What Tune reserves for one trial (``tune.with_resources``)."""
+        return self.trial_resources
+
+    def space(self, smoke: bool, base: ExperimentConfig) -> Space:
+        """The search space on ``base`` (relative knobs take their ranges from it)."""
+        return Space(self.knobs, self.constants, self.methods,
+                     overrides=self.smoke_knobs if smoke else (), base=base)
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Options of this sweep only (none by default)."""
+
+    def prepare(self, args: argparse.Namespace, cfg: ExperimentConfig,
+                workdir: Path) -> dict[str, Any]:
+        """Work shared by all trials before the sweep starts (extra context for trials)."""
+        return {}
+
+    def samples(self, ctx: Any, cfg: ExperimentConfig, row: dict[str, Any],
+                out_dir: Path) -> list[Path]:
+        """CAM overlays and pseudo-masks of the trial's last checkpoint (none without one)."""
+        from wsss.tune.samples import checkpoint_samples
+
+        if not row.get("checkpoint_path"):
+            return []
+        return checkpoint_samples(row["checkpoint_path"], cfg.data.root,
+                                  ctx.eval_ids[:SAMPLE_IMAGES], cfg.refine, out_dir)
+
+    def full_length(self, cfg: ExperimentConfig, trial_config: dict[str, Any]) -> int:
+        """Time-attribute units a trial runs when nothing stops it (rounds x epochs)."""
+        from wsss.methods import get_method
+
+        trial_cfg = apply_trial(cfg, trial_config)
+        method = get_method(trial_cfg.method.name)(1, trial_cfg.method.params)
+        return method.num_rounds * trial_cfg.train.epochs
+
+    def max_t(self, cfg: ExperimentConfig) -> int:
+        """Largest time attribute any trial reaches (ASHA's ``max_t``): most rounds x epochs."""
+        from wsss.tune.spaces import method_knobs
+
+        methods = self.methods or [self.constants.get("method.name", cfg.method.name)]
+        knobs = [*self.knobs, *(k for m in methods for k in method_knobs(m))]
+        steps = [k.high for k in knobs if k.key == "method.params.steps"]
+        return int(max(steps or [1])) * cfg.train.epochs
+
+
+def training_sweep(name: str, method: str, knobs: Sequence[Knob] = (),
+                   smoke_knobs: Sequence[Knob] = ()) -> Sweep:
+    """A sweep that trains ``method`` with the given knobs plus the learning rate."""
+    from wsss.tune.spaces import method_knobs
+
+    return Sweep(name, knobs=(*(knobs or method_knobs(method)), LR),
+                 constants={"method.name": method}, smoke_knobs=smoke_knobs)
+
+
+def build_parser(sweep: Sweep, description: str | None) -> argparse.ArgumentParser:
+    """The options every sweep script takes."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--data", help="VOC-layout dataset (default: a generated synthetic set)")
+    p.add_argument("--num-samples", type=int, default=12, help="trials to run")
+    p.add_argument("--max-concurrent", type=int, default=1, help="trials running at once")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0)
+    p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers")
+    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                   help="Ray cluster (`auto` under `ray submit`; default: start Ray locally)")
+    p.add_argument("--storage-path", default=os.environ.get("WSSS_STORAGE_PATH") or None,
+                   help="Ray storage, local folder or s3://... (default: $WSSS_STORAGE_PATH, "
+                        "set on cluster nodes, else runs/sweeps/ray)")
+    p.add_argument("--experiment", default=f"sweep-{sweep.name}",
+                   help="MLflow experiment and Tune run name")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    p.add_argument("--smoke-test", action="store_true", help="a tiny run (about a minute)")
+    p.add_argument("--epochs", type=int, help="epochs per round (default 4; smoke 1)")
+    p.add_argument("--eval-images", type=int, default=48,
+                   help="training images whose pseudo-mask mIoU is the objective")
+    p.add_argument("--seed", type=int, default=0, help="sampler and training seed")
+    p.add_argument("--tracking-uri", help="MLflow URI (default: sqlite:///mlflow.db here)")
+    p.add_argument("--workdir", default="runs/sweeps", help="local folder for data and models")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="base config override, e.g. data.crop_size=96 (repeatable)")
+    p.add_argument("--search", choices=("tpe", "random"), default="tpe")
+    p.add_argument("--scheduler", choices=("asha", "fifo"), default="asha")
+    sweep.add_arguments(p)
+    return p
+
+
+# Options of every sweep that name local files or folders (URIs stay as given).
+PATH_OPTIONS = ("data", "storage_path", "workdir", "tracking_uri")
+
+
+def parse_options(sweep: Sweep, argv: Sequence[str] | None = None,
+                  description: str | None = None) -> argparse.Namespace:
+    """The sweep's options, with every local path made absolute against the working directory
+    (``wsss.storage.absolute``): Ray storage, Ray workers and a later ``--resume`` from the
+    same folder all see the same files. argparse exits with status 2 on a bad option."""
+    from wsss.storage import absolute_options
+
+    args = build_parser(sweep, description).parse_args(argv)
+    return absolute_options(args, (*PATH_OPTIONS, *sweep.path_options))
+
+
+def base_config(args: argparse.Namespace, data_root: Path) -> ExperimentConfig:
+    """Defaults for every trial; ``--smoke-test`` makes them tiny."""
+    epochs = args.epochs or (1 if args.smoke_test else 4)
+    overrides = [override("data.root", str(data_root)), f"train.seed={args.seed}",
+                 "train.batch_size=8", f"train.epochs={epochs}",
+                 f"data.crop_size={64 if args.smoke_test else 96}",
+                 override("tracking.experiment", args.experiment)]
+    if args.tracking_uri:
+        overrides.append(override("tracking.uri", args.tracking_uri))
+    return load_config(None, overrides + list(args.overrides))
+
+
+def dataset_root(args: argparse.Namespace, workdir: Path) -> Path:
+    """``--data``, or a synthetic set generated once under the work folder."""
+    from wsss.data.synthetic import generate_dataset
+
+    if args.data:
+        return Path(args.data)
+    n, size = (24, 64) if args.smoke_test else (120, 96)
+    root = workdir / f"data/synth-{n}-{size}"
+    if not (root / "classes.txt").is_file():
+        generate_dataset(root, n=n, seed=0, image_size=size)
+    return root
+
+
+def select_train_eval_ids(cfg: ExperimentConfig, count: int, seed: int) -> list[str]:
+    """The fixed training images (with ground truth) whose pseudo-masks every trial scores."""
+    from wsss.data.dataset import VOCDataset
+    from wsss.train.mask_eval import select_eval_ids
+
+    dataset = VOCDataset(cfg.data.root, cfg.data.train_split)
+    scored = [i for i in dataset.ids if dataset.mask_path(i) is not None]
+    if not scored:
+        raise ValueError(f"{cfg.data.root}: no training image of split "
+                         f"'{cfg.data.train_split}' has a ground-truth mask to score")
+    return select_eval_ids(scored, count, seed)
