@@ -59,8 +59,7 @@ def test_train_seg_on_ground_truth_masks_reads_the_datasets_own(synth_root, monk
                                                                  capsys):
     """``--masks-from-ground-truth``: the fully supervised reference trains the same segmenter
     on ``<data>/SegmentationClass``; it excludes ``--pseudo-masks``."""
-    import wsss.ray_utils
-    import wsss.pipeline.train_seg
+    import wsss.cli
     from wsss.train.segmenter import TrainResult
 
     given = {}
@@ -69,8 +68,8 @@ def test_train_seg_on_ground_truth_masks_reads_the_datasets_own(synth_root, monk
         given.update(masks=masks, ids=data.train.ids)
         return TrainResult(out, {}, [], [], 0.0)
 
-    monkeypatch.setattr(wsss.ray_utils, "init_ray", lambda address=None: None)
-    monkeypatch.setattr(wsss.pipeline.train_seg, "run_train_segmenter", train)
+    monkeypatch.setattr(wsss.cli, "init_ray", lambda address=None: None)
+    monkeypatch.setattr(wsss.cli, "run_train_segmenter", train)
     assert main(["train-seg", "--masks-from-ground-truth", "--data", str(synth_root)]) == 0
     assert given["masks"] == synth_root / "SegmentationClass"
     train_ids = (synth_root / "ImageSets/Segmentation/train.txt").read_text().split()

@@ -71,7 +71,7 @@ def _command(name: str, tmp_path) -> list[str]:
 @pytest.mark.parametrize("key, value, shown, expected", BAD_VALUES)
 def test_cli_refuses_crf_values_out_of_range(command, key, value, shown, expected, tmp_path,
                                             capsys, monkeypatch):
-    monkeypatch.setattr("wsss.ray_utils.init_ray", _no_ray)
+    monkeypatch.setattr("wsss.cli.init_ray", _no_ray)
     argv = _command(command, tmp_path) + ["--set", f"refine.{key}={value}", "--tracking-uri",
                                           f"sqlite:///{tmp_path / 'mlflow.db'}"]
     code = main([str(a) for a in argv])
@@ -107,7 +107,7 @@ def test_stage_functions_check_the_refine_config_before_any_work(tmp_path, monke
     from wsss.pipeline.pseudo_label import rescore_maps
     from wsss.pipeline.masks import run_refine
 
-    monkeypatch.setattr("wsss.ray_utils.init_ray", _no_ray)
+    monkeypatch.setattr("wsss.cli.init_ray", _no_ray)
     cfg = RefineConfig(crf_gaussian_sxy=0.05)  # fine on small images, too narrow at 1024 px
     message = re.escape("config value refine.crf_gaussian_sxy=0.05 is out of range: expected "
                         ">= 0.0854 for the Gaussian kernel on images up to 1024x1024 px")
@@ -227,7 +227,7 @@ def test_crf_sweep_refuses_a_space_too_narrow_for_its_images(tmp_path, capsys, m
 
     from wsss.tune.tuner import main as sweep_main
 
-    monkeypatch.setattr("wsss.ray_utils.init_ray", _no_ray)
+    monkeypatch.setattr("wsss.tune.tuner.init_ray", _no_ray)
     sweep = runpy.run_path(str(Path(__file__).parents[1] / "sweeps/crf.py"))["SWEEP"]
     code = sweep_main(sweep, ["--data", str(_small_dataset(tmp_path)), "--workdir",
                               str(tmp_path / "work"), "--set", "data.max_image_side=12000",

@@ -212,7 +212,7 @@ MLFLOW_STATUS = {"completed": "FINISHED", "stopped early": "FINISHED", "error": 
 def _inject_failure(where: str, monkeypatch) -> None:
     """Make the sweep raise RuntimeError in its preparation, in Tuner.fit (at the first trial
     result) or while it records the trials' results."""
-    import wsss.tune.report as report
+    import wsss.tune.tuner as tuner
     from wsss.tune.runner import Sweep
     from wsss.tune.tuner import ReleaseStoppedTrials
 
@@ -220,7 +220,7 @@ def _inject_failure(where: str, monkeypatch) -> None:
         raise RuntimeError(f"injected failure in {where}")
 
     target = {"prepare": (Sweep, "prepare"), "fit": (ReleaseStoppedTrials, "on_trial_result"),
-              "record": (report, "close_trial_run")}[where]
+              "record": (tuner, "close_trial_run")}[where]
     monkeypatch.setattr(*target, fail)
 
 
@@ -332,12 +332,12 @@ COMMANDS = ["train-cls", "cam", "refine", "pseudo-label", "train-seg"]
 @pytest.mark.parametrize("command", COMMANDS)
 def test_unreachable_tracking_server_fails_before_any_compute(command, tmp_path, synth_root,
                                                               capsys, monkeypatch):
-    import wsss.ray_utils
+    import wsss.cli
 
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray was started before the tracking server was checked")
 
-    monkeypatch.setattr(wsss.ray_utils, "init_ray", no_ray)
+    monkeypatch.setattr(wsss.cli, "init_ray", no_ray)
     uri, out = _dead_server(), tmp_path / "out"
     code = main(_cli_args(command, tmp_path, synth_root, out) + ["--tracking-uri", uri])
     err = capsys.readouterr().err

@@ -46,11 +46,13 @@ GOOD_NAMES = ["it's", 'say "hi"', "both ' and \"", "café", "水牛", "🐄", "a
 @pytest.fixture
 def no_compute(monkeypatch, tmp_path):
     """Record any start of Ray or of an MLflow run; the working folder is ``tmp_path/cwd``."""
-    import wsss.ray_utils
+    import wsss.cli
     import wsss.tracking
+    import wsss.tune.tuner
 
     calls: list[str] = []
-    monkeypatch.setattr(wsss.ray_utils, "init_ray", lambda *a, **k: calls.append("ray"))
+    for module in (wsss.cli, wsss.tune.tuner):  # where the commands and sweeps start Ray
+        monkeypatch.setattr(module, "init_ray", lambda *a, **k: calls.append("ray"))
     monkeypatch.setattr(wsss.tracking, "start_run", lambda *a, **k: calls.append("mlflow"))
     cwd = tmp_path / "cwd"
     cwd.mkdir()

@@ -70,15 +70,15 @@ class Reached(Exception):
 
 
 @pytest.mark.parametrize("command, stage, options, expected", [
-    ("cam", "wsss.pipeline.maps.run_cams",
+    ("cam", "wsss.cli.run_cams",
      ["--checkpoint", "ck/model.pt", "--data", "synth", "--out", "cams"],
      ["ck/model.pt", "synth", "train", "cams"]),
-    ("eval", "wsss.pipeline.masks.run_eval", ["--cams", "cams", "--data", "synth", "--masks-out", "m"],
+    ("eval", "wsss.cli.run_eval", ["--cams", "cams", "--data", "synth", "--masks-out", "m"],
      ["cams", "synth", "train", None, "m"]),
-    ("refine", "wsss.pipeline.masks.run_refine",
+    ("refine", "wsss.cli.run_refine",
      ["--cams", "cams", "--data", "synth", "--out", "masks"],
      ["cams", "synth", "train", "masks"]),
-    ("predict", "wsss.pipeline.predict.run_predict",
+    ("predict", "wsss.cli.run_predict",
      ["--checkpoint", "seg.pt", "--data", "synth", "--out", "pred"],
      ["seg.pt", "synth", "val", "pred"]),
 ])

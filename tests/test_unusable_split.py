@@ -44,10 +44,12 @@ def nothing_starts(tmp_path, monkeypatch):
     ``tmp_path`` and, after the command, checks that it holds no run."""
     import ray
 
-    import wsss.ray_utils
+    import wsss.cli
+    import wsss.tune.tuner
 
     started = []
-    monkeypatch.setattr(wsss.ray_utils, "init_ray", lambda *a, **k: started.append(a))
+    for module in (wsss.cli, wsss.tune.tuner):  # where the commands and sweeps start Ray
+        monkeypatch.setattr(module, "init_ray", lambda *a, **k: started.append(a))
     ray_was_up = ray.is_initialized()
     db = tmp_path / "mlflow.db"
     yield ["--tracking-uri", f"sqlite:///{db}"]

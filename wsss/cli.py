@@ -17,11 +17,31 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from wsss import names
+from wsss.cli_data import add_data_commands
 from wsss.config import (BACKBONES, BG_MODES, MAP_KINDS, SEGMENTER_ARCHS, SEGMENTER_MODES,
                          ConfigError, ExperimentConfig, load_config, override)
+from wsss.data.errors import DatasetError
+from wsss.data.voc import MASK_DIR
+from wsss.methods import METHODS
+from wsss.pipeline.maps import run_cams
+from wsss.pipeline.masks import run_eval, run_eval_masks, run_refine
+from wsss.pipeline.predict import run_predict
+from wsss.pipeline.pseudo_label import PipelineOptions, run_pseudo_label
+from wsss.pipeline.train_cls import run_train_classifier
+from wsss.pipeline.train_seg import run_train_segmenter
+from wsss.ray_utils import init_ray
+from wsss.storage import OutputError, absolute_options, check_writable
+from wsss.tracking import TrackingError, check_tracking_uri, resolve_tracking_uri
+from wsss.train.checkpoint import CheckpointError
+from wsss.train.classifier import scan_training_data
+from wsss.train.reporting import TrainingError
+from wsss.train.segmenter import scan_segmenter_data
+from wsss.tune.compare import compare
+from wsss.tune.report import runs_view
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -118,11 +138,6 @@ def _refine_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_train_cls(args: argparse.Namespace) -> int:
-    from wsss.methods import METHODS  # noqa: F401  (registry for validation)
-    from wsss.ray_utils import init_ray
-    from wsss.pipeline.train_cls import run_train_classifier
-    from wsss.train.classifier import scan_training_data
-
     extra = _opts([("data.root", args.data), ("method.name", args.method),
                    ("train.epochs", args.epochs), ("train.num_workers", args.workers),
                    ("train.batch_size", args.batch_size), ("train.lr", args.lr),
@@ -150,8 +165,6 @@ def _print_skipped(skipped: list[tuple[str, str]]) -> None:
 
 
 def cmd_cam(args: argparse.Namespace) -> int:
-    from wsss.pipeline.maps import run_cams
-
     cfg = _data_config(args, _cam_overrides(args))
     report = run_cams(args.checkpoint, cfg.data.root, _split(cfg, args), args.out, cfg.cams,
                       cfg.tracking, device=args.device, max_image_side=cfg.data.max_image_side)
@@ -161,9 +174,6 @@ def cmd_cam(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from wsss.pipeline.masks import run_eval
-    from wsss.pipeline.masks import run_eval_masks
-
     extra = _opts([("refine.bg_threshold", args.bg_threshold)])
     cfg = _data_config(args, extra)
     data, split, side = cfg.data.root, _split(cfg, args), cfg.data.max_image_side
@@ -178,8 +188,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_refine(args: argparse.Namespace) -> int:
-    from wsss.pipeline.masks import run_refine
-
     cfg = _data_config(args, _refine_overrides(args))
     report = run_refine(args.cams, cfg.data.root, _split(cfg, args), args.out, cfg.refine,
                         cfg.tracking, max_image_side=cfg.data.max_image_side)
@@ -189,9 +197,6 @@ def cmd_refine(args: argparse.Namespace) -> int:
 
 
 def cmd_pseudo_label(args: argparse.Namespace) -> int:
-    from wsss.pipeline.pseudo_label import PipelineOptions, run_pseudo_label
-    from wsss.ray_utils import init_ray
-
     cfg = _data_config(args, _cam_overrides(args) + _refine_overrides(args))
     options = PipelineOptions(cam_workers=args.cam_workers, gpus_per_worker=args.gpus_per_worker,
                               save_maps=args.save_maps, evaluate=args.eval,
@@ -207,13 +212,6 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
 
 
 def cmd_train_seg(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from wsss.data.voc import MASK_DIR
-    from wsss.ray_utils import init_ray
-    from wsss.pipeline.train_seg import run_train_segmenter
-    from wsss.train.segmenter import scan_segmenter_data
-
     extra = _opts([("data.root", args.data), ("segmenter.arch", args.arch),
                    ("segmenter.epochs", args.epochs), ("segmenter.num_workers", args.workers),
                    ("segmenter.batch_size", args.batch_size), ("segmenter.lr", args.lr),
@@ -234,8 +232,6 @@ def cmd_train_seg(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from wsss.pipeline.predict import run_predict
-
     cfg = _data_config(args, [])
     split = _split(cfg, args)
     report = run_predict(args.checkpoint, cfg.data.root, split, args.out, cfg.tracking,
@@ -248,10 +244,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from wsss.tune.compare import compare
-    from wsss.tune.report import runs_view
-    from wsss.tracking import resolve_tracking_uri
-
     uri = resolve_tracking_uri(args.tracking_uri)
     out = args.out or f"runs/compare/{args.experiment}"  # a folder name: see check_names
     try:
@@ -294,9 +286,6 @@ def check_names(args: argparse.Namespace) -> None:
 def preflight(args: argparse.Namespace) -> None:
     """Fail before any compute: names must fit where they go, the output folder must be
     writable (with free space) and an MLflow tracking server must answer."""
-    from wsss.storage import check_writable
-    from wsss.tracking import check_tracking_uri
-
     check_names(args)
     if hasattr(args, "tracking_uri"):
         uri = args.tracking_uri
@@ -317,9 +306,6 @@ def _print_report(report, what: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from wsss.cli_data import add_data_commands
-    from wsss.methods import METHODS
-
     parser = argparse.ArgumentParser(prog="wsss", description="Weakly supervised semantic "
                                      "segmentation: image-level labels -> maps -> masks.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -425,15 +411,8 @@ PATH_OPTIONS = ("config", "data", "out", "checkpoint", "cams", "pseudo_masks", "
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from wsss.storage import absolute_options
-
     parser = build_parser()
     args = absolute_options(parser.parse_args(argv), PATH_OPTIONS)
-    from wsss.data.errors import DatasetError
-    from wsss.storage import OutputError
-    from wsss.tracking import TrackingError
-    from wsss.train.checkpoint import CheckpointError
-    from wsss.train.reporting import TrainingError
 
     try:
         preflight(args)

@@ -7,11 +7,15 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from wsss.data.convert import convert_masks
+from wsss.data.synthetic import generate_dataset
+from wsss.data.voc import MASK_DIR
+from wsss.storage import check_writable
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from wsss.data.synthetic import generate_dataset
-
     info = generate_dataset(args.out, n=args.n, seed=args.seed, image_size=args.image_size)
     print(f"wrote {args.n} images of {args.image_size}px to {args.out} "
           f"(classes: {', '.join(info.class_names)})")
@@ -19,12 +23,6 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_convert_masks(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from wsss.data.convert import convert_masks
-    from wsss.data.voc import MASK_DIR
-    from wsss.storage import check_writable
-
     check_writable(Path(args.data) / MASK_DIR, "masks folder")
     print(convert_masks(args.data).summary())
     return 0

@@ -15,9 +15,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
+from wsss.crf_limits import crf_violation
 from wsss.errors import ConfigError
+from wsss.names import experiment_name_problem, path_component_problem, shown
 from wsss.registry import get_method
-
+from wsss.storage import absolute
 
 BACKBONES = ("resnet18", "resnet34", "resnet50")
 MAP_KINDS = ("auto", "cam", "gradcam")
@@ -45,8 +47,6 @@ class DataConfig:
     loader_workers: int = 0
 
     def validate(self) -> None:
-        from wsss.names import path_component_problem
-
         for key in ("train_split", "val_split"):  # files <root>/ImageSets/Segmentation/<x>.txt
             _check_name(f"data.{key}", getattr(self, key), path_component_problem)
         check_value(self.crop_size >= 16, "data.crop_size", self.crop_size, ">= 16")
@@ -190,8 +190,6 @@ class TrackingConfig:
     experiment: str = "wsss"
 
     def validate(self) -> None:
-        from wsss.names import experiment_name_problem
-
         _check_name("tracking.experiment", self.experiment, experiment_name_problem)
 
 
@@ -257,8 +255,6 @@ class RefineConfig:
     def check_crf(self, width: int = 1, height: int = 1) -> None:
         """Raise ConfigError naming the first ``crf_*`` value that pydensecrf cannot compute
         correctly on images up to ``width`` x ``height`` px (limits: ``wsss.crf_limits``)."""
-        from wsss.crf_limits import crf_violation
-
         found = crf_violation(dataclasses.asdict(self), width, height)
         if found is not None:
             check_value(False, f"refine.{found.key}", found.value, found.expected)
@@ -406,8 +402,6 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
 def _absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
     """``cfg`` with the text values of :data:`PATH_KEYS` made absolute."""
-    from wsss.storage import absolute
-
     for key in PATH_KEYS:
         section_name, name = key.split(".")
         section = getattr(cfg, section_name)
@@ -505,8 +499,6 @@ def check_value(ok: bool, key: str, value: Any, expected: str) -> None:
 
 def _check_name(key: str, value: str, rule: Callable[[str], str | None]) -> None:
     """ConfigError naming ``key`` when ``rule`` (from ``wsss.names``) finds ``value`` unfit."""
-    from wsss.names import shown
-
     problem = rule(value)
     if problem:
         raise ConfigError(f"config value {key}={shown(value)} {problem}")

@@ -28,6 +28,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import ray
+import torch
+
 # Ray's temp root for sessions and logs, as it was before this process pointed $RAY_TMPDIR at a
 # lookup folder of its own (children inherit it, so nested starts keep the same root).
 SESSION_ROOT_ENV = "WSSS_RAY_SESSION_ROOT"
@@ -44,8 +47,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
     A no-op when Ray is already initialised (a sweep trial, a test fixture).
     """
-    import ray
-
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
@@ -65,8 +66,6 @@ def start_local_ray(**init_args: Any) -> str:
     0 unless set); see the module docstring for why. A start that times out while the raylet
     registers (a machine under heavy load) is retried, :data:`START_ATTEMPTS` in all.
     """
-    import ray
-
     lookup = prepare_local_ray()
     for attempt in range(1, START_ATTEMPTS + 1):
         try:
@@ -105,10 +104,7 @@ def _default_ray_temp_dir() -> str:
 
 def gpus_available() -> bool:
     """Whether the Ray cluster (or, without Ray, this machine) has at least one GPU."""
-    import ray
-
     if ray.is_initialized():
         return ray.cluster_resources().get("GPU", 0) >= 1
-    import torch
 
     return torch.cuda.is_available()

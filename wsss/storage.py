@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import pyarrow as pa
+import pyarrow.fs as pafs
+
 TEMP_SUFFIX = ".tmp"
 MIN_FREE_ENV = "WSSS_MIN_FREE_MB"
 DEFAULT_MIN_FREE_MB = 50.0
@@ -75,9 +78,6 @@ class Location:
     @classmethod
     def parse(cls, uri_or_path: str | os.PathLike) -> "Location":
         """Resolve a path or URI; local paths become absolute (Ray workers have another cwd)."""
-        import pyarrow as pa
-        import pyarrow.fs as pafs
-
         text = str(uri_or_path)
         if not is_uri(text):
             return cls(pafs.LocalFileSystem(), absolute(text), text)
@@ -89,8 +89,6 @@ class Location:
 
     @property
     def is_local(self) -> bool:
-        import pyarrow.fs as pafs
-
         return isinstance(self.filesystem, pafs.LocalFileSystem)
 
     def path(self, *parts: str) -> str:
@@ -112,19 +110,13 @@ class Location:
         return Path(self.path(*parts))
 
     def is_dir(self, *parts: str) -> bool:
-        import pyarrow.fs as pafs
-
         return self.filesystem.get_file_info(self.path(*parts)).type == pafs.FileType.Directory
 
     def is_file(self, *parts: str) -> bool:
-        import pyarrow.fs as pafs
-
         return self.filesystem.get_file_info(self.path(*parts)).type == pafs.FileType.File
 
     def list_files(self, *parts: str) -> list[str]:
         """Names of the files directly inside folder ``parts`` ([] when it does not exist)."""
-        import pyarrow.fs as pafs
-
         if not self.is_dir(*parts):
             return []
         selector = pafs.FileSelector(self.path(*parts), recursive=False)
@@ -228,7 +220,6 @@ def _check_free_space(folder: Path, uri: str, what: str, min_free_mb: float | No
 def _fsspec_filesystem(uri: str, cause: Exception) -> tuple[Any, str]:
     """(pyarrow filesystem wrapping fsspec's, path) for URIs pyarrow does not know."""
     try:
-        import pyarrow.fs as pafs
         from fsspec.core import url_to_fs
     except ImportError as err:
         raise ValueError(f"cannot open {uri}: {cause} (and fsspec is not installed)") from err

@@ -24,9 +24,15 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+import mlflow
+from mlflow.entities import Param
 
 from wsss.config import flatten
 from wsss.names import mlflow_limit, param_value_limit, tag_value_limit
+from wsss.storage import absolute
 
 PARAMS_ARTIFACT = "params_full.json"  # full text of the params that had to be shortened
 SHORTENED_TAG = "wsss.params_shortened"  # the keys of those params
@@ -50,8 +56,6 @@ class TrackingError(RuntimeError):
 def resolve_tracking_uri(uri: str | None = None) -> str:
     """``uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``; a relative
     local store made absolute (``wsss.storage.absolute``), as Ray workers run elsewhere."""
-    from wsss.storage import absolute
-
     return absolute(uri or os.environ.get(URI_ENV) or f"sqlite:///{Path.cwd() / 'mlflow.db'}")
 
 
@@ -64,9 +68,6 @@ def missing_local_store(uri: str) -> Path | None:
     if uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):])
     else:
-        from urllib.parse import urlparse
-        from urllib.request import url2pathname
-
         path = Path(url2pathname(urlparse(uri).path) if uri.startswith("file:") else uri)
     return None if path.exists() else path
 
@@ -80,8 +81,6 @@ def _artifact_location(uri: str) -> str | None:
 
 def ensure_experiment(name: str, uri: str) -> str:
     """Id of experiment ``name`` in the store at ``uri``, created if missing."""
-    import mlflow
-
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
@@ -141,8 +140,6 @@ def start_run(run_name: str, *, experiment: str = "wsss", uri: str | None = None
     to ``local_dir/mlflow_unsent.jsonl`` (default: the working directory), and a warning
     names that file when the run ends.
     """
-    import mlflow
-
     uri = check_tracking_uri(uri)
     # mlflow.set_tracking_uri also sets $MLFLOW_TRACKING_URI: restored when the run ends, so
     # one run's store does not become the default of the next run in this process.
@@ -282,8 +279,6 @@ def keep_unsent(run_id: str | None, record: dict[str, Any], path: str | Path | N
 
 
 def _active_run_id() -> str | None:
-    import mlflow
-
     run = mlflow.active_run()
     return run.info.run_id if run else None
 
@@ -299,9 +294,6 @@ def log_params(params: Mapping[str, Any], run_id: str | None = None, uri: str | 
     shortened params of the run) and the tag ``wsss.params_shortened`` lists the keys.
     Returns ``{key: full value}`` of the values shortened by this call.
     """
-    import mlflow
-    from mlflow.entities import Param
-
     flat = flatten_params(params)
     stored, full = fit_params(flat)
     if run_id is None:
@@ -373,8 +365,6 @@ def log_metrics(metrics: Mapping[str, Any], step: int | None = None,
     ``unsent``: the file for records a dead server cannot take (workers get it from the
     driver's :func:`unsent_file`; default: the run's own, see :func:`start_run`).
     """
-    import mlflow
-
     numeric = {k: float(v) for k, v in metrics.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if run_id is None:
@@ -394,8 +384,6 @@ def log_metrics(metrics: Mapping[str, Any], step: int | None = None,
 
 def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
     """Copy a local file into the active run's artifacts."""
-    import mlflow
-
     run_id, uri = _active_run_id(), mlflow.get_tracking_uri()
     copy = unsent_file(run_id or "").parent / UNSENT_ARTIFACTS / (artifact_path or "")
     record = {"kind": "artifact", "file": str(path), "artifact_path": artifact_path,
@@ -408,8 +396,6 @@ def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
 
 def log_text(text: str, name: str) -> None:
     """Store ``text`` as artifact ``name`` of the active run."""
-    import mlflow
-
     send_or_keep(mlflow.get_tracking_uri(), _active_run_id(),
              {"kind": "text", "name": name, "text": text}, lambda: mlflow.log_text(text, name))
 

@@ -66,11 +66,11 @@ def test_a_second_run_changes_nothing(rgb_dataset, capsys):
 
 def test_an_interrupted_run_loses_nothing(rgb_dataset, monkeypatch):
     """The third write fails: a re-run converts the rest, every original is kept."""
-    import wsss.data.palette
+    import wsss.data.convert
 
     root, originals = rgb_dataset
     rgb_files = _snapshot(root / "SegmentationClass")
-    real_save, calls = wsss.data.palette.save_mask_png, []
+    real_save, calls = wsss.data.convert.save_mask_png, []
 
     def failing_save(path, mask):
         calls.append(path)
@@ -78,10 +78,10 @@ def test_an_interrupted_run_loses_nothing(rgb_dataset, monkeypatch):
             raise OSError("disk went away")
         return real_save(path, mask)
 
-    monkeypatch.setattr(wsss.data.palette, "save_mask_png", failing_save)
+    monkeypatch.setattr(wsss.data.convert, "save_mask_png", failing_save)
     with pytest.raises(OSError, match="disk went away"):
         main(["data", "convert-masks", "--data", str(root)])
-    monkeypatch.setattr(wsss.data.palette, "save_mask_png", real_save)
+    monkeypatch.setattr(wsss.data.convert, "save_mask_png", real_save)
     assert main(["data", "convert-masks", "--data", str(root)]) == 0
     for name, indices in originals.items():
         assert np.array_equal(np.asarray(Image.open(root / "SegmentationClass" / name)), indices)

@@ -29,6 +29,7 @@ from torch import nn
 from wsss.data.transforms import resize_by
 from wsss.models.classifier import unwrap
 from wsss.models.heads import NORM_EPS
+from wsss.storage import write_atomic
 
 if TYPE_CHECKING:
     from wsss.methods.base import Method
@@ -238,8 +239,6 @@ def save_maps(path: str | os.PathLike, maps: np.ndarray | torch.Tensor,
     The file is written to a temporary name in the same directory and moved into place, so a
     reader never sees a partial file.
     """
-    from wsss.storage import write_atomic
-
     write_atomic(Path(path), maps_npz_bytes(maps, class_ids, str(path)))
 
 

@@ -25,9 +25,11 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from wsss.data.decode import DECODE_ERRORS, rgb_mask_indices
-from wsss.data.voc import MASK_DIR, DatasetInfo
 from wsss.data.errors import DatasetError
+from wsss.data.palette import save_mask_png
 from wsss.data.reader import read_info
+from wsss.data.voc import MASK_DIR, DatasetInfo
+from wsss.storage import write_atomic
 
 BACKUP_DIR = "SegmentationClassRGB"
 SHOWN_PROBLEMS = 10
@@ -97,9 +99,6 @@ def convert_masks(root: str | Path) -> ConversionReport:
 
 def _convert_one(path: Path, report: ConversionReport, num_classes: int) -> None:
     """Back up ``path`` and replace it with its palette PNG (both atomically)."""
-    from wsss.data.palette import save_mask_png
-    from wsss.storage import write_atomic
-
     original = path.read_bytes()
     with Image.open(io.BytesIO(original)) as im:
         indices, problems = rgb_mask_indices(ImageOps.exif_transpose(im), num_classes)

@@ -13,16 +13,17 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from wsss.config import ModelConfig, typed_value
+from wsss.core.masks import pseudo_mask
 from wsss.errors import ConfigError
 from wsss.knobs import Knob
 from wsss.models import CamClassifier, build_backbone
 from wsss.models.classifier import unwrap
+
 
 @dataclass(frozen=True)
 class NoParams:
@@ -114,6 +115,4 @@ class Method:
         ``cfg`` is a ``RefineConfig``; ``saliency(source)`` gives the image's saliency map
         [H, W] for methods that use one (loaded lazily: most do not).
         """
-        from wsss.core.masks import pseudo_mask
-
         return pseudo_mask(image, maps, class_ids, has_background, cfg)

@@ -16,10 +16,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from wsss.config import ConfigError, RefineConfig
+from wsss.core.masks import mask_from_scores, saliency_scores
+from wsss.core.saliency import SOURCES
 from wsss.knobs import Knob
 from wsss.methods.base import Method
 from wsss.registry import register_method
-from wsss.core.saliency import SOURCES
 
 FUSIONS = ("best_seed", "product")
 
@@ -52,8 +53,6 @@ class SaliencyGuided(Method):
     def pseudo_mask(self, image: np.ndarray | None, maps: np.ndarray, class_ids: Sequence[int],
                     has_background: bool, cfg: RefineConfig,
                     saliency: Callable[[str], np.ndarray] | None = None) -> np.ndarray:
-        from wsss.core.masks import mask_from_scores, saliency_scores
-
         if not has_background or saliency is None:
             return super().pseudo_mask(image, maps, class_ids, has_background, cfg, saliency)
         scores, ids = saliency_scores(maps, class_ids, saliency(self.params.source),

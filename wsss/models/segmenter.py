@@ -13,10 +13,12 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models import ResNet50_Weights
+from torchvision.models.segmentation import deeplabv3_resnet50
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 
 from wsss.config import SEGMENTER_ARCHS as ARCHS
-from wsss.models.backbones import load_local_weights, build_backbone
+from wsss.models.backbones import build_backbone, load_local_weights
 
 # DeepLabV3's ASPP rates for output stride 16 (the ResNet-18 trunk); torchvision's ResNet-50
 # model runs at output stride 8 with its own rates (12, 24, 36).
@@ -71,9 +73,6 @@ def build_segmenter(arch: str, num_classes: int,
         head = DeepLabHead(trunk.out_channels, num_classes, atrous_rates=OS16_RATES)
         return Segmenter(trunk, head, num_classes)
     if arch == "deeplabv3_resnet50":
-        from torchvision.models import ResNet50_Weights
-        from torchvision.models.segmentation import deeplabv3_resnet50
-
         weights = ResNet50_Weights.IMAGENET1K_V1 if pretrained_backbone == "imagenet" else None
         model = deeplabv3_resnet50(weights=None, weights_backbone=weights,
                                    num_classes=num_classes, aux_loss=False)

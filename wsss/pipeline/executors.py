@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
+import ray
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from tqdm import tqdm
 
 from wsss.data.reader import SampleRef
@@ -135,8 +137,6 @@ class RayDataExecutor:
 
     def run(self, refs: Sequence[SampleRef], steps: Sequence[Step]) -> Iterator[Batch]:
         """The output blocks of the last step as they finish (Ray must be initialised)."""
-        import ray
-
         ds = ray.data.from_items(ref_rows(refs), override_num_blocks=max(
             1, math.ceil(len(refs) / self.batch_size)))
         place = _placement_group_args(self.placement_group)
@@ -149,8 +149,6 @@ class RayDataExecutor:
         yield from ds.iter_batches(batch_size=None, batch_format="numpy")
 
     def _stage(self, ds: Any, step: Step, index: int, place: dict[str, Any]) -> Any:
-        import ray
-
         if step.model:
             plan = self.plan or WorkerPlan(1, 1.0, 0.0, 1)
             return ds.map_batches(step.fn, batch_size=self.batch_size,
@@ -176,7 +174,6 @@ def _placement_group_args(group: Any) -> dict[str, Any]:
     """
     if group is None:
         return {}
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     return {"scheduling_strategy": PlacementGroupSchedulingStrategy(
         group, placement_group_capture_child_tasks=True)}

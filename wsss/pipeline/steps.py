@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+import ray
 import torch
 
 from wsss.config import CamConfig, RefineConfig
@@ -29,13 +30,13 @@ from wsss.core.native_crf import NativeCrash
 from wsss.core.scoring import Scorer
 from wsss.data.decode import load_mask
 from wsss.data.errors import DatasetError
+from wsss.data.palette import mask_png_bytes
 from wsss.data.reader import DatasetReader, Sample, SampleRef
 from wsss.data.transforms import normalize
 from wsss.faults import fault_point
 from wsss.methods import Method, get_method
 from wsss.storage import Location
 from wsss.train.checkpoint import classifier_from_state, trained_image_scale
-from wsss.data.palette import mask_png_bytes
 
 # one image's failure: a bad input, or its dense CRF crashed in the worker process
 INPUT_ERRORS = (DatasetError, FileNotFoundError, ValueError, OSError, NativeCrash)
@@ -154,8 +155,6 @@ class MapStep:
 
     def __init__(self, state: Any, job: Job, device: str = "cpu", threads: int | None = None):
         if type(state).__name__ == "ObjectRef":
-            import ray  # only inside a Ray Data actor
-
             state = ray.get(state)
         if threads is not None:
             torch.set_num_threads(threads)
@@ -247,8 +246,6 @@ def with_maps(batch: dict[str, np.ndarray], errors: list[str], maps: list[Any],
 
 def node() -> str:
     """The Ray node this runs on (``local`` outside Ray)."""
-    import ray  # loaded already wherever Ray runs this
-
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
 
 

@@ -18,6 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from wsss.config import ConfigError, ModelConfig, from_dict
+from wsss.methods import get_method
+
 FORMAT = "wsss.classifier/1"
 
 
@@ -147,9 +150,6 @@ def classifier_from_state(state: dict[str, Any], device: str | torch.device = "c
     A checkpoint whose method is unknown, or whose weights do not fit its method's model (a
     file edited, or from another version), raises CheckpointError naming ``source``.
     """
-    from wsss.config import ConfigError, ModelConfig, from_dict
-    from wsss.methods import get_method
-
     try:
         # Only the model section is needed; other sections may have changed since.
         model_cfg = from_dict(state["config"].get("model", {}), ModelConfig, prefix="model.")

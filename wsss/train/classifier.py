@@ -15,22 +15,26 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import ray.train
+import ray.train.torch
 import torch
+from ray.train.torch import TorchTrainer
 from torch.utils.data import DataLoader
 
 from wsss.config import ExperimentConfig, from_dict
-from wsss.data.transforms import eval_transform, train_transform
-from wsss.data.errors import DatasetError
-from wsss.data.voc import DatasetInfo
-from wsss.data.dataset import SplitScan, VOCDataset
-from wsss.data.reader import read_info
-from wsss.methods import get_method
 from wsss.core.scoring import mean_average_precision
+from wsss.data.dataset import SplitScan, VOCDataset
+from wsss.data.errors import DatasetError
+from wsss.data.reader import read_info
+from wsss.data.transforms import eval_transform, train_transform
+from wsss.data.voc import DatasetInfo
+from wsss.methods import get_method
+from wsss.ray_utils import gpus_available, init_ray
 from wsss.train.checkpoint import (copy_from_ray_checkpoint, load_checkpoint_state,
                                    restore_training_state, save_checkpoint)
+from wsss.train.mask_eval import pseudo_mask_scores
 from wsss.train.optim import optimizer_and_schedule
-from wsss.train.reporting import (MODEL_FILE, check_optimizer_steps, epoch_callbacks,
-                                  report_epoch)
+from wsss.train.reporting import MODEL_FILE, check_optimizer_steps, epoch_callbacks, report_epoch
 
 
 @dataclass
@@ -163,11 +167,6 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, run_name: str,
     Raises:
         DatasetError: see ``scan_training_data``.
     """
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    from wsss.ray_utils import gpus_available, init_ray
-
     data = training_data_for(cfg, data)
     cfg, info = data.config(cfg), data.info
     init_ray()
@@ -203,9 +202,6 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, run_name: str,
 
 def _train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: build, (resume,) train and validate; report every epoch."""
-    import ray.train
-    import ray.train.torch
-
     cfg: ExperimentConfig = from_dict(config["cfg"])
     context = ray.train.get_context()
     rank = context.get_world_rank()
@@ -247,8 +243,6 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def _loaders(cfg: ExperimentConfig, config: dict[str, Any]) -> tuple[DataLoader, DataLoader | None]:
-    import ray.train.torch
-
     train_ds = VOCDataset(cfg.data.root, ids=config["train_ids"],
                           transform=train_transform(cfg.data.crop_size, cfg.data.image_scale,
                                                     cfg.data.scale_range),
@@ -304,8 +298,6 @@ def _validate(model, loader) -> float:
 
 def _pseudo_miou(method, model, cfg: ExperimentConfig, ids: list[str]) -> float:
     """Pseudo-mask mIoU of ``ids`` (training images; ground truth used only to score)."""
-    from wsss.train.mask_eval import pseudo_mask_scores
-
     dataset = VOCDataset(cfg.data.root, ids=ids, max_image_side=cfg.data.max_image_side)
     return float(pseudo_mask_scores(method, model, dataset, ids, cfg.refine,
                                     cfg.data.image_scale).miou)

@@ -30,6 +30,7 @@ from typing import Any, Mapping, Protocol
 
 import torch
 from torch import nn
+from torch.optim import lr_scheduler
 
 from wsss.models.backbones import Backbone
 from wsss.models.segmenter import Segmenter
@@ -108,8 +109,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe,
     Raises:
         ValueError: ``steps_per_epoch`` < 1 or an unknown schedule name.
     """
-    from torch.optim import lr_scheduler
-
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
     total = recipe.epochs * steps_per_epoch

@@ -18,11 +18,13 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import mlflow
+import ray.train
 from ray.train import UserCallback
 
 from wsss.faults import fault_point
 from wsss.tracking import (UNSENT_RUN_PREFIX, is_offline, is_server, log_metrics,
-                           resolve_tracking_uri, unsent_file, unsent_records)
+                           resolve_tracking_uri, unsent_file, unsent_records, worker_unsent_file)
 
 MODEL_FILE = "model.pt"
 
@@ -40,8 +42,6 @@ def report_epoch(history: list[dict[str, Any]], rank: int,
         rank: this worker's world rank; only rank 0 writes a checkpoint.
         write_checkpoint: writes the checkpoint file at the path it is given.
     """
-    import ray.train
-
     metrics = history[-1]
     if rank != 0:
         ray.train.report(metrics, checkpoint=None)
@@ -105,8 +105,6 @@ def logged_steps(run_id: str, key: str, uri: str | None = None,
                  unsent: str | Path | None = None) -> set[int]:
     """Steps at which run ``run_id`` holds metric ``key``: in the store at ``uri`` and in its
     unsent-records file (a server that does not answer contributes nothing)."""
-    import mlflow
-
     uri = resolve_tracking_uri(uri)
     steps: set[int] = set()
     if not run_id.startswith(UNSENT_RUN_PREFIX) and not is_offline(uri):
@@ -125,8 +123,6 @@ def logged_steps(run_id: str, key: str, uri: str | None = None,
 
 def epoch_callbacks(mlflow_run_id: str | None, tracking_uri: str | None) -> list[UserCallback]:
     """The Ray Train callbacks that record a run's epochs in MLflow ([] without a run)."""
-    from wsss.tracking import worker_unsent_file
-
     if not mlflow_run_id:
         return []
     return [EpochRecorder(mlflow_run_id, tracking_uri, worker_unsent_file(mlflow_run_id))]

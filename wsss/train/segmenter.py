@@ -25,33 +25,38 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray.train
+import ray.train.torch
 import torch
 import torch.nn.functional as F
+from ray.train.torch import TorchTrainer
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from wsss.config import DataConfig, ExperimentConfig, RefineConfig, from_dict
-from wsss.data.transforms import normalize, resize_by, scale_crop_flip
+from wsss.core.masks import crf_probs, dense_crf
+from wsss.core.scoring import ConfusionMatrix
+from wsss.core.sec import sec_losses
 from wsss.data import errors
-from wsss.data.palette import IGNORE_INDEX
-from wsss.data.errors import DatasetError
 from wsss.data.dataset import VOCDataset
 from wsss.data.decode import load_mask
+from wsss.data.errors import DatasetError
+from wsss.data.palette import IGNORE_INDEX
 from wsss.data.reader import Sample, read_info
-from wsss.core.scoring import ConfusionMatrix
+from wsss.data.transforms import normalize, resize_by, scale_crop_flip
 from wsss.models.backbones import Backbone
 from wsss.models.segmenter import (TRUNK_BACKBONES, Segmenter, build_segmenter,
                                    single_value_batch_norm_in_eval, trunk_state)
+from wsss.ray_utils import gpus_available, init_ray
 from wsss.train.checkpoint import (CheckpointError, classifier_from_state,
                                    copy_from_ray_checkpoint, load_checkpoint_state, load_weights,
                                    read_state, restore_training_state, write_state)
+from wsss.train.classifier import ClassifierResult as TrainResult
 from wsss.train.classifier import (TrainingData, all_gather, all_reduce_mean, all_reduce_sum,
                                    broadcast_buffers, data_key, scan_split)
-from wsss.train.classifier import ClassifierResult as TrainResult
 from wsss.train.optim import optimizer_and_schedule
-from wsss.train.reporting import (MODEL_FILE, check_optimizer_steps, epoch_callbacks,
-                                  report_epoch)
+from wsss.train.reporting import MODEL_FILE, check_optimizer_steps, epoch_callbacks, report_epoch
 
 FORMAT = "wsss.segmenter/1"
 
@@ -133,8 +138,6 @@ def predict_mask(model: nn.Module, image: np.ndarray, image_scale: float = 1.0,
 
     Raises ValueError / ``wsss.core.native_crf.NativeCrash`` from the CRF (``dense_crf``).
     """
-    from wsss.core.masks import crf_probs, dense_crf
-
     pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(device)
     probs = predict_probs(model, pixels, image_scale)[0]
     if crf is None:
@@ -193,11 +196,6 @@ def train_segmenter(cfg: ExperimentConfig, pseudo_dir: str | Path, out_dir: str 
     Raises:
         DatasetError: see ``scan_segmenter_data``.
     """
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    from wsss.ray_utils import gpus_available, init_ray
-
     data = segmenter_data_for(cfg, pseudo_dir, data)
     cfg = data.config(cfg)
     init_ray()
@@ -287,9 +285,6 @@ def _loop_config(cfg: ExperimentConfig, data: TrainingData) -> dict[str, Any]:
 
 def _train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: build, (resume,) train and validate; report every epoch."""
-    import ray.train
-    import ray.train.torch
-
     cfg: ExperimentConfig = from_dict(config["cfg"])
     seg = cfg.segmenter
     context = ray.train.get_context()
@@ -331,8 +326,6 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def _train_loader(cfg: ExperimentConfig, config: dict[str, Any]) -> DataLoader:
-    import ray.train.torch
-
     dataset = PseudoMaskDataset(cfg.data.root, ids=config["train_ids"],
                                 transform=joint_train_transform(cfg.segmenter.crop_size,
                                                                 cfg.data.image_scale,
@@ -354,8 +347,6 @@ def _batch_losses(model: nn.Module, batch: dict[str, Any], cfg: ExperimentConfig
     images, masks = batch["image"].to(device), batch["mask"].to(device)
     logits = model(normalize(images))
     if cfg.segmenter.mode == "sec":
-        from wsss.core.sec import sec_losses
-
         return sec_losses(logits, images, masks, batch["present"].to(device), has_background,
                           cfg.segmenter, cfg.refine)
     labelled = (masks != IGNORE_INDEX).sum().clamp_min(1)

@@ -7,14 +7,16 @@ import math
 from pathlib import Path
 from typing import Any
 
+from wsss.tracking import missing_local_store
+from wsss.tune.report import (BEST_CHECKPOINT_TAG, BEST_TRIAL_TAG, KNOBS_TAG, best_trial,
+                              format_table, next_steps, write_outputs)
+from wsss.tune.tracking import TRIAL_ID, latest_sweep, trial_runs
+
 PROGRESS = "progress"
 
 
 def sweep_rows(uri: str, experiment: str) -> tuple[Any, list[dict[str, Any]]]:
     """The newest sweep (parent run) of ``experiment`` and one row per trial."""
-    from wsss.tune.report import KNOBS_TAG
-    from wsss.tune.tracking import TRIAL_ID, latest_sweep, trial_runs
-
     parent = latest_sweep(uri, experiment)
     rows = []
     for trial_id, run in trial_runs(uri, experiment, parent.info.run_id).items():
@@ -34,9 +36,6 @@ def compare(uri: str, experiment: str, out_dir: str | Path) -> tuple[str, list[P
     Raises LookupError naming the store when ``uri`` is a local store that does not exist
     (nothing is created), or the experiment when it holds no sweep with trials.
     """
-    from wsss.tune.report import format_table, write_outputs
-    from wsss.tracking import missing_local_store
-
     missing = missing_local_store(uri)
     if missing is not None:
         raise LookupError(f"no MLflow store at {missing}; run wsss compare where the sweep "
@@ -56,8 +55,6 @@ def best_lines(parent: Any, rows: list[dict[str, Any]]) -> str:
     """The best trial (``report.best_trial``), its checkpoint (the parent run's
     ``wsss.best_checkpoint`` tag, written when the sweep finished) and the commands to run on
     it; empty when no trial scored."""
-    from wsss.tune.report import BEST_CHECKPOINT_TAG, BEST_TRIAL_TAG, best_trial, next_steps
-
     best = best_trial(rows)
     if best is None:
         return ""

@@ -14,8 +14,18 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
+import ray.tune
+from ray import tune
+
 from wsss.config import ExperimentConfig
-from wsss.tune.runner import SAMPLE_IMAGES, Sweep
+from wsss.pipeline.pseudo_label import PipelineOptions, rescore_maps, run_pseudo_label
+from wsss.pipeline.train_cls import run_train_classifier
+from wsss.tracking import log_metrics
+from wsss.train.checkpoint import load_checkpoint_state
+from wsss.tune.runner import SAMPLE_IMAGES, Sweep, select_train_eval_ids
+from wsss.tune.samples import saved_map_samples
+from wsss.tune.spaces import apply_trial
+from wsss.tune.tracking import trial_run
 from wsss.tune.trial import OBJECTIVE, SweepContext, scaled
 
 CHUNK_ATTR = "chunk"
@@ -25,13 +35,6 @@ TRIAL_MEMORY = 256 * 2**20  # the trial function only drives its Ray Data tasks
 
 def crf_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     """Tune function trainable: score the trial's refine settings, chunk by chunk."""
-    import ray.tune
-
-    from wsss.pipeline.pseudo_label import rescore_maps
-    from wsss.tune.spaces import apply_trial
-    from wsss.tune.tracking import trial_run
-    from wsss.tracking import log_metrics
-
     trial = ray.tune.get_context()
     cfg = apply_trial(ctx.base(), config)
     run_id = trial_run(ctx, trial.get_trial_id(), trial.get_trial_name(), cfg)
@@ -57,8 +60,6 @@ class CrfSweep(Sweep):
 
     def resources(self, args: argparse.Namespace) -> Any:
         """The trial function (a little memory) plus one CPU bundle per refine worker."""
-        from ray import tune
-
         return tune.PlacementGroupFactory(
             [{"memory": TRIAL_MEMORY}] + [{"CPU": 1.0}] * args.workers_per_trial)
 
@@ -70,11 +71,6 @@ class CrfSweep(Sweep):
                 workdir: Path) -> dict[str, Any]:
         """Maps of the scored images from the fixed checkpoint, extracted once by the Ray Data
         pseudo-labelling pipeline (``OUT/maps``)."""
-        from wsss.pipeline.pseudo_label import PipelineOptions, run_pseudo_label
-        from wsss.pipeline.train_cls import run_train_classifier
-        from wsss.tune.runner import select_train_eval_ids
-        from wsss.train.checkpoint import load_checkpoint_state
-
         checkpoint = args.checkpoint
         if checkpoint is None:
             training = scaled(cfg, args.workers_per_trial, args.gpus_per_trial)
@@ -100,9 +96,6 @@ class CrfSweep(Sweep):
     def samples(self, ctx: SweepContext, cfg: ExperimentConfig, row: dict[str, Any],
                 out_dir: Path) -> list[Path]:
         """Maps and CRF-refined pseudo-masks of a few images under the trial's settings."""
-        from wsss.tune.samples import saved_map_samples
-        from wsss.tune.spaces import apply_trial
-
         return saved_map_samples(ctx.extra["maps_dir"], cfg.data.root,
                                  list(ctx.eval_ids[:SAMPLE_IMAGES]), ctx.extra["method"],
                                  ctx.extra["method_params"],

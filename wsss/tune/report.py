@@ -13,12 +13,17 @@ import json
 import math
 import re
 import shlex
+from functools import cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
-from wsss.tune.tracking import mlflow_client
+from wsss.tracking import is_server, keep_unsent, send_or_keep
+from wsss.tune.tracking import find_trial_run, mlflow_client, trial_runs
 
 KNOBS_TAG = "wsss.knobs"
 BEST_TRIAL_TAG = "wsss.best_trial_id"  # on the parent run: the best trial's id
@@ -70,8 +75,6 @@ def runs_view(uri: str, experiment_id: str) -> str:
     """Lines telling how to browse the experiment's runs: the MLflow UI command for a local
     store (its default address) or the server's own address, each opened on the runs table
     (the UI's "Model training" view, not its GenAI overview)."""
-    from wsss.tracking import is_server
-
     page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
     if is_server(uri):
         return f"  runs: {uri.rstrip('/')}/{page}"
@@ -98,11 +101,6 @@ def close_trial_run(uri: str, experiment: str, parent_run_id: str, row: dict[str
     ``close_trial_run`` record naming the trial id (``wsss.tracking``'s local fallback), and
     the pictures are made in ``pictures_dir``.
     """
-    from functools import cache
-
-    from wsss.tune.tracking import find_trial_run
-    from wsss.tracking import keep_unsent, send_or_keep
-
     metrics = {f"{time_attr}_run": row[time_attr]}
     if not math.isnan(row["objective"]):
         metrics["objective"] = row["objective"]
@@ -145,8 +143,6 @@ def summarize_sweep(uri: str, parent_run_id: str, rows: list[dict[str, Any]], ti
     When the tracking server does not answer, all of it goes to ``unsent`` as one
     ``close_sweep_run`` record (the tables and plots stay in ``out_dir``).
     """
-    from wsss.tracking import send_or_keep
-
     best = best_trial(rows)
     outputs = write_outputs(rows, out_dir, time_attr)
     metrics = {"trials": len(rows), f"{time_attr}_run": sum(r[time_attr] for r in rows),
@@ -178,9 +174,6 @@ def end_sweep_run(uri: str, experiment: str, parent_run_id: str, status: str,
     child run stays RUNNING whichever comes first. A tracking server that does not answer: one
     ``end_sweep_run`` record in ``unsent``.
     """
-    from wsss.tune.tracking import trial_runs
-    from wsss.tracking import send_or_keep
-
     def send() -> None:
         client = mlflow_client(uri)
         client.set_terminated(parent_run_id, status=status)
@@ -241,10 +234,6 @@ def format_table(rows: list[dict[str, Any]], time_attr: str) -> str:
 def plot_knobs(rows: list[dict[str, Any]], keys: Sequence[str], path: Path) -> Path:
     """Scatter of the objective against each knob that varies (categorical knobs on a
     labelled axis)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import NullFormatter
-
     varying = [k for k in keys if len({str(r["knobs"].get(k)) for r in rows}) > 1]
     keys = varying or list(keys)
     cols = max(1, min(3, len(keys)))
@@ -276,9 +265,6 @@ def plot_knobs(rows: list[dict[str, Any]], keys: Sequence[str], path: Path) -> P
 
 def plot_history(rows: list[dict[str, Any]], path: Path) -> Path:
     """Objective of each trial in start order, and the best so far."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     values = np.array([r["objective"] for r in rows], dtype=float)
     fig = Figure(figsize=(5, 3.2), dpi=100)
     FigureCanvasAgg(fig)

@@ -15,8 +15,14 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from wsss.config import ExperimentConfig, load_config, override
+from wsss.data.dataset import VOCDataset
+from wsss.data.synthetic import generate_dataset
 from wsss.knobs import Knob
-from wsss.tune.spaces import LR, Space, apply_trial
+from wsss.methods import get_method
+from wsss.storage import absolute_options
+from wsss.train.mask_eval import select_eval_ids
+from wsss.tune.samples import checkpoint_samples
+from wsss.tune.spaces import LR, Space, apply_trial, method_knobs
 from wsss.tune.trial import TIME_ATTR, train_trial
 
 CRASH_ENV = "WSSS_SWEEP_CRASH_MARKER"  # tests: crash the sweep's first report once
@@ -60,8 +66,6 @@ class Sweep:
     def samples(self, ctx: Any, cfg: ExperimentConfig, row: dict[str, Any],
                 out_dir: Path) -> list[Path]:
         """CAM overlays and pseudo-masks of the trial's last checkpoint (none without one)."""
-        from wsss.tune.samples import checkpoint_samples
-
         if not row.get("checkpoint_path"):
             return []
         return checkpoint_samples(row["checkpoint_path"], cfg.data.root,
@@ -69,16 +73,12 @@ class Sweep:
 
     def full_length(self, cfg: ExperimentConfig, trial_config: dict[str, Any]) -> int:
         """Time-attribute units a trial runs when nothing stops it (rounds x epochs)."""
-        from wsss.methods import get_method
-
         trial_cfg = apply_trial(cfg, trial_config)
         method = get_method(trial_cfg.method.name)(1, trial_cfg.method.params)
         return method.num_rounds * trial_cfg.train.epochs
 
     def max_t(self, cfg: ExperimentConfig) -> int:
         """Largest time attribute any trial reaches (ASHA's ``max_t``): most rounds x epochs."""
-        from wsss.tune.spaces import method_knobs
-
         methods = self.methods or [self.constants.get("method.name", cfg.method.name)]
         knobs = [*self.knobs, *(k for m in methods for k in method_knobs(m))]
         steps = [k.high for k in knobs if k.key == "method.params.steps"]
@@ -88,8 +88,6 @@ class Sweep:
 def training_sweep(name: str, method: str, knobs: Sequence[Knob] = (),
                    smoke_knobs: Sequence[Knob] = ()) -> Sweep:
     """A sweep that trains ``method`` with the given knobs plus the learning rate."""
-    from wsss.tune.spaces import method_knobs
-
     return Sweep(name, knobs=(*(knobs or method_knobs(method)), LR),
                  constants={"method.name": method}, smoke_knobs=smoke_knobs)
 
@@ -134,8 +132,6 @@ def parse_options(sweep: Sweep, argv: Sequence[str] | None = None,
     """The sweep's options, with every local path made absolute against the working directory
     (``wsss.storage.absolute``): Ray storage, Ray workers and a later ``--resume`` from the
     same folder all see the same files. argparse exits with status 2 on a bad option."""
-    from wsss.storage import absolute_options
-
     args = build_parser(sweep, description).parse_args(argv)
     return absolute_options(args, (*PATH_OPTIONS, *sweep.path_options))
 
@@ -154,8 +150,6 @@ def base_config(args: argparse.Namespace, data_root: Path) -> ExperimentConfig:
 
 def dataset_root(args: argparse.Namespace, workdir: Path) -> Path:
     """``--data``, or a synthetic set generated once under the work folder."""
-    from wsss.data.synthetic import generate_dataset
-
     if args.data:
         return Path(args.data)
     n, size = (24, 64) if args.smoke_test else (120, 96)
@@ -167,9 +161,6 @@ def dataset_root(args: argparse.Namespace, workdir: Path) -> Path:
 
 def select_train_eval_ids(cfg: ExperimentConfig, count: int, seed: int) -> list[str]:
     """The fixed training images (with ground truth) whose pseudo-masks every trial scores."""
-    from wsss.data.dataset import VOCDataset
-    from wsss.train.mask_eval import select_eval_ids
-
     dataset = VOCDataset(cfg.data.root, cfg.data.train_split)
     scored = [i for i in dataset.ids if dataset.mask_path(i) is not None]
     if not scored:

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import mlflow
+
 from wsss.config import ExperimentConfig
+from wsss.names import filter_literal
+from wsss.tracking import (UNSENT_RUN_PREFIX, ensure_experiment, flatten_params, log_params,
+                           send_or_keep)
 
 ROLE, SWEEP, TRIAL_ID = "wsss.role", "wsss.sweep", "wsss.trial_id"
 
 
 def mlflow_client(uri: str) -> Any:
-    import mlflow
-
     return mlflow.MlflowClient(uri)
 
 
@@ -27,8 +30,6 @@ def find_runs(uri: str, experiment: str, filters: Mapping[str, str]) -> list[Any
     literal can express (both quotes) and stores that compare text loosely (MySQL ignores case
     and trailing spaces) cannot widen or change the match.
     """
-    from wsss.names import filter_literal
-
     client = mlflow_client(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -44,8 +45,6 @@ def find_runs(uri: str, experiment: str, filters: Mapping[str, str]) -> list[Any
 def sweep_run(uri: str, experiment: str, sweep_name: str, params: Mapping[str, Any],
               resume: bool) -> str:
     """Id of the sweep's parent run: the newest one when resuming, else a new one."""
-    from wsss.tracking import ensure_experiment, log_params
-
     if resume:
         runs = find_runs(uri, experiment, {ROLE: "sweep", SWEEP: sweep_name})
         if runs:
@@ -61,8 +60,6 @@ def sweep_run(uri: str, experiment: str, sweep_name: str, params: Mapping[str, A
 def unsent_run_id(trial_id: str) -> str:
     """Stand-in run id of a trial whose child run the tracking server could not create: the
     trial's records are kept under it in the sweep's unsent file."""
-    from wsss.tracking import UNSENT_RUN_PREFIX
-
     return f"{UNSENT_RUN_PREFIX}trial-{trial_id}"
 
 
@@ -79,8 +76,6 @@ def trial_run(ctx: Any, trial_id: str, trial_name: str, cfg: ExperimentConfig) -
     ``create_run`` record in the sweep's unsent file (``ctx.unsent_file``), and the stand-in
     :func:`unsent_run_id` is returned, under which the trial's later records are kept too.
     """
-    from wsss.tracking import flatten_params, log_params, send_or_keep
-
     tags = {**trial_filters(ctx.experiment, ctx.parent_run_id, trial_id), "stage": "sweep-trial"}
     params = flatten_params(cfg.to_dict())
     opened: dict[str, Any] = {}
@@ -105,8 +100,6 @@ def _open_trial_run(ctx: Any, trial_id: str, trial_name: str,
     runs (``wsss.tune.report.end_sweep_run``); a run opened here after that is ended
     KILLED here, once the parent is seen ended, so it is never left RUNNING.
     """
-    from wsss.tracking import ensure_experiment
-
     found = find_trial_run(ctx.tracking_uri, ctx.experiment, ctx.parent_run_id, trial_id)
     client = mlflow_client(ctx.tracking_uri)
     if found is not None:

@@ -15,10 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ray.tune
 from ray.train.v2._internal.execution.callback import WorkerGroupCallback
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from wsss.config import ExperimentConfig, from_dict
+from wsss.methods import get_method
+from wsss.train.classifier import train_classifier
+from wsss.train.reporting import MODEL_FILE, StepLog
+from wsss.tune.spaces import apply_trial
+from wsss.tune.tracking import trial_run
 
 # Ray Train gives up on a worker group that is not up after 60 s by default; a loaded machine
 # (or a trial waiting for another trial's CPUs) can take longer to start one worker.
@@ -76,8 +82,6 @@ class TuneForwarder(TuneReportCallback):
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
                      checkpoint: Any) -> None:
-        from wsss.train.reporting import StepLog
-
         first = {**metrics[0], "round": self.round_number,
                  TIME_ATTR: self.epoch_offset + int(metrics[0]["epoch"])}
         if self.placement_group:
@@ -115,13 +119,6 @@ def _maybe_crash(marker: str | None) -> None:
 
 def train_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     """Tune function trainable: train the trial's method (all its rounds) with Ray Train."""
-    import ray.tune
-
-    from wsss.methods import get_method
-    from wsss.tune.spaces import apply_trial
-    from wsss.tune.tracking import trial_run
-    from wsss.train.classifier import train_classifier
-
     trial = ray.tune.get_context()
     trial_id = trial.get_trial_id()
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", WORKER_START_TIMEOUT_S)
@@ -152,8 +149,6 @@ def checkpoint_file(checkpoint_path: str | None, storage_path: str) -> str | Non
     scheme), as a local path or a URI on ``storage_path``'s scheme; None without one. This is
     the model as it was when the trial stopped, whether it completed or ASHA stopped it (Tune
     may end a trial at its last report, before ``train_trial`` copies the round's model)."""
-    from wsss.train.reporting import MODEL_FILE
-
     if not checkpoint_path:
         return None
     scheme, remote, _ = storage_path.partition("://")

@@ -13,13 +13,31 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import optuna
+from ray import tune
+from ray._raylet import PlacementGroupID
 from ray.tune import Callback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+from ray.util import placement_group_table
+from ray.util.placement_group import PlacementGroup, remove_placement_group
 
-from wsss.tune.report import run_status, trial_row
+from wsss import tracking
+from wsss.config import ConfigError
+from wsss.data.errors import DatasetError
+from wsss.names import InvalidNameError, check_name, sweep_experiment_problem
+from wsss.ray_utils import init_ray
+from wsss.storage import OutputError, check_writable
+from wsss.tracking import TrackingError, check_tracking_uri, env_restored, unsent_records
+from wsss.train.classifier import scan_training_data
+from wsss.tune.report import (close_trial_run, end_sweep_run, next_steps, run_status, runs_view,
+                              summarize_sweep, trial_row)
 from wsss.tune.runner import (CRASH_ENV, Sweep, base_config, dataset_root, parse_options,
-                                select_train_eval_ids)
-from wsss.tune.tracking import mlflow_client
-from wsss.tune.trial import OBJECTIVE, PLACEMENT_GROUP, SweepContext
+                              select_train_eval_ids)
+from wsss.tune.spaces import check_space
+from wsss.tune.tracking import ROLE, SWEEP, find_runs, mlflow_client, sweep_run
+from wsss.tune.trial import OBJECTIVE, PLACEMENT_GROUP, SweepContext, checkpoint_file
 
 STORAGE_TAG = "wsss.storage_path"  # the parent run's Tune experiment folder (or URI)
 TUNE_SIGINT_ENV = "TUNE_DISABLE_SIGINT_HANDLER"
@@ -32,12 +50,6 @@ def main(sweep: Sweep, argv: Sequence[str] | None = None, description: str | Non
     folder is unusable (before any compute), and 128 + the signal number when Ctrl+C (SIGINT)
     or SIGTERM stopped it (its MLflow runs are then closed as KILLED; ``--resume`` continues).
     """
-    from wsss.config import ConfigError
-    from wsss.data.errors import DatasetError
-    from wsss.names import InvalidNameError
-    from wsss.storage import OutputError
-    from wsss.tracking import TrackingError
-
     args = parse_options(sweep, argv, description)
     try:
         best = run_sweep(sweep, args)
@@ -77,7 +89,6 @@ def _signals_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set in the main thread
         return
-    from wsss.tracking import env_restored
 
     _stop_signals.clear()
     previous = signal.signal(signal.SIGTERM, terminate)
@@ -97,13 +108,6 @@ def run_sweep(sweep: Sweep, args: argparse.Namespace) -> dict[str, Any] | None:
     ends it, FAILED (KILLED when interrupted), with its trial runs still open
     (:func:`~wsss.tune.report.end_sweep_run`).
     """
-    from wsss import tracking
-    from wsss.names import check_name, sweep_experiment_problem
-    from wsss.ray_utils import init_ray
-    from wsss.tune.spaces import check_space
-    from wsss.tune.tracking import sweep_run
-    from wsss.train.classifier import scan_training_data
-
     start = time.perf_counter()
     # Before any compute: names that fit, a tracking server that answers, folders that can be
     # written, a search space of valid configs, a dataset whose training split can be read
@@ -149,9 +153,6 @@ def check_before_compute(args: argparse.Namespace) -> tuple[str, str]:
 
     Raises TrackingError, OutputError or ResumeError naming the URI, folder or option.
     """
-    from wsss.storage import check_writable
-    from wsss.tracking import check_tracking_uri
-
     uri = check_tracking_uri(args.tracking_uri)
     storage = args.storage_path or str(Path(args.workdir) / "ray")
     check_writable(args.workdir, "--workdir folder")
@@ -169,10 +170,6 @@ def tune_path(storage: str, experiment: str) -> str:
 def _check_resume(uri: str, experiment: str, path: str) -> None:
     """ResumeError when ``path`` holds no Tune state but the sweep's parent run recorded
     another folder (a relative ``--storage-path`` or ``--workdir`` given from another folder)."""
-    from ray import tune
-
-    from wsss.tune.tracking import ROLE, SWEEP, find_runs
-
     if tune.Tuner.can_restore(path):
         return
     runs = find_runs(uri, experiment, {ROLE: "sweep", SWEEP: experiment})
@@ -190,8 +187,6 @@ def _ended_on_failure(uri: str, experiment: str, parent: str, outcomes: dict[str
                       unsent: Path) -> Iterator[None]:
     """End the sweep's MLflow runs when the body raises (KILLED if interrupted, else FAILED),
     then raise on; a failure to end them is printed, never hides the first error."""
-    from wsss.tune.report import end_sweep_run
-
     try:
         yield
     except BaseException as err:
@@ -206,8 +201,6 @@ def _ended_on_failure(uri: str, experiment: str, parent: str, outcomes: dict[str
 
 def make_tuner(sweep: Sweep, args: argparse.Namespace, ctx: SweepContext, cfg: Any) -> Any:
     """A new Tuner, or the interrupted one restored from storage under ``--resume``."""
-    from ray import tune
-
     trainable = tune.with_resources(tune.with_parameters(sweep.trainable, ctx=ctx),
                                     sweep.resources(args))
     path = tune_path(ctx.storage_path, args.experiment)
@@ -243,10 +236,6 @@ class ReleaseStoppedTrials(Callback):
 
 
 def _release(trial: Any) -> None:
-    from ray._raylet import PlacementGroupID
-    from ray.util import placement_group_table
-    from ray.util.placement_group import PlacementGroup, remove_placement_group
-
     pg_id = (trial.last_result or {}).get(PLACEMENT_GROUP)
     if not pg_id:
         return
@@ -256,10 +245,6 @@ def _release(trial: Any) -> None:
 
 
 def _searcher(sweep: Sweep, args: argparse.Namespace, cfg: Any) -> Any:
-    import optuna
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
-
     if args.search == "random":
         sampler = optuna.samplers.RandomSampler(seed=args.seed)
     else:
@@ -271,8 +256,6 @@ def _searcher(sweep: Sweep, args: argparse.Namespace, cfg: Any) -> Any:
 
 
 def _scheduler(sweep: Sweep, args: argparse.Namespace, cfg: Any) -> Any:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
     if args.scheduler == "fifo":
         return FIFOScheduler()
     return ASHAScheduler(time_attr=sweep.time_attr, max_t=max(sweep.max_t(cfg), 1),
@@ -283,9 +266,6 @@ def record_results(sweep: Sweep, ctx: SweepContext, cfg: Any,
                    rows: list[dict[str, Any]]) -> dict | None:
     """Close every trial's MLflow run (objective, status, pictures); summarise on the parent
     (tables and plots also in ``WORKDIR/summary``). Returns the best row."""
-    from wsss.tune.report import close_trial_run, summarize_sweep
-    from wsss.tune.trial import checkpoint_file
-
     for row in rows:
         row["checkpoint"] = checkpoint_file(row.get("checkpoint_path"), ctx.storage_path)
         folder = Path(ctx.workdir) / "samples" / row["trial_id"]
@@ -314,9 +294,6 @@ def _sweep_params(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
 
 def _print_summary(args: argparse.Namespace, uri: str, parent: str, best: dict | None,
                    seconds: float, unsent: Path, data: str, experiment_id: str) -> None:
-    from wsss.tune.report import next_steps, runs_view
-    from wsss.tracking import unsent_records
-
     kept = len(unsent_records(unsent))
     if kept:
         print(f"warning: MLflow at {uri} did not answer during sweep '{args.experiment}'; "
