@@ -32,14 +32,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from crf import DEFAULT_DATA, machine_lines, publish  # benchmarks/crf.py
+
 from wsss.config import CamConfig, ExperimentConfig, RefineConfig, TrackingConfig
-from wsss.pipeline.pseudo_label import PipelineOptions, run_pseudo_label
 from wsss.data.reader import DatasetReader
-from wsss.pipeline.executors import LocalExecutor, Step
-from wsss.pipeline.maps import map_steps
-from wsss.pipeline.steps import Job, make_masks, write_outputs
+from wsss.pipeline.executors import LocalExecutor
+from wsss.pipeline.pseudo_label import PipelineOptions, run_pseudo_label
+from wsss.pipeline.steps import Job, Step, make_masks, map_steps, write_outputs
 from wsss.storage import Location
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "pseudo_label.md"
@@ -71,8 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def prepare(args: argparse.Namespace, work: Path) -> tuple[Path, str, Path]:
     """(dataset root, description, checkpoint): ``images`` + warm-up ids in a split file."""
-    from wsss.data.synthetic import generate_dataset
     from wsss.data.reader import read_info, read_split
+    from wsss.data.synthetic import generate_dataset
     from wsss.methods import get_method
     from wsss.train.checkpoint import save_checkpoint
 
@@ -145,8 +144,8 @@ def one_worker_threads() -> int:
 
 def bare_forward(view: Path, ckpt: Path, cam: CamConfig, threads: int) -> float:
     """Seconds of logits-only forward passes over the images (decoded beforehand)."""
-    from wsss.data.transforms import normalize
     from wsss.data.dataset import VOCDataset
+    from wsss.data.transforms import normalize
     from wsss.train.checkpoint import load_classifier
 
     previous = torch.get_num_threads()

@@ -25,6 +25,22 @@ def synth_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def untrained_checkpoint(tmp_path_factory) -> Path:
+    """A seeded, untrained ResNet-18 CAM classifier for the synthetic classes."""
+    from wsss.config import ExperimentConfig
+    from wsss.methods import get_method
+    from wsss.train.checkpoint import save_checkpoint
+
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    torch.manual_seed(0)
+    method = get_method("cam")(5)
+    save_checkpoint(path, model=method.build_model(ExperimentConfig().model), method=method,
+                    cfg=ExperimentConfig(), class_names=["background", "a", "b", "c", "d", "e"],
+                    has_background=True, epoch=1)
+    return path
+
+
+@pytest.fixture(scope="session")
 def train_set(tmp_path_factory) -> Path:
     """A 64-image, 64px synthetic dataset a classifier can learn in a few epochs."""
     from wsss.data.synthetic import generate_dataset

@@ -5,11 +5,10 @@ import subprocess
 import sys
 
 import mlflow
-import numpy as np
 import pytest
 
-from wsss.core.maps import load_maps
 from wsss.cli import main
+from wsss.core.maps import load_maps
 
 
 def _commands(parser=None, prefix=()) -> list[list[str]]:
@@ -101,7 +100,7 @@ def test_pipeline_end_to_end(ray_session, tmp_path, monkeypatch, capsys):
     # a re-run reuses every map already written
     capsys.readouterr()
     assert main(["cam", "--checkpoint", str(ckpt), "--data", "synth", "--out", "cams"]) == 0
-    assert f"0 done" in capsys.readouterr().out
+    assert "0 done" in capsys.readouterr().out
     assert main(["eval", "--cams", "cams", "--data", "synth", "--masks-out", "masks"]) == 0
     out = capsys.readouterr().out
     assert "mIoU" in out and f"{len(ids)} done" in out

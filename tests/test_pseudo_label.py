@@ -11,34 +11,23 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from wsss.core.maps import load_maps
 from wsss.cli import main
-from wsss.config import CamConfig, ExperimentConfig, RefineConfig, TrackingConfig
-from wsss.methods import get_method
-from wsss.pipeline.pseudo_label import PipelineOptions, run_pseudo_label
+from wsss.config import CamConfig, RefineConfig, TrackingConfig
+from wsss.core.maps import load_maps
 from wsss.pipeline.executors import WorkerPlan, plan_workers
 from wsss.pipeline.maps import run_cams
 from wsss.pipeline.masks import run_refine
+from wsss.pipeline.pseudo_label import PipelineOptions, run_pseudo_label
 from wsss.storage import Location
-from wsss.train.checkpoint import save_checkpoint
 
 CAM = CamConfig(kind="gradcam", scales=(1.0, 0.5), flip=True, batch_size=4)
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A seeded, untrained ResNet-18 CAM classifier for the synthetic classes."""
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    torch.manual_seed(0)
-    method = get_method("cam")(5)
-    model = method.build_model(ExperimentConfig().model)
-    save_checkpoint(path, model=model, method=method, cfg=ExperimentConfig(),
-                    class_names=["background", "a", "b", "c", "d", "e"], has_background=True,
-                    epoch=1)
-    return path
+def checkpoint(untrained_checkpoint) -> Path:
+    return untrained_checkpoint
 
 
 def _ids(root: Path, split: str = "train") -> list[str]:
@@ -241,8 +230,8 @@ def test_two_nodes_share_the_work_and_a_killed_actor_loses_nothing(two_node_clus
 
 def _file_scores(masks_dir: Path, root: Path, ids: list[str]) -> float:
     """mIoU of the single-process masks of ``ids`` against ground truth."""
-    from wsss.data.dataset import VOCDataset
     from wsss.core.scoring import ConfusionMatrix
+    from wsss.data.dataset import VOCDataset
 
     dataset = VOCDataset(root, ids=ids)
     confusion = ConfusionMatrix(dataset.info.num_classes)

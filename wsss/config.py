@@ -11,13 +11,15 @@ import dataclasses
 import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import yaml
 
 from wsss.crf_limits import crf_violation
 from wsss.errors import ConfigError
 from wsss.names import experiment_name_problem, path_component_problem, shown
+
+T = TypeVar("T")
 from wsss.registry import get_method
 from wsss.storage import absolute
 
@@ -353,7 +355,8 @@ def to_dict(cfg: Any) -> Any:
     return cfg
 
 
-def from_dict(data: Mapping[str, Any] | None, cls: type = ExperimentConfig, prefix: str = "") -> Any:
+def from_dict(data: Mapping[str, Any] | None, cls: type[T] = ExperimentConfig,
+              prefix: str = "") -> T:
     """Build a (validated, when top level) config of type ``cls`` from a nested dict."""
     data = dict(data or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}

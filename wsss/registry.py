@@ -10,13 +10,16 @@ one decorated class (timm's registry: ``timm/models/_registry.py``).
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from wsss.errors import ConfigError
 
+if TYPE_CHECKING:
+    from wsss.methods.base import Method
+
 BUILTIN_METHODS = "wsss.methods"
 
-METHODS: dict[str, type] = {}
+METHODS: dict[str, type[Method]] = {}
 
 
 def register_method(name: str) -> Callable[[type], type]:
@@ -34,7 +37,7 @@ def register_method(name: str) -> Callable[[type], type]:
     return decorate
 
 
-def get_method(name: str) -> Any:
+def get_method(name: str) -> type[Method]:
     """The registered method class called ``name``.
 
     Raises:

@@ -11,6 +11,7 @@ is complete.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import tempfile
@@ -53,7 +54,8 @@ def absolute(uri_or_path: str | os.PathLike) -> str:
     return str(Path(text).expanduser().resolve())
 
 
-def absolute_options(options: Any, names: Sequence[str]) -> Any:
+def absolute_options(options: argparse.Namespace,
+                     names: Sequence[str]) -> argparse.Namespace:
     """``options`` (an ``argparse.Namespace``) with each attribute of ``names`` that is set
     made :func:`absolute`; attributes it does not have, or that are None, are left alone."""
     for name in names:

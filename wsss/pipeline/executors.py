@@ -15,7 +15,7 @@ pool to starve its own input.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -24,28 +24,12 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from tqdm import tqdm
 
 from wsss.data.reader import SampleRef
-from wsss.pipeline.steps import ref_columns, ref_rows
+from wsss.pipeline.steps import Step, ref_columns, ref_rows
 
 RESERVED_TASK_CPUS = 1.0
 DECODERS_PER_WORKER = 2  # concurrent decode tasks per map actor: enough to keep it fed
 
 Batch = dict[str, np.ndarray]
-
-
-@dataclass(frozen=True)
-class Step:
-    """One stage of a pipeline.
-
-    Attributes:
-        fn: ``fn(batch, **kwargs) -> batch``, or, with ``model``, a class built once per
-            worker as ``fn(**kwargs)`` whose instances are called on batches.
-        kwargs: keyword arguments of ``fn`` (or of its constructor).
-        model: the step holds a model: an actor pool under Ray Data, on the plan's device.
-    """
-
-    fn: Callable[..., Any]
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    model: bool = False
 
 
 @dataclass(frozen=True)

@@ -8,29 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from wsss.config import CamConfig, RefineConfig, TrackingConfig
 from wsss.data.reader import DatasetReader
-from wsss.pipeline.executors import LocalExecutor, Step
+from wsss.pipeline.executors import LocalExecutor
 from wsss.pipeline.report import StageReport, collect, pending, publish, tracked_stage
-from wsss.pipeline.samples import sample_grid
-from wsss.pipeline.steps import (Job, MapStep, decode, load_saved_maps, make_masks,
-                                 write_outputs)
+from wsss.pipeline.samples import step_picture
+from wsss.pipeline.steps import Job, Step, map_steps, mask_steps, write_outputs
 from wsss.storage import Location
-from wsss.train.checkpoint import check_classes, classifier_from_state, load_checkpoint_state
-
-
-def map_steps(job: Job, state: dict[str, Any], source: str | Path) -> list[Step]:
-    """decode -> maps (the model step): the map steps of ``wsss cam`` and ``wsss
-    pseudo-label``. Raises CheckpointError before any work unless ``state`` (the checkpoint
-    dict of file ``source``) fits the dataset's classes and rebuilds into its method's model.
-    Under Ray, pass the state as an object reference after this check."""
-    check_classes(state, job.reader.info.num_fg, source)
-    classifier_from_state(state, "cpu", source=source)
-    return [Step(decode, {"job": job}), Step(MapStep, {"state": state, "job": job}, model=True)]
+from wsss.train.checkpoint import load_checkpoint_state
 
 
 def run_cams(checkpoint: str | Path, data_root: str | Path, split: str, out_dir: str | Path,
@@ -60,11 +48,7 @@ def run_cams(checkpoint: str | Path, data_root: str | Path, split: str, out_dir:
         collect(executor.run(todo, steps), report)
         report.extra.update(method=state["method"], method_params=state["method_params"])
         masks_job = dataclasses.replace(job, refine=RefineConfig(crf=False))
-        grid = sample_grid(refs, [Step(decode, {"job": masks_job}),
-                                  Step(load_saved_maps, {"job": masks_job}),
-                                  Step(make_masks, {"job": masks_job})],
-                           reader.info.class_names, Path(out.root) / "samples.png") \
-            if out.is_local else None
+        grid = step_picture(refs, mask_steps(masks_job)[:-1], reader.info.class_names, out)
         publish(report, out, "maps", grid)
         stage.report = report
     return report

@@ -15,12 +15,11 @@ from typing import Sequence
 from wsss.config import RefineConfig, TrackingConfig
 from wsss.core.scoring import Scorer, SegmentationScores
 from wsss.data.reader import DatasetReader, SampleRef
-from wsss.pipeline.executors import LocalExecutor, Step
-from wsss.pipeline.report import (REPORT_FILE, StageReport, collect, pending, publish,
-                                  tracked_stage)
-from wsss.pipeline.samples import sample_grid
-from wsss.pipeline.steps import (Job, decode, load_saved_maps, make_masks, read_written_masks,
-                                 require_gt, write_outputs)
+from wsss.pipeline.executors import LocalExecutor
+from wsss.pipeline.report import REPORT_FILE, StageReport, collect, pending, publish, tracked_stage
+from wsss.pipeline.samples import step_picture
+from wsss.pipeline.steps import (Job, Step, decode, mask_steps, read_written_masks, require_gt,
+                                 write_outputs)
 from wsss.storage import Location
 
 
@@ -36,12 +35,6 @@ def maps_job(cams_dir: str | Path, reader: DatasetReader, refine: RefineConfig,
     info = json.loads(maps.read_text(REPORT_FILE)) if maps.is_file(REPORT_FILE) else {}
     return Job(reader, info.get("method", "cam"), dict(info.get("method_params") or {}),
                refine=refine, out=out, maps=maps, evaluate=evaluate)
-
-
-def mask_steps(job: Job) -> list[Step]:
-    """decode -> saved maps -> pseudo-masks -> written and scored (``write_outputs``)."""
-    return [Step(decode, {"job": job}), Step(load_saved_maps, {"job": job}),
-            Step(make_masks, {"job": job}), Step(write_outputs, {"job": job})]
 
 
 def run_refine(cams_dir: str | Path, data_root: str | Path, split: str, out_dir: str | Path,
@@ -71,10 +64,8 @@ def run_refine(cams_dir: str | Path, data_root: str | Path, split: str, out_dir:
         todo = pending(refs, out, ".png", report)
         collect(LocalExecutor(desc="refine").run(todo, mask_steps(job)), report, scorer)
         add_reused_scores(reader, refs, todo, out, scorer, report)
-        grid = sample_grid(refs, [Step(decode, {"job": job}), Step(load_saved_maps, {"job": job}),
-                                  Step(read_written_masks, {"job": job})],
-                           reader.info.class_names, Path(out.root) / "samples.png") \
-            if out.is_local else None
+        drawn = [*mask_steps(job)[:2], Step(read_written_masks, {"job": job})]
+        grid = step_picture(refs, drawn, reader.info.class_names, out)
         publish(report, out, "masks", grid)
         stage.report = report
     return report

@@ -29,12 +29,11 @@ import ray
 from wsss.config import CamConfig, RefineConfig, TrackingConfig
 from wsss.core.scoring import Scorer, SegmentationScores
 from wsss.data.reader import DatasetReader
-from wsss.pipeline.executors import RayDataExecutor, Step, WorkerPlan, plan_workers
-from wsss.pipeline.maps import map_steps
+from wsss.pipeline.executors import RayDataExecutor, WorkerPlan, plan_workers
 from wsss.pipeline.report import StageReport, collect, pending, publish, tracked_stage
 from wsss.pipeline.samples import sample_grid
-from wsss.pipeline.steps import (Job, decode, load_saved_maps, make_masks, read_written_masks,
-                                 write_outputs)
+from wsss.pipeline.steps import (Job, Step, decode, make_masks, map_steps, mask_steps,
+                                 read_written_masks, write_outputs)
 from wsss.storage import Location
 from wsss.train.checkpoint import load_checkpoint_state
 
@@ -153,8 +152,7 @@ def rescore_maps(maps: str | Path, data: str | Path, split: str, ids: Sequence[s
     refs = reader.index(split, ids)
     job = Job(reader, method_name, dict(method_params or {}), refine=refine_cfg,
               maps=Location.parse(maps), evaluate=True)
-    steps = [Step(decode, {"job": job}), Step(load_saved_maps, {"job": job}),
-             Step(make_masks, {"job": job}), Step(write_outputs, {"job": job})]
+    steps = mask_steps(job)
     executor = RayDataExecutor(batch_size, placement_group=ray.util.get_current_placement_group(),
                                preserve_order=True)
     scorer, report = Scorer(reader.info), StageReport()

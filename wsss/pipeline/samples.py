@@ -11,11 +11,13 @@ from typing import Sequence
 
 import numpy as np
 
-from wsss.data.reader import SampleRef
-from wsss.pipeline.executors import LocalExecutor, Step
-from wsss.pipeline.report import GRID_SAMPLES
-from wsss.viz import overlay_grid
 from wsss.data.palette import save_mask_png
+from wsss.data.reader import SampleRef
+from wsss.pipeline.executors import LocalExecutor
+from wsss.pipeline.report import GRID_SAMPLES
+from wsss.pipeline.steps import Step
+from wsss.storage import Location
+from wsss.viz import overlay_grid
 
 
 def sample_rows(refs: Sequence[SampleRef], steps: Sequence[Step],
@@ -28,6 +30,15 @@ def sample_rows(refs: Sequence[SampleRef], steps: Sequence[Step],
             if not error:
                 rows.append({key: column[row] for key, column in batch.items()})
     return rows
+
+
+def step_picture(refs: Sequence[SampleRef], steps: Sequence[Step],
+                 class_names: Sequence[str], out: Location) -> Path | None:
+    """:func:`sample_grid` drawn as ``<out>/samples.png`` when ``out`` is a local folder
+    (None for an object store: the picture goes to MLflow only from a local file)."""
+    if not out.is_local:
+        return None
+    return sample_grid(refs, steps, class_names, Path(out.root) / "samples.png")
 
 
 def sample_grid(refs: Sequence[SampleRef], steps: Sequence[Step], class_names: Sequence[str],

@@ -17,7 +17,8 @@ from __future__ import annotations
 import io
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import ray
@@ -36,7 +37,7 @@ from wsss.data.transforms import normalize
 from wsss.faults import fault_point
 from wsss.methods import Method, get_method
 from wsss.storage import Location
-from wsss.train.checkpoint import classifier_from_state, trained_image_scale
+from wsss.train.checkpoint import check_classes, classifier_from_state, trained_image_scale
 
 # one image's failure: a bad input, or its dense CRF crashed in the worker process
 INPUT_ERRORS = (DatasetError, FileNotFoundError, ValueError, OSError, NativeCrash)
@@ -70,6 +71,22 @@ class Job:
     def method(self) -> Method:
         """The maps' method, built from its name and parameters."""
         return get_method(self.method_name)(0, self.method_params)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One stage of a pipeline.
+
+    Attributes:
+        fn: ``fn(batch, **kwargs) -> batch``, or, with ``model``, a class built once per
+            worker as ``fn(**kwargs)`` whose instances are called on batches.
+        kwargs: keyword arguments of ``fn`` (or of its constructor).
+        model: the step holds a model: an actor pool under Ray Data, on the plan's device.
+    """
+
+    fn: Callable[..., Any]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    model: bool = False
 
 
 def objects(values: Iterable[Any]) -> np.ndarray:
@@ -352,3 +369,20 @@ def require_gt(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
               for sample_id, gt, error, gt_error in zip(batch["id"], batch["gt"], batch["error"],
                                                         batch["gt_error"])]
     return {**batch, "error": np.asarray(errors, dtype=object)}
+
+
+# -- the step lists of the pipeline ----------------------------------------------------------
+def map_steps(job: Job, state: dict[str, Any], source: str | Path) -> list[Step]:
+    """decode -> maps (the model step): the map steps of ``wsss cam`` and ``wsss
+    pseudo-label``. Raises CheckpointError before any work unless ``state`` (the checkpoint
+    dict of file ``source``) fits the dataset's classes and rebuilds into its method's model.
+    Under Ray, pass the state as an object reference after this check."""
+    check_classes(state, job.reader.info.num_fg, source)
+    classifier_from_state(state, "cpu", source=source)
+    return [Step(decode, {"job": job}), Step(MapStep, {"state": state, "job": job}, model=True)]
+
+
+def mask_steps(job: Job) -> list[Step]:
+    """decode -> saved maps -> pseudo-masks -> written and scored (``write_outputs``)."""
+    return [Step(decode, {"job": job}), Step(load_saved_maps, {"job": job}),
+            Step(make_masks, {"job": job}), Step(write_outputs, {"job": job})]

@@ -55,11 +55,11 @@ def _train_rounds(cfg: ExperimentConfig, out_dir: Path, run_name: str, run_id: s
     previous, seconds, history = None, 0.0, []
     for k in range(rounds):
         name = f"{run_name}-round{k + 1}"
-        with tracking.start_run(name, experiment=cfg.tracking.experiment, uri=uri,
-                                params={"round": k + 1}, tags={"stage": "train-round"},
-                                parent_run_id=run_id) as child:
+        with tracked_stage(name, "train-round", TrackingConfig(uri, cfg.tracking.experiment),
+                           {"round": k + 1}, Location.parse(out_dir / f"round{k + 1}"),
+                           run_id) as child:
             result = train_classifier(cfg, out_dir / f"round{k + 1}", name,
-                                      mlflow_run_id=child.info.run_id, tracking_uri=uri,
+                                      mlflow_run_id=child.run.info.run_id, tracking_uri=uri,
                                       round_index=k, init_model=previous, data=data)
         tracking.log_metrics({k2: v for k2, v in result.metrics.items() if k2 != "epoch"},
                              step=k + 1)

@@ -14,7 +14,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
-import ray.tune
 from ray import tune
 
 from wsss.config import ExperimentConfig
@@ -35,7 +34,7 @@ TRIAL_MEMORY = 256 * 2**20  # the trial function only drives its Ray Data tasks
 
 def crf_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     """Tune function trainable: score the trial's refine settings, chunk by chunk."""
-    trial = ray.tune.get_context()
+    trial = tune.get_context()
     cfg = apply_trial(ctx.base(), config)
     run_id = trial_run(ctx, trial.get_trial_id(), trial.get_trial_name(), cfg)
     chunks = rescore_maps(ctx.extra["maps_dir"], cfg.data.root, cfg.data.train_split,
@@ -48,7 +47,7 @@ def crf_trial(config: dict[str, Any], ctx: SweepContext) -> None:
                    "pixel_accuracy": scored.scores.pixel_accuracy}
         log_metrics(metrics, step=chunk, run_id=run_id, uri=ctx.tracking_uri,
                     unsent=ctx.unsent_file)
-        ray.tune.report(metrics)
+        tune.report(metrics)
 
 
 @dataclasses.dataclass
@@ -58,7 +57,7 @@ class CrfSweep(Sweep):
     time_attr: str = CHUNK_ATTR
     path_options: Sequence[str] = ("checkpoint",)
 
-    def resources(self, args: argparse.Namespace) -> Any:
+    def resources(self, args: argparse.Namespace) -> tune.PlacementGroupFactory:
         """The trial function (a little memory) plus one CPU bundle per refine worker."""
         return tune.PlacementGroupFactory(
             [{"memory": TRIAL_MEMORY}] + [{"CPU": 1.0}] * args.workers_per_trial)

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ray import tune
+
 from wsss.config import ExperimentConfig, load_config, override
 from wsss.data.dataset import VOCDataset
 from wsss.data.synthetic import generate_dataset
@@ -46,7 +48,7 @@ class Sweep:
     trial_resources: dict[str, float] = dataclasses.field(
         default_factory=lambda: {"cpu": 0, "memory": 256 * 2**20})
 
-    def resources(self, args: argparse.Namespace) -> Any:
+    def resources(self, args: argparse.Namespace) -> dict[str, float] | tune.PlacementGroupFactory:
         """What Tune reserves for one trial (``tune.with_resources``)."""
         return self.trial_resources
 

@@ -11,11 +11,8 @@ import ray.train
 
 from wsss.config import CamConfig, RefineConfig
 from wsss.data.reader import DatasetReader
-from wsss.pipeline.executors import Step
-from wsss.pipeline.maps import map_steps
-from wsss.pipeline.masks import mask_steps
 from wsss.pipeline.samples import sample_grid
-from wsss.pipeline.steps import Job, make_masks
+from wsss.pipeline.steps import Job, Step, make_masks, map_steps, mask_steps
 from wsss.storage import Location
 from wsss.train.checkpoint import load_checkpoint_state
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import mlflow
+from mlflow.entities import Run
 
 from wsss.config import ExperimentConfig
 from wsss.names import filter_literal
@@ -18,11 +19,12 @@ from wsss.tracking import (UNSENT_RUN_PREFIX, ensure_experiment, flatten_params,
 ROLE, SWEEP, TRIAL_ID = "wsss.role", "wsss.sweep", "wsss.trial_id"
 
 
-def mlflow_client(uri: str) -> Any:
+def mlflow_client(uri: str) -> mlflow.MlflowClient:
+    """An MLflow client of the store at ``uri``."""
     return mlflow.MlflowClient(uri)
 
 
-def find_runs(uri: str, experiment: str, filters: Mapping[str, str]) -> list[Any]:
+def find_runs(uri: str, experiment: str, filters: Mapping[str, str]) -> list[Run]:
     """Runs of ``experiment`` whose tags equal ``filters`` exactly, newest first ([] if none).
 
     Each value goes into the search filter as a quoted literal (``wsss.names.filter_literal``)
@@ -115,19 +117,20 @@ def _open_trial_run(ctx: Any, trial_id: str, trial_name: str,
     return {"run_id": run_id, "created": created}
 
 
-def find_trial_run(uri: str, experiment: str, parent_run_id: str, trial_id: str) -> Any:
+def find_trial_run(uri: str, experiment: str, parent_run_id: str,
+                   trial_id: str) -> Run | None:
     """The trial's child run (None if the store has none)."""
     runs = find_runs(uri, experiment, trial_filters(experiment, parent_run_id, trial_id))
     return runs[0] if runs else None
 
 
-def trial_runs(uri: str, experiment: str, parent_run_id: str) -> dict[str, Any]:
+def trial_runs(uri: str, experiment: str, parent_run_id: str) -> dict[str, Run]:
     """The child runs of a sweep by trial id."""
     runs = find_runs(uri, experiment, {ROLE: "trial", "mlflow.parentRunId": parent_run_id})
     return {run.data.tags[TRIAL_ID]: run for run in reversed(runs)}
 
 
-def latest_sweep(uri: str, experiment: str) -> Any:
+def latest_sweep(uri: str, experiment: str) -> Run:
     """The newest parent sweep run of ``experiment`` (error if it has none)."""
     runs = find_runs(uri, experiment, {ROLE: "sweep"})
     if not runs:

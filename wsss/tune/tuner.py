@@ -24,7 +24,7 @@ from ray.util import placement_group_table
 from ray.util.placement_group import PlacementGroup, remove_placement_group
 
 from wsss import tracking
-from wsss.config import ConfigError
+from wsss.config import ConfigError, ExperimentConfig
 from wsss.data.errors import DatasetError
 from wsss.names import InvalidNameError, check_name, sweep_experiment_problem
 from wsss.ray_utils import init_ray
@@ -199,7 +199,8 @@ def _ended_on_failure(uri: str, experiment: str, parent: str, outcomes: dict[str
         raise
 
 
-def make_tuner(sweep: Sweep, args: argparse.Namespace, ctx: SweepContext, cfg: Any) -> Any:
+def make_tuner(sweep: Sweep, args: argparse.Namespace, ctx: SweepContext,
+               cfg: ExperimentConfig) -> tune.Tuner:
     """A new Tuner, or the interrupted one restored from storage under ``--resume``."""
     trainable = tune.with_resources(tune.with_parameters(sweep.trainable, ctx=ctx),
                                     sweep.resources(args))
