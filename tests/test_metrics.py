@@ -265,3 +265,52 @@ def test_errors_split_each_union_into_false_positives_and_negatives() -> None:
     assert s.mean_false_negative == pytest.approx(0.3)
     assert s.summary()["mean_false_positive"] == pytest.approx(0.25)
     assert "false positives 25.00  false negatives 30.00" in s.table()
+
+
+# -- the Scorer: one dataset's scores, merged from per-image rows ------------------------------
+def _info(has_background: bool):
+    from wsss.data.voc import DatasetInfo
+
+    names = ("background", "cat", "dog") if has_background else ("grass", "cow", "sky")
+    return DatasetInfo("data", names, has_background)
+
+
+def test_a_mask_is_degenerate_when_it_loses_the_layout() -> None:
+    from wsss.core.scoring import is_degenerate
+
+    gt = np.array([[0, 0, 1, 1], [0, 0, 2, 255]], np.uint8)
+    assert not is_degenerate(gt, gt, 0, 3)  # the ground truth itself
+    assert is_degenerate(np.ones_like(gt), gt, 0, 3)  # flooded by one class
+    assert is_degenerate(np.array([[1, 1, 1, 1], [2, 2, 2, 2]], np.uint8), gt, 0, 3)  # no bg
+    assert not is_degenerate(np.array([[1, 1, 1, 1], [2, 2, 2, 2]], np.uint8), gt, None, 3)
+    assert is_degenerate(np.full_like(gt, 255), gt, None, 3)  # nothing labelled at all
+    one_class = np.full((2, 2), 1, np.uint8)
+    assert not is_degenerate(one_class, one_class, None, 3)  # one class truly present
+    assert not is_degenerate(one_class, one_class, 0, 3)  # no background to lose
+
+
+@pytest.mark.parametrize("has_background", [True, False])
+def test_scorer_rows_merge_into_the_scores_of_the_whole(has_background: bool) -> None:
+    from wsss.core.scoring import Scorer
+
+    info = _info(has_background)
+    rng = np.random.default_rng(0)
+    gts = [rng.integers(0, 3, (8, 8)).astype(np.uint8) for _ in range(5)]
+    preds = [gt.copy() for gt in gts]
+    preds[1][:] = 1  # flooded
+    preds[3][rng.random((8, 8)) < 0.3] = 255
+    whole = Scorer(info)
+    rows = []
+    for pred, gt in zip(preds, gts):
+        whole.update(pred, gt)
+        rows.append(Scorer(info).update(pred, gt).counts())
+    merged = Scorer(info)
+    for row in rows:
+        merged.add(row)
+    merged.add(np.zeros(0, np.int64))  # a row of an unscored image adds nothing
+    assert np.array_equal(merged.counts(), whole.counts())
+    assert merged.images == 5 and merged.degenerate == 1 and merged.degenerate_share == 0.2
+    assert merged.scores() == whole.scores()
+    assert merged.scores().background == (0 if has_background else None)
+    with pytest.raises(ValueError, match="does not fit 3 classes"):
+        merged.add(np.zeros(7, np.int64))

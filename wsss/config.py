@@ -54,9 +54,9 @@ class DataConfig:
         check_value(self.crop_size >= 16, "data.crop_size", self.crop_size, ">= 16")
         check_value(0 < self.image_scale <= 4, "data.image_scale", self.image_scale, "in (0, 4]")
         check_value(len(self.scale_range) == 2 and 0 < self.scale_range[0] <= self.scale_range[1],
-               "data.scale_range", self.scale_range, "[low, high] with 0 < low <= high")
-        check_value(self.max_image_side >= self.crop_size, "data.max_image_side", self.max_image_side,
-               ">= data.crop_size")
+                    "data.scale_range", self.scale_range, "[low, high] with 0 < low <= high")
+        check_value(self.max_image_side >= self.crop_size, "data.max_image_side",
+                    self.max_image_side, ">= data.crop_size")
         check_value(self.loader_workers >= 0, "data.loader_workers", self.loader_workers, ">= 0")
 
 
@@ -128,9 +128,9 @@ def _check_recipe(prefix: str, section: Any) -> None:
     if warmup is not None:  # one-cycle needs a rising phase
         onecycle = section.schedule == "onecycle"
         check_value((warmup > 0 if onecycle else warmup >= 0) and warmup < section.epochs,
-               f"{prefix}.warmup_epochs", warmup,
-               f"{'> 0' if onecycle else '>= 0'} and < {prefix}.epochs ({section.epochs}) with "
-               f"schedule {section.schedule}, or null")
+                    f"{prefix}.warmup_epochs", warmup,
+                    f"{'> 0' if onecycle else '>= 0'} and < {prefix}.epochs "
+                    f"({section.epochs}) with schedule {section.schedule}, or null")
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ class TrainConfig:
         check_value(self.batch_size >= 1, "train.batch_size", self.batch_size, ">= 1")
         check_value(self.num_workers >= 1, "train.num_workers", self.num_workers, ">= 1")
         check_value(self.max_failures >= -1, "train.max_failures", self.max_failures,
-               ">= -1 (-1: retry forever)")
+                    ">= -1 (-1: retry forever)")
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,7 @@ class CamConfig:
     def validate(self) -> None:
         _check_choice("cams.kind", self.kind, MAP_KINDS)
         check_value(len(self.scales) > 0 and all(s > 0 for s in self.scales), "cams.scales",
-               self.scales, "a non-empty list of positive numbers")
+                    self.scales, "a non-empty list of positive numbers")
         check_value(self.batch_size >= 1, "cams.batch_size", self.batch_size, ">= 1")
 
 
@@ -235,18 +235,18 @@ class RefineConfig:
     def validate(self) -> None:
         _check_choice("refine.bg_mode", self.bg_mode, BG_MODES)
         check_value(0.0 <= self.bg_threshold <= 1.0, "refine.bg_threshold", self.bg_threshold,
-               "in [0, 1]")
+                    "in [0, 1]")
         check_value(self.bg_power > 0, "refine.bg_power", self.bg_power, "> 0")
         self.check_crf()
         check_value(0.0 < self.crf_min_prob < 1.0, "refine.crf_min_prob", self.crf_min_prob,
-               "in (0, 1)")
+                    "in (0, 1)")
         _check_choice("refine.crf_unary", self.crf_unary, CRF_UNARIES)
         # <= 0.5 would let a two-class image start from a uniform unary and come out one class
         check_value(0.5 < self.crf_label_confidence < 1.0, "refine.crf_label_confidence",
-               self.crf_label_confidence, "in (0.5, 1)")
+                    self.crf_label_confidence, "in (0.5, 1)")
         for key in ("fg_confidence", "bg_confidence"):
             check_value(0.0 <= getattr(self, key) <= 1.0, f"refine.{key}", getattr(self, key),
-                   "in [0, 1]")
+                        "in [0, 1]")
 
     def validate_for(self, max_image_side: int) -> None:
         """``validate``, and the CRF limits on images up to ``max_image_side`` px a side (what
@@ -307,12 +307,12 @@ class SegmenterConfig:
         check_value(self.crop_size >= 32, "segmenter.crop_size", self.crop_size, ">= 32")
         check_value(self.num_workers >= 1, "segmenter.num_workers", self.num_workers, ">= 1")
         check_value(self.max_failures >= -1, "segmenter.max_failures", self.max_failures,
-               ">= -1 (-1: retry forever)")
+                    ">= -1 (-1: retry forever)")
         check_value(1 <= self.sec_downscale <= self.crop_size // 4, "segmenter.sec_downscale",
-               self.sec_downscale, "in [1, crop_size / 4]")
+                    self.sec_downscale, "in [1, crop_size / 4]")
         for key in ("sec_fg_decay", "sec_bg_decay", "sec_absent_decay"):
             check_value(0.0 <= getattr(self, key) <= 1.0, f"segmenter.{key}", getattr(self, key),
-                   "in [0, 1]")
+                        "in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -445,7 +445,7 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 _TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false",
-               "str": "a string", "Mapping[str, Any]": "a mapping"}
+                    "str": "a string", "Mapping[str, Any]": "a mapping"}
 _PLURALS = {"int": "integers", "float": "numbers", "bool": "booleans", "str": "strings"}
 
 

@@ -96,3 +96,18 @@ def test_the_runs_view_opens_the_experiments_runs_table():
     assert "mlflow ui --backend-store-uri sqlite:////w/mlflow.db" in local
     assert f"http://127.0.0.1:5000/{page}" in local
     assert runs_view("http://mlflow.lab:5000/", "7") == f"  runs: http://mlflow.lab:5000/{page}"
+
+
+def test_the_share_of_degenerate_masks_is_shown_and_a_flooded_best_trial_flagged():
+    from wsss.tune.report import DEGENERATE, best_trial, degenerate_warning
+
+    rows = _rows()
+    for row, share in zip(rows, (0.0, 0.75, math.nan)):
+        row[DEGENERATE] = share
+    text = format_table(rows, "epoch_total").splitlines()
+    assert text[0].split()[:5] == ["trial_id", "objective", "epoch_total", "status", DEGENERATE]
+    assert text[1].split()[4] == "0.75"  # trial b, the best
+    best = best_trial(rows)
+    assert "75% of this trial's pseudo-masks are degenerate" in degenerate_warning(best)
+    assert degenerate_warning(rows[0]) == "" and degenerate_warning(rows[2]) == ""
+    assert DEGENERATE not in format_table(_rows(), "epoch_total").splitlines()[0]

@@ -22,6 +22,7 @@ Conventions:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -193,6 +194,28 @@ class ConfusionMatrix:
             false_negative=_floats(_ratio(gt_total - tp, union)))
 
 
+def is_degenerate(pred: ArrayLike, gt: ArrayLike, background: int | None,
+                  num_classes: int) -> bool:
+    """Whether a mask lost its image's layout: it holds a single class (or none) where the
+    ground truth holds several, or, with a background class, no background where the ground
+    truth has some: the flooded masks a high mIoU can hide (a map spread over the whole
+    image). Both [H, W] class indices; pixels whose ground truth is 255 are left out.
+
+    Raises ValueError when the shapes differ.
+    """
+    pred, gt = _to_numpy(pred).reshape(-1), _to_numpy(gt).reshape(-1)
+    if pred.shape != gt.shape:
+        raise ValueError(f"pred has {pred.size} pixels, gt {gt.size}")
+    valid = gt != IGNORE_INDEX
+    labelled = valid & (pred != IGNORE_INDEX)
+    gt_present = np.bincount(gt[valid].astype(np.int64), minlength=num_classes) > 0
+    pred_present = np.bincount(pred[labelled].astype(np.int64), minlength=num_classes) > 0
+    if gt_present.sum() > 1 and pred_present.sum() <= 1:
+        return True
+    return background is not None and bool(gt_present[background]) and \
+        not pred_present[background]
+
+
 class Scorer:
     """Scores masks against ground truth for one dataset: the one place that knows its class
     names and background index, merges per-image or per-block counts and serialises them.
@@ -209,17 +232,28 @@ class Scorer:
         self.background = 0 if info.has_background else None
         self.confusion = ConfusionMatrix(info.num_classes)
         self.images = 0
+        self.degenerate = 0
 
     def update(self, pred: ArrayLike, gt: ArrayLike) -> Scorer:
         """Add one image's mask ``pred`` and ground truth ``gt`` (both [H, W] class indices,
         255 = ignore)."""
         self.confusion.update(pred, gt)
         self.images += 1
+        self.degenerate += int(is_degenerate(pred, gt, self.background,
+                                             self.confusion.num_classes))
         return self
 
+    @property
+    def degenerate_share(self) -> float:
+        """The share of scored images whose mask is degenerate (:func:`is_degenerate`); NaN
+        before any image."""
+        return self.degenerate / self.images if self.images else math.nan
+
     def counts(self) -> np.ndarray:
-        """The counts as one int64 row [1 + C * C + C]: images, ``matrix`` and ``missed``."""
-        return np.concatenate([[self.images], self.confusion.matrix.reshape(-1),
+        """The counts as one int64 row [2 + C * C + C]: images, degenerate masks, ``matrix``
+        and ``missed``."""
+        return np.concatenate([[self.images, self.degenerate],
+                               self.confusion.matrix.reshape(-1),
                                self.confusion.missed]).astype(np.int64)
 
     def add(self, counts: np.ndarray) -> Scorer:
@@ -229,12 +263,13 @@ class Scorer:
         if counts.size == 0:
             return self
         c = self.confusion.num_classes
-        if counts.size != 1 + c * c + c:
+        if counts.size != 2 + c * c + c:
             raise ValueError(f"a counts row of {counts.size} values does not fit {c} classes "
-                             f"(expected {1 + c * c + c})")
+                             f"(expected {2 + c * c + c})")
         self.images += int(counts[0])
-        self.confusion.matrix += counts[1:1 + c * c].reshape(c, c)
-        self.confusion.missed += counts[1 + c * c:]
+        self.degenerate += int(counts[1])
+        self.confusion.matrix += counts[2:2 + c * c].reshape(c, c)
+        self.confusion.missed += counts[2 + c * c:]
         return self
 
     def merge(self, other: Scorer) -> Scorer:

@@ -23,8 +23,9 @@ import numpy as np
 from wsss.data import errors
 from wsss.data.decode import load_mask, load_rgb
 from wsss.data.errors import DatasetError
-from wsss.data.voc import (IMAGE_DIR, IMAGE_SUFFIXES, MASK_DIR, SPLIT_DIR, DatasetInfo, decode_text, image_class_ids,
-    info_from_text, labels_from_text, split_file, split_from_text)
+from wsss.data.voc import (IMAGE_DIR, IMAGE_SUFFIXES, MASK_DIR, SPLIT_DIR, DatasetInfo,
+                           decode_text, image_class_ids, info_from_text, labels_from_text,
+                           split_file, split_from_text)
 from wsss.storage import Location
 
 

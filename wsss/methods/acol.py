@@ -37,7 +37,7 @@ class AcolParams:
 
     def validate(self) -> None:
         check_value(isinstance(self.delta, (int, float)) and 0.0 < self.delta < 1.0,
-               "method.params.delta", self.delta, "in (0, 1)")
+                    "method.params.delta", self.delta, "in (0, 1)")
 
 
 def erase_features(features: torch.Tensor, maps_a: torch.Tensor, labels: torch.Tensor,

@@ -31,9 +31,9 @@ class HideAndSeekParams:
 
     def validate(self) -> None:
         check_value(isinstance(self.hide_prob, (int, float)) and 0.0 <= self.hide_prob < 1.0,
-               "method.params.hide_prob", self.hide_prob, "in [0, 1)")
+                    "method.params.hide_prob", self.hide_prob, "in [0, 1)")
         check_value(isinstance(self.grid_size, int) and self.grid_size >= 1,
-               "method.params.grid_size", self.grid_size, "an integer >= 1")
+                    "method.params.grid_size", self.grid_size, "an integer >= 1")
 
 
 def hide_patches(images: torch.Tensor, hide_prob: float, grid_size: int,

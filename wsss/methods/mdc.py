@@ -42,7 +42,7 @@ class MdcParams:
               and all(isinstance(d, int) and d >= 1 for d in rates)
               and len(set(rates)) == len(rates) and 1 in rates)
         check_value(ok, "method.params.dilations", rates,
-               "a non-empty list of distinct positive integers that includes 1")
+                    "a non-empty list of distinct positive integers that includes 1")
 
 
 def combine_branch_maps(maps: torch.Tensor, base_index: int) -> torch.Tensor:

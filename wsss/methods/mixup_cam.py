@@ -34,10 +34,10 @@ class MixupCamParams:
     entropy_weight: float = 0.05
 
     def validate(self) -> None:
-        check_value(isinstance(self.alpha, (int, float)) and self.alpha > 0.0, "method.params.alpha",
-               self.alpha, "> 0")
+        check_value(isinstance(self.alpha, (int, float)) and self.alpha > 0.0,
+                    "method.params.alpha", self.alpha, "> 0")
         check_value(isinstance(self.entropy_weight, (int, float)) and self.entropy_weight >= 0.0,
-               "method.params.entropy_weight", self.entropy_weight, ">= 0")
+                    "method.params.entropy_weight", self.entropy_weight, ">= 0")
 
 
 def mix_batch(images: torch.Tensor, labels: torch.Tensor, lam: float | torch.Tensor,

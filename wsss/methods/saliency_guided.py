@@ -4,7 +4,8 @@ The classifier trains as plain CAM; the difference is how maps become masks: for
 an objectness/saliency map says "object", and each salient pixel takes the class of the best seed
 (the arg-max CAM). Saliency comes from ``<dataset>/SaliencyMaps/<id>.png`` when that folder exists
 (precomputed maps, the usual WSSS practice) or from spectral-residual static saliency
-(``wsss.core.saliency``). Datasets without a background class have nothing for saliency to separate,
+(``wsss.core.saliency``). Datasets without a background class have nothing for saliency to
+separate,
 so there the method falls back to the arg-max over present classes.
 """
 

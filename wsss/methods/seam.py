@@ -45,11 +45,11 @@ class SeamParams:
 
     def validate(self) -> None:
         check_value(isinstance(self.scale, (int, float)) and 0.0 < self.scale < 1.0,
-               "method.params.scale", self.scale, "in (0, 1)")
+                    "method.params.scale", self.scale, "in (0, 1)")
         for key in ("er_weight", "ecr_weight"):
             value = getattr(self, key)
             check_value(isinstance(value, (int, float)) and value >= 0.0, f"method.params.{key}",
-                   value, ">= 0")
+                        value, ">= 0")
 
 
 def rescale(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -132,6 +132,7 @@ class ChunkScores:
 
     images: int
     scores: SegmentationScores
+    degenerate_share: float
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -162,4 +163,4 @@ def rescore_maps(maps: str | Path, data: str | Path, split: str, ids: Sequence[s
         while bounds and report.done + len(report.failed) >= bounds[0]:
             bounds.pop(0)
             yield ChunkScores(report.done + len(report.failed), scorer.scores(),
-                              list(report.failed))
+                              scorer.degenerate_share, list(report.failed))

@@ -157,7 +157,8 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, run_name: str,
         round_index: which round of a multi-round method (adversarial erasing) this is.
         init_model: ``model.pt`` of the previous round, loaded before training starts.
         mask_eval_ids: training ids whose pseudo-mask mIoU rank 0 adds to every epoch's
-            metrics as ``pseudo_miou`` (see ``wsss.train.mask_eval``); None skips it.
+            metrics as ``pseudo_miou`` and ``degenerate_share`` (see
+            ``wsss.train.mask_eval``); None skips it.
         callbacks: Ray Train ``UserCallback``s (a sweep trial forwards reports to Tune).
         resources_per_worker: Ray resources of each worker (default: Ray Train's).
         data: ``scan_training_data(cfg)`` when the caller scanned already (the split is not
@@ -228,7 +229,7 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
             broadcast_buffers(model)
             metrics["val_mAP"] = _validate(model, val_loader)
         if config.get("mask_eval_ids") and rank == 0:
-            metrics["pseudo_miou"] = _pseudo_miou(method, model, cfg, config["mask_eval_ids"])
+            metrics.update(_pseudo_mask_metrics(method, model, cfg, config["mask_eval_ids"]))
         history.append(metrics)
 
         def write(path: Path) -> None:
@@ -296,11 +297,14 @@ def _validate(model, loader) -> float:
     return float(mean_average_precision(all_scores, all_targets))
 
 
-def _pseudo_miou(method, model, cfg: ExperimentConfig, ids: list[str]) -> float:
-    """Pseudo-mask mIoU of ``ids`` (training images; ground truth used only to score)."""
+def _pseudo_mask_metrics(method, model, cfg: ExperimentConfig,
+                         ids: list[str]) -> dict[str, float]:
+    """``pseudo_miou`` and ``degenerate_share`` of the pseudo-masks of ``ids`` (training
+    images; ground truth used only to score)."""
     dataset = VOCDataset(cfg.data.root, ids=ids, max_image_side=cfg.data.max_image_side)
-    return float(pseudo_mask_scores(method, model, dataset, ids, cfg.refine,
-                                    cfg.data.image_scale).miou)
+    scorer = pseudo_mask_scores(method, model, dataset, ids, cfg.refine, cfg.data.image_scale)
+    return {"pseudo_miou": float(scorer.scores().miou),
+            "degenerate_share": float(scorer.degenerate_share)}
 
 
 def _resume(checkpoint, model) -> tuple[int, list[dict[str, Any]], dict[str, Any] | None]:

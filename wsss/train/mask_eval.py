@@ -17,7 +17,7 @@ from torch import nn
 from wsss.config import RefineConfig
 from wsss.core.maps import localization_maps
 from wsss.core.masks import make_pseudo_mask
-from wsss.core.scoring import Scorer, SegmentationScores
+from wsss.core.scoring import Scorer
 from wsss.data.dataset import VOCDataset
 from wsss.data.errors import DatasetError
 from wsss.data.reader import Sample
@@ -54,8 +54,9 @@ def present_maps(method: Method, model: nn.Module, sample: Sample, info: Dataset
 
 def pseudo_mask_scores(method: Method, model: nn.Module, dataset: VOCDataset,
                        ids: Sequence[str], refine: RefineConfig,
-                       image_scale: float = 1.0) -> SegmentationScores:
-    """Score the pseudo-masks of ``ids``; ``.miou`` is the sweeps' objective.
+                       image_scale: float = 1.0) -> Scorer:
+    """Score the pseudo-masks of ``ids``: ``.scores().miou`` is the sweeps' objective,
+    ``.degenerate_share`` the share of flooded masks (``wsss.core.scoring.is_degenerate``).
 
     Args:
         method: the model's :class:`~wsss.methods.base.Method`.
@@ -75,4 +76,4 @@ def pseudo_mask_scores(method: Method, model: nn.Module, dataset: VOCDataset,
         maps, class_ids = present_maps(method, model, sample, info, image_scale)
         scorer.update(make_pseudo_mask(method, sample, maps, class_ids, info.has_background,
                                        refine, dataset.reader.root), sample.gt)
-    return scorer.scores()
+    return scorer

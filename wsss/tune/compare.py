@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from wsss.tracking import missing_local_store
-from wsss.tune.report import (BEST_CHECKPOINT_TAG, BEST_TRIAL_TAG, KNOBS_TAG, best_trial,
-                              format_table, next_steps, write_outputs)
+from wsss.tune.report import (BEST_CHECKPOINT_TAG, BEST_TRIAL_TAG, DEGENERATE, DEGENERATE_METRIC,
+                              KNOBS_TAG, best_trial, degenerate_warning, format_table, next_steps,
+                              write_outputs)
 from wsss.tune.tracking import TRIAL_ID, latest_sweep, trial_runs
 
 PROGRESS = "progress"
@@ -24,7 +25,8 @@ def sweep_rows(uri: str, experiment: str) -> tuple[Any, list[dict[str, Any]]]:
         objective = metrics.get("objective", metrics.get("pseudo_miou", math.nan))
         progress = next((v for k, v in metrics.items() if k.endswith("_run")), math.nan)
         rows.append({"trial_id": tags.get(TRIAL_ID, trial_id), "objective": objective,
-                     PROGRESS: progress, "status": tags.get("wsss.status", run.info.status),
+                     DEGENERATE: metrics.get(DEGENERATE_METRIC, math.nan), PROGRESS: progress,
+                     "status": tags.get("wsss.status", run.info.status),
                      "knobs": json.loads(tags.get(KNOBS_TAG, "{}")), "run_id": run.info.run_id})
     return parent, rows
 
@@ -63,4 +65,5 @@ def best_lines(parent: Any, rows: list[dict[str, Any]]) -> str:
         checkpoint = None  # the tag names another trial (a sweep resumed since)
     data = parent.data.params.get("data.root", "DATA")
     return (f"\nbest trial {best['trial_id']} ({best['status']}): objective "
-            f"{best['objective']:.4f}\n" + next_steps(checkpoint, data).rstrip("\n"))
+            f"{best['objective']:.4f}\n" + degenerate_warning(best)
+            + next_steps(checkpoint, data).rstrip("\n"))

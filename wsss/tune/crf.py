@@ -21,6 +21,7 @@ from wsss.pipeline.pseudo_label import PipelineOptions, rescore_maps, run_pseudo
 from wsss.pipeline.train_cls import run_train_classifier
 from wsss.tracking import log_metrics
 from wsss.train.checkpoint import load_checkpoint_state
+from wsss.tune.report import DEGENERATE_METRIC
 from wsss.tune.runner import SAMPLE_IMAGES, Sweep, select_train_eval_ids
 from wsss.tune.samples import saved_map_samples
 from wsss.tune.spaces import apply_trial
@@ -44,7 +45,8 @@ def crf_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     for chunk, scored in enumerate(chunks, start=1):
         metrics = {OBJECTIVE: scored.scores.miou, CHUNK_ATTR: chunk, "images": scored.images,
                    "images_failed": len(scored.failed),
-                   "pixel_accuracy": scored.scores.pixel_accuracy}
+                   "pixel_accuracy": scored.scores.pixel_accuracy,
+                   DEGENERATE_METRIC: scored.degenerate_share}
         log_metrics(metrics, step=chunk, run_id=run_id, uri=ctx.tracking_uri,
                     unsent=ctx.unsent_file)
         tune.report(metrics)

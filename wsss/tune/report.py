@@ -28,11 +28,16 @@ from wsss.tune.tracking import find_trial_run, mlflow_client, trial_runs
 KNOBS_TAG = "wsss.knobs"
 BEST_TRIAL_TAG = "wsss.best_trial_id"  # on the parent run: the best trial's id
 BEST_CHECKPOINT_TAG = "wsss.best_checkpoint"  # on the parent run: the best trial's model.pt
+# the share of a trial's scored pseudo-masks that are flooded (``wsss.core.scoring.is_degenerate``)
+DEGENERATE, DEGENERATE_METRIC = "degenerate", "degenerate_share"
+DEGENERATE_WARNING = 0.25  # the share of degenerate masks from which a trial is flagged
 
 
 def trial_row(result: Any, full_length: Callable[[dict[str, Any]], int], time_attr: str,
               objective: str) -> dict[str, Any]:
-    """One table row from a Tune ``Result``: trial id, objective, progress, status, knobs."""
+    """One table row from a Tune ``Result``: trial id, objective, progress, status, knobs and
+    ``degenerate`` (the share of flooded pseudo-masks at the last report; NaN when the trial
+    reports none)."""
     metrics = dict(result.metrics or {})
     ran = int(metrics.get(time_attr, 0) or 0)
     full = full_length(result.config)
@@ -40,6 +45,7 @@ def trial_row(result: Any, full_length: Callable[[dict[str, Any]], int], time_at
     value = metrics.get(objective)
     return {"trial_id": metrics.get("trial_id") or _trial_id_from_path(result.path),
             "objective": float(value) if value is not None else math.nan,
+            DEGENERATE: float(metrics.get(DEGENERATE_METRIC, math.nan)),
             time_attr: ran, "full": full, "status": status,
             "checkpoint_path": metrics.get("checkpoint_path"),
             "knobs": {k: v for k, v in result.config.items() if not k.startswith("_")}}
@@ -55,6 +61,18 @@ def best_trial(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     scored = [r for r in rows if not math.isnan(r["objective"])]
     pool = [r for r in scored if r["status"] == "completed"] or scored
     return max(pool, key=lambda r: r["objective"]) if pool else None
+
+
+def degenerate_warning(row: dict[str, Any]) -> str:
+    """A line flagging a trial whose pseudo-masks are often flooded (at least
+    :data:`DEGENERATE_WARNING` of them: one class where the ground truth has several, or no
+    background where it has some), which a high mIoU can hide; empty otherwise."""
+    share = row.get(DEGENERATE, math.nan)
+    if math.isnan(share) or share < DEGENERATE_WARNING:
+        return ""
+    return (f"warning: {share:.0%} of this trial's pseudo-masks are degenerate (a single class, "
+            f"or no background where the ground truth has some): look at its cam_overlays.png "
+            f"before using it\n")
 
 
 def next_steps(checkpoint: str | None, data: str) -> str:
@@ -102,8 +120,9 @@ def close_trial_run(uri: str, experiment: str, parent_run_id: str, row: dict[str
     the pictures are made in ``pictures_dir``.
     """
     metrics = {f"{time_attr}_run": row[time_attr]}
-    if not math.isnan(row["objective"]):
-        metrics["objective"] = row["objective"]
+    for key, name in (("objective", "objective"), (DEGENERATE, DEGENERATE_METRIC)):
+        if not math.isnan(row.get(key, math.nan)):
+            metrics[name] = row[key]
     tags = {"wsss.status": row["status"], KNOBS_TAG: json.dumps(row["knobs"], default=str)}
     record = {"kind": "close_trial_run", "trial_id": row["trial_id"],
               "parent_run_id": parent_run_id, "metrics": metrics, "tags": tags,
@@ -114,7 +133,8 @@ def close_trial_run(uri: str, experiment: str, parent_run_id: str, row: dict[str
     def send() -> None:
         run = found["run"] = find_trial_run(uri, experiment, parent_run_id, row["trial_id"])
         if run is not None and "wsss.status" not in run.data.tags:
-            _end_run(mlflow_client(uri), run.info.run_id, metrics, tags, pictures(), record["status"])
+            _end_run(mlflow_client(uri), run.info.run_id, metrics, tags, pictures(),
+                     record["status"])
 
     kept = send_or_keep(uri, None, record, send, unsent)
     if not kept and found["run"] is None:
@@ -287,8 +307,11 @@ def _table(rows: list[dict[str, Any]], time_attr: str) -> tuple[list[str], list[
     ordered = sorted(rows, key=lambda r: -r["objective"] if not math.isnan(r["objective"])
                      else math.inf)
     keys = sorted({k for r in rows for k in r["knobs"]})
-    columns = ["trial_id", "objective", time_attr, "status", *keys]
-    return columns, [[_cell(r.get(c, r["knobs"].get(c))) for c in columns] for r in ordered]
+    scored = any(not math.isnan(r.get(DEGENERATE, math.nan)) for r in rows)
+    columns = ["trial_id", "objective", time_attr, "status", *([DEGENERATE] if scored else []),
+               *keys]
+    return columns, [[_cell(r[c] if c in r else r["knobs"].get(c, math.nan)) for c in columns]
+                     for r in ordered]
 
 
 def _cell(value: Any) -> str:

@@ -31,8 +31,8 @@ from wsss.ray_utils import init_ray
 from wsss.storage import OutputError, check_writable
 from wsss.tracking import TrackingError, check_tracking_uri, env_restored, unsent_records
 from wsss.train.classifier import scan_training_data
-from wsss.tune.report import (close_trial_run, end_sweep_run, next_steps, run_status, runs_view,
-                              summarize_sweep, trial_row)
+from wsss.tune.report import (close_trial_run, degenerate_warning, end_sweep_run, next_steps,
+                              run_status, runs_view, summarize_sweep, trial_row)
 from wsss.tune.runner import (CRASH_ENV, Sweep, base_config, dataset_root, parse_options,
                               select_train_eval_ids)
 from wsss.tune.spaces import check_space
@@ -306,7 +306,7 @@ def _print_summary(args: argparse.Namespace, uri: str, parent: str, best: dict |
                       for k, v in best["knobs"].items())
     print(f"\nsweep '{args.experiment}' finished in {seconds:.0f}s; best trial "
           f"{best['trial_id']} ({best['status']}): {OBJECTIVE}={best['objective']:.4f} "
-          f"({knobs})\n" + next_steps(best.get("checkpoint"), data)
+          f"({knobs})\n" + degenerate_warning(best) + next_steps(best.get("checkpoint"), data)
           + f"MLflow: parent run {parent} in experiment '{args.experiment}' at {uri}\n"
           f"  wsss compare --experiment {shlex.quote(args.experiment)}"
           + (f" --tracking-uri {uri}" if args.tracking_uri else "") + "\n"
