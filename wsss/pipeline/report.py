@@ -120,9 +120,13 @@ def publish(report: StageReport, out: Location | None, what: str,
     if report.scores is not None:
         tracking.log_metrics(report.scores.summary())
         tracking.log_text(report.scores.table(), "scores.txt")
-    tracking.log_text(json.dumps(report.to_dict(), indent=2, default=str), REPORT_FILE)
-    if out is not None:
+    if out is not None and out.is_local:
         report.write(out)
+        tracking.log_artifact(out.local_path(REPORT_FILE))
+    else:
+        tracking.log_text(json.dumps(report.to_dict(), indent=2, default=str), REPORT_FILE)
+        if out is not None:
+            report.write(out)
     if grid is not None:
         tracking.log_artifact(grid)
 

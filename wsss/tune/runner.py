@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 from ray import tune
 
 from wsss.config import ExperimentConfig, load_config, override
-from wsss.data.dataset import VOCDataset
+from wsss.data.reader import DatasetReader
 from wsss.data.synthetic import generate_dataset
 from wsss.knobs import Knob
 from wsss.methods import get_method
@@ -163,8 +163,8 @@ def dataset_root(args: argparse.Namespace, workdir: Path) -> Path:
 
 def select_train_eval_ids(cfg: ExperimentConfig, count: int, seed: int) -> list[str]:
     """The fixed training images (with ground truth) whose pseudo-masks every trial scores."""
-    dataset = VOCDataset(cfg.data.root, cfg.data.train_split)
-    scored = [i for i in dataset.ids if dataset.mask_path(i) is not None]
+    refs = DatasetReader.open(cfg.data.root).index(cfg.data.train_split)
+    scored = [ref.id for ref in refs if ref.mask_file]
     if not scored:
         raise ValueError(f"{cfg.data.root}: no training image of split "
                          f"'{cfg.data.train_split}' has a ground-truth mask to score")
