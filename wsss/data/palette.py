@@ -89,7 +89,7 @@ def colours_to_indices(rgb: np.ndarray, num_classes: int) -> tuple[np.ndarray, l
 def save_mask_png(path: str | Path, mask: np.ndarray) -> Path:
     """Write a class-index mask uint8 [H, W] as a VOC-palette PNG, atomically; returns the path.
 
-    The file reads back (``wsss.data.voc.load_mask``) to the same indices, 255 included.
+    The file reads back (``wsss.data.decode.load_mask``) to the same indices, 255 included.
     """
     return write_atomic(Path(path), mask_png_bytes(mask))
 
