@@ -108,6 +108,39 @@ def test_cli_hands_absolute_paths_to_its_stage(command, stage, options, expected
     assert not (in_tmp / "mlflow.db").exists()  # the stage never ran
 
 
+@pytest.mark.parametrize("command, stage, options", [
+    ("cam", "run_cams", ["--checkpoint", "ck/model.pt", "--out", "cams"]),
+    ("eval", "run_eval", ["--cams", "cams"]),
+    ("eval", "run_eval_masks", ["--masks", "masks"]),
+    ("refine", "run_refine", ["--cams", "cams", "--out", "masks"]),
+    ("pseudo-label", "run_pseudo_label", ["--checkpoint", "ck/model.pt", "--out", "masks"]),
+    ("predict", "run_predict", ["--checkpoint", "seg.pt", "--out", "pred"]),
+])
+def test_every_command_reads_its_data_from_the_config(command, stage, options, in_tmp,
+                                                      monkeypatch):
+    """Without --data / --split, the config file's data.root, split and max_image_side reach
+    the stage (a YAML recipe names its dataset once)."""
+    import wsss.cli as cli
+
+    def stand_in(*args, **kwargs):
+        raise Reached((args, kwargs))
+
+    monkeypatch.setattr(cli, stage, stand_in)
+    monkeypatch.setattr(cli, "init_ray", lambda *a, **k: None)
+    (in_tmp / "exp.yaml").write_text("data:\n  root: msrc\n  train_split: trainval\n"
+                                     "  val_split: test\n  max_image_side: 512\n")
+    with pytest.raises(Reached) as reached:
+        cli.main([command, *options, "--config", "exp.yaml",
+                  "--tracking-uri", "sqlite:///mlflow.db"])
+    args, kwargs = reached.value.args[0]
+    assert args[1] == str(in_tmp / "msrc")
+    assert args[2] == ("test" if command == "predict" else "trainval")
+    side = kwargs.get("max_image_side", next((a for a in args if isinstance(a, int)), None))
+    if command == "pseudo-label":
+        side = args[7].max_image_side  # in the pipeline options
+    assert side == 512
+
+
 def test_sweep_options_become_absolute(in_tmp, monkeypatch):
     from wsss.tune.runner import parse_options
 
