@@ -111,3 +111,162 @@ def test_the_share_of_degenerate_masks_is_shown_and_a_flooded_best_trial_flagged
     assert "75% of this trial's pseudo-masks are degenerate" in degenerate_warning(best)
     assert degenerate_warning(rows[0]) == "" and degenerate_warning(rows[2]) == ""
     assert DEGENERATE not in format_table(_rows(), "epoch_total").splitlines()[0]
+
+
+def _sweep():
+    """Rows of a sweep: two completed trials, two stopped early (one scored higher than every
+    completed one after less training), an error; integer, float and categorical knobs."""
+    def row(trial_id, objective, ran, status, lr, grid, bg, history):
+        return {"trial_id": trial_id, "objective": objective, "epoch_total": ran, "full": 4,
+                "status": status, "history": history,
+                "knobs": {"train.lr": lr, "method.params.grid_size": grid, "refine.bg": bg}}
+
+    return [row("a", 0.30, 4, "completed", 0.01, 1, "mean", [(1, 0.1), (2, 0.2), (4, 0.30)]),
+            row("b", 0.60, 1, "stopped early", 0.02, 2, "max", [(1, 0.60)]),
+            row("c", 0.45, 4, "completed", 0.05, 2, "max",
+                [(1, 0.2), (2, 0.3), (3, 0.4), (4, 0.45)]),
+            row("d", 0.25, 2, "stopped early", 0.03, 1, "mean", [(1, 0.1), (2, 0.25)]),
+            row("e", math.nan, 0, "error", 0.04, 2, "fixed", [])]
+
+
+def _star(ax):
+    (star,) = [line for line in ax.lines if line.get_marker() == "*"]
+    return float(star.get_xdata()[0]), float(star.get_ydata()[0])
+
+
+def _legend_texts(fig):
+    (legend,) = fig.legends
+    return [t.get_text() for t in legend.get_texts()]
+
+
+def test_knob_plot_names_its_axes_marks_the_best_trial_and_keeps_integer_knobs_integer():
+    """One titled panel per knob (x: the knob, y: the objective); an integer knob has only
+    integer ticks, a categorical one a tick per category, an lr a log axis; the best trial
+    (the best completed one, not the higher stopped one) is a star at its knob value and
+    objective, named in the legend; stopped trials are drawn apart from completed ones."""
+    from wsss.tune.report import knobs_figure
+
+    rows = _sweep()
+    fig = knobs_figure(rows, sorted(rows[0]["knobs"]), "pseudo_miou")
+    fig.canvas.draw()
+    grid, bg, lr = fig.axes[:3]
+    assert [ax.get_title() for ax in (grid, bg, lr)] == [
+        "pseudo_miou vs method.params.grid_size", "pseudo_miou vs refine.bg",
+        "pseudo_miou vs train.lr"]
+    assert [(ax.get_xlabel(), ax.get_ylabel()) for ax in (grid, bg, lr)] == [
+        ("method.params.grid_size", "pseudo_miou"), ("refine.bg", "pseudo_miou"),
+        ("train.lr", "pseudo_miou")]
+    ticks = [t for t in grid.get_xticks() if grid.get_xlim()[0] <= t <= grid.get_xlim()[1]]
+    assert ticks == [1, 2]  # no 1.5
+    assert [t.get_text() for t in bg.get_xticklabels()] == ["max", "mean"]  # the error: no score
+    assert lr.get_xscale() == "log"
+    assert _star(grid) == (2, 0.45) and _star(bg) == (0, 0.45) and _star(lr) == (0.05, 0.45)
+    assert "best: trial c (0.45, completed)" in _legend_texts(fig)
+    assert _legend_texts(fig)[:3] == ["completed", "stopped early",
+                                      "error (not scored, not drawn)"]
+    styles = {c.get_gid(): (tuple(c.get_facecolor()[0]), c.get_offsets().tolist())
+              for c in grid.collections}
+    assert styles["completed"][1] == [[1, 0.30], [2, 0.45]]
+    assert styles["stopped early"][1] == [[2, 0.60], [1, 0.25]]
+    assert styles["completed"][0] != styles["stopped early"][0]
+    assert "5 trials (1 not scored" in fig.get_suptitle()
+
+
+def test_history_plot_draws_each_trial_per_epoch_and_tells_stopped_from_completed():
+    """Left: one line per trial over the time attribute (its reported history): completed solid,
+    stopped early dashed grey with an x where it stopped, the best trial thick with a star at
+    its last point; right: trials in start order with the best so far. Titled, axes named."""
+    from wsss.tune.report import STATUS_STYLES, history_figure
+
+    rows = _sweep()
+    fig = history_figure(rows, "epoch_total", "pseudo_miou")
+    curves, order = fig.axes
+    assert fig.get_suptitle().startswith("Sweep history: pseudo_miou of 5 trials")
+    assert "2 completed, 2 stopped early, 1 error" in fig.get_suptitle()
+    assert (curves.get_xlabel(), curves.get_ylabel()) == ("epoch_total", "pseudo_miou")
+    assert (order.get_xlabel(), order.get_ylabel()) == ("trial (start order)", "pseudo_miou")
+    lines = {line.get_gid(): line for line in curves.lines if line.get_gid()}
+    assert set(lines) == {"a", "b", "c", "d"}  # e has no point
+    assert list(lines["c"].get_xdata()) == [1, 2, 3, 4]
+    stopped, completed = STATUS_STYLES["stopped early"], STATUS_STYLES["completed"]
+    assert lines["d"].get_linestyle() == "--" and lines["d"].get_color() == stopped["color"]
+    assert lines["a"].get_linestyle() == "-" and lines["a"].get_color() == completed["color"]
+    assert lines["c"].get_linewidth() > lines["a"].get_linewidth()  # the best
+    ends = {(float(m.get_xdata()[0]), float(m.get_ydata()[0])): m.get_marker()
+            for m in curves.lines if not m.get_gid()}
+    assert ends[(2, 0.25)] == "x" and ends[(1, 0.60)] == "x" and ends[(4, 0.45)] == "*"
+    assert _star(order) == (3, 0.45)
+    (so_far,) = [line for line in order.lines if line.get_marker() != "*"]
+    assert list(so_far.get_ydata())[2:] == [0.45, 0.45, 0.45]  # among the completed trials
+    texts = _legend_texts(fig)
+    assert "stopped early (x: where it stopped)" in texts
+    assert "best: trial c (0.45, completed)" in texts
+    fig.canvas.draw()
+    ticks = [t for t in curves.get_xticks() if curves.get_xlim()[0] <= t <= curves.get_xlim()[1]]
+    assert all(float(t).is_integer() for t in ticks)
+
+
+def test_history_without_reports_shows_each_trials_final_objective():
+    """Rows without ``history`` (a store that kept no steps): each trial is one point at the
+    time attribute it reached."""
+    from wsss.tune.report import history_figure
+
+    rows = [{k: v for k, v in r.items() if k != "history"} for r in _sweep()]
+    fig = history_figure(rows, "epoch_total", "pseudo_miou")
+    curves = fig.axes[0]
+    points = {line.get_gid(): list(zip(line.get_xdata(), line.get_ydata()))
+              for line in curves.lines if line.get_gid()}
+    assert points == {"a": [(4, 0.30)], "b": [(1, 0.60)], "c": [(4, 0.45)], "d": [(2, 0.25)]}
+    assert curves.get_title() == "final pseudo_miou at the epoch_total each trial reached"
+
+
+def test_a_trial_row_keeps_the_objective_of_each_report():
+    """``trial_row`` reads the history from Tune's metrics table: one value per time (the last
+    report of a time), reports without the objective left out."""
+    import pandas as pd
+    from types import SimpleNamespace
+
+    from wsss.tune.report import trial_row
+
+    frame = pd.DataFrame({"epoch_total": [1, 2, 2, 3], "pseudo_miou": [0.1, 0.2, 0.25, None]})
+    result = SimpleNamespace(metrics={"epoch_total": 3, "pseudo_miou": 0.3, "trial_id": "t1"},
+                             config={"train.lr": 0.1}, error=None, path="/x",
+                             metrics_dataframe=frame)
+    row = trial_row(result, lambda config: 4, "epoch_total", "pseudo_miou")
+    assert row["history"] == [(1, 0.1), (2, 0.25)]
+    assert row["status"] == "stopped early"
+    result.metrics_dataframe = None
+    assert trial_row(result, lambda config: 4, "epoch_total", "pseudo_miou")["history"] == []
+
+
+def test_compare_reads_each_trials_steps_and_names_the_time_attribute(tmp_path):
+    """``wsss compare`` rows hold the objective each trial's run logged per step, and the
+    table and plots name the sweep's time attribute (from ``<attr>_run``)."""
+    import mlflow
+
+    from wsss.tune.compare import compare, sweep_rows
+    from wsss.tune.report import KNOBS_TAG
+    from wsss.tune.tracking import ROLE, TRIAL_ID
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("sw")
+    parent = client.create_run(exp, tags={ROLE: "sweep"}).info.run_id
+    for trial_id, steps, status in (("t1", [0.1, 0.3], "completed"),
+                                    ("t2", [0.2], "stopped early")):
+        run = client.create_run(exp, tags={ROLE: "trial", TRIAL_ID: trial_id,
+                                           "mlflow.parentRunId": parent,
+                                           "wsss.status": status,
+                                           KNOBS_TAG: '{"train.lr": 0.1}'}).info.run_id
+        for step, value in enumerate(steps, start=1):
+            client.log_metric(run, "pseudo_miou", value, step=step)
+        client.log_metric(run, "objective", steps[-1])
+        client.log_metric(run, "epoch_total_run", len(steps))
+        client.set_terminated(run)
+    _, rows, time_attr = sweep_rows(uri, "sw")
+    assert time_attr == "epoch_total"
+    assert {r["trial_id"]: r["history"] for r in rows} == {"t1": [(1, 0.1), (2, 0.3)],
+                                                          "t2": [(1, 0.2)]}
+    table, paths, _ = compare(uri, "sw", tmp_path / "out")
+    assert table.splitlines()[1].split()[:4] == ["trial_id", "objective", "epoch_total", "status"]
+    assert {p.name for p in paths} >= {"history.png", "objective_vs_knobs.png"}

@@ -45,19 +45,23 @@ def sample_grid(refs: Sequence[SampleRef], steps: Sequence[Step], class_names: S
                 path: Path, mask_files: Path | None = None,
                 device: str = "cpu") -> Path | None:
     """Draw ``path``: one row per good sample among the first ``GRID_SAMPLES`` of ``refs``
-    run through ``steps`` (columns: image, maps when the steps give them, mask, ground truth);
+    run through ``steps`` (columns: image, maps when the steps give them, mask, ground truth,
+    a legend of the mask colours);
     with ``mask_files`` each mask is also written there as ``pseudo_mask_<id>.png``. None when
     no sample could be drawn."""
     rows = sample_rows(list(refs)[:GRID_SAMPLES], steps, device)
     if not rows:
         return None
     images = [r["image"] for r in rows]
-    maps = [np.asarray(r["maps"], np.float32) if "maps" in r
-            else np.zeros((0, *r["image"].shape[:2]), np.float32) for r in rows]
+    with_maps = "maps" in rows[0]
+    maps = [np.asarray(r["maps"], np.float32) for r in rows] if with_maps else None
+    map_classes = [[int(c) for c in r["class_ids"]] for r in rows] if with_maps else None
     masks = [r["mask"] for r in rows] if "mask" in rows[0] else None
     gts = [r["gt"] if r["gt"].size else None for r in rows]
+    gts = gts if any(g is not None for g in gts) else None  # a split without masks: no column
     ids = [str(r["id"]) for r in rows]
     if mask_files is not None and masks is not None:
         for sample_id, mask in zip(ids, masks):
             save_mask_png(mask_files / f"pseudo_mask_{sample_id}.png", mask)
-    return overlay_grid(images, maps, masks, gts, list(class_names), path, row_titles=ids)
+    return overlay_grid(images, maps, masks, gts, list(class_names), path, row_titles=ids,
+                        map_classes=map_classes)

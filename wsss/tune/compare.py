@@ -9,26 +9,38 @@ from typing import Any
 
 from wsss.tracking import missing_local_store
 from wsss.tune.report import (BEST_CHECKPOINT_TAG, BEST_TRIAL_TAG, DEGENERATE, DEGENERATE_METRIC,
-                              KNOBS_TAG, best_trial, degenerate_warning, format_table, next_steps,
-                              write_outputs)
-from wsss.tune.tracking import TRIAL_ID, latest_sweep, trial_runs
+                              KNOBS_TAG, best_trial, degenerate_warning, format_table,
+                              history_points, next_steps, write_outputs)
+from wsss.tune.tracking import TRIAL_ID, latest_sweep, mlflow_client, trial_runs
 
-PROGRESS = "progress"
+PROGRESS = "progress"  # the progress column when no trial says its time attribute
+OBJECTIVE = "pseudo_miou"  # the metric a trial reports at each step (epoch_total, chunk)
 
 
-def sweep_rows(uri: str, experiment: str) -> tuple[Any, list[dict[str, Any]]]:
-    """The newest sweep (parent run) of ``experiment`` and one row per trial."""
+def sweep_rows(uri: str, experiment: str) -> tuple[Any, list[dict[str, Any]], str]:
+    """The newest sweep (parent run) of ``experiment``, one row per trial with its ``history``
+    (the objective at each step its run logged), and the name of the rows' progress column:
+    the sweep's time attribute (``epoch_total``, ``chunk``: a closed trial's run has
+    ``<time attribute>_run``), else ``progress``."""
     parent = latest_sweep(uri, experiment)
+    client = mlflow_client(uri)
+    runs = trial_runs(uri, experiment, parent.info.run_id)
+    names = {k[:-len("_run")] for run in runs.values() for k in run.data.metrics
+             if k.endswith("_run")}
+    time_attr = names.pop() if len(names) == 1 else PROGRESS
     rows = []
-    for trial_id, run in trial_runs(uri, experiment, parent.info.run_id).items():
+    for trial_id, run in runs.items():
         metrics, tags = run.data.metrics, run.data.tags
-        objective = metrics.get("objective", metrics.get("pseudo_miou", math.nan))
+        objective = metrics.get("objective", metrics.get(OBJECTIVE, math.nan))
         progress = next((v for k, v in metrics.items() if k.endswith("_run")), math.nan)
+        history = history_points((m.step, m.value) for m in
+                                 client.get_metric_history(run.info.run_id, OBJECTIVE))
         rows.append({"trial_id": tags.get(TRIAL_ID, trial_id), "objective": objective,
-                     DEGENERATE: metrics.get(DEGENERATE_METRIC, math.nan), PROGRESS: progress,
-                     "status": tags.get("wsss.status", run.info.status),
-                     "knobs": json.loads(tags.get(KNOBS_TAG, "{}")), "run_id": run.info.run_id})
-    return parent, rows
+                     DEGENERATE: metrics.get(DEGENERATE_METRIC, math.nan),
+                     time_attr: progress, "status": tags.get("wsss.status", run.info.status),
+                     "knobs": json.loads(tags.get(KNOBS_TAG, "{}")), "run_id": run.info.run_id,
+                     "history": history})
+    return parent, rows, time_attr
 
 
 def compare(uri: str, experiment: str, out_dir: str | Path) -> tuple[str, list[Path], str]:
@@ -43,13 +55,13 @@ def compare(uri: str, experiment: str, out_dir: str | Path) -> tuple[str, list[P
         raise LookupError(f"no MLflow store at {missing}; run wsss compare where the sweep "
                           f"ran, or pass --tracking-uri (or set $MLFLOW_TRACKING_URI)")
 
-    parent, rows = sweep_rows(uri, experiment)
+    parent, rows, time_attr = sweep_rows(uri, experiment)
     if not rows:
         raise LookupError(f"sweep run {parent.info.run_id} of '{experiment}' has no trials yet")
-    paths = write_outputs(rows, Path(out_dir), PROGRESS)
+    paths = write_outputs(rows, Path(out_dir), time_attr, OBJECTIVE)
     header = (f"sweep '{experiment}' (MLflow parent run {parent.info.run_id}, "
               f"{parent.info.status}): {len(rows)} trials")
-    return (header + "\n" + format_table(rows, PROGRESS) + best_lines(parent, rows), paths,
+    return (header + "\n" + format_table(rows, time_attr) + best_lines(parent, rows), paths,
             parent.info.experiment_id)
 
 

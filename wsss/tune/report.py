@@ -20,10 +20,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from wsss.tracking import is_server, keep_unsent, send_or_keep
 from wsss.tune.tracking import find_trial_run, mlflow_client, trial_runs
+from wsss.viz import literal, save_figure
 
 KNOBS_TAG = "wsss.knobs"
 BEST_TRIAL_TAG = "wsss.best_trial_id"  # on the parent run: the best trial's id
@@ -31,13 +33,23 @@ BEST_CHECKPOINT_TAG = "wsss.best_checkpoint"  # on the parent run: the best tria
 # the share of a trial's scored pseudo-masks that are flooded (``wsss.core.scoring.is_degenerate``)
 DEGENERATE, DEGENERATE_METRIC = "degenerate", "degenerate_share"
 DEGENERATE_WARNING = 0.25  # the share of degenerate masks from which a trial is flagged
+# How the plots draw a trial of each status (others: STATUS_OTHER); the best trial on top.
+STATUS_STYLES = {
+    "completed": {"color": "C0", "marker": "o", "linestyle": "-"},
+    "stopped early": {"color": "0.55", "marker": "x", "linestyle": "--"},
+    "error": {"color": "C3", "marker": "x", "linestyle": ":"},
+}
+STATUS_OTHER = {"color": "C4", "marker": "d", "linestyle": "-."}
+BEST_STYLE = {"color": "C1", "marker": "*", "markersize": 16, "markeredgecolor": "black",
+              "markeredgewidth": 0.6, "linestyle": "-", "linewidth": 2.4}
 
 
 def trial_row(result: Any, full_length: Callable[[dict[str, Any]], int], time_attr: str,
               objective: str) -> dict[str, Any]:
     """One table row from a Tune ``Result``: trial id, objective, progress, status, knobs and
     ``degenerate`` (the share of flooded pseudo-masks at the last report; NaN when the trial
-    reports none)."""
+    reports none) and ``history``, the objective at each reported ``time_attr`` value
+    ([(t, objective), ...])."""
     metrics = dict(result.metrics or {})
     ran = int(metrics.get(time_attr, 0) or 0)
     full = full_length(result.config)
@@ -48,7 +60,31 @@ def trial_row(result: Any, full_length: Callable[[dict[str, Any]], int], time_at
             DEGENERATE: float(metrics.get(DEGENERATE_METRIC, math.nan)),
             time_attr: ran, "full": full, "status": status,
             "checkpoint_path": metrics.get("checkpoint_path"),
-            "knobs": {k: v for k, v in result.config.items() if not k.startswith("_")}}
+            "knobs": {k: v for k, v in result.config.items() if not k.startswith("_")},
+            "history": _reported(getattr(result, "metrics_dataframe", None), time_attr,
+                                 objective)}
+
+
+def _reported(frame: Any, time_attr: str, objective: str) -> list[tuple[float, float]]:
+    """(time, objective) of each report in Tune's metrics table, by time (the last report of a
+    time wins); [] without a table or those columns."""
+    if frame is None or time_attr not in frame or objective not in frame:
+        return []
+    return history_points(zip(frame[time_attr], frame[objective]))
+
+
+def history_points(pairs: Any) -> list[tuple[float, float]]:
+    """(time, value) pairs with both numbers, by time, one per time (the last given);
+    integral times as ints."""
+    points: dict[float, float] = {}
+    for t, value in pairs:
+        try:
+            t, value = float(t), float(value)
+        except (TypeError, ValueError):
+            continue
+        if not (math.isnan(t) or math.isnan(value)):
+            points[int(t) if t.is_integer() else t] = value
+    return sorted(points.items())
 
 
 def best_trial(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
@@ -156,15 +192,17 @@ def _end_run(client: Any, run_id: str, metrics: dict[str, float], tags: dict[str
 
 
 def summarize_sweep(uri: str, parent_run_id: str, rows: list[dict[str, Any]], time_attr: str,
-                    out_dir: Path, unsent: str | Path | None = None) -> dict[str, Any] | None:
-    """Best config, trials table and plots (written to ``out_dir``) on the parent run, which
-    then ends FINISHED; returns the best row (None if no trial scored).
+                    out_dir: Path, unsent: str | Path | None = None,
+                    objective: str = "objective") -> dict[str, Any] | None:
+    """Best config, trials table and plots (written to ``out_dir``; ``objective`` names the
+    objective on them) on the parent run, which then ends FINISHED; returns the best row (None
+    if no trial scored).
 
     When the tracking server does not answer, all of it goes to ``unsent`` as one
     ``close_sweep_run`` record (the tables and plots stay in ``out_dir``).
     """
     best = best_trial(rows)
-    outputs = write_outputs(rows, out_dir, time_attr)
+    outputs = write_outputs(rows, out_dir, time_attr, objective)
     metrics = {"trials": len(rows), f"{time_attr}_run": sum(r[time_attr] for r in rows),
                f"{time_attr}_full_budget": sum(r["full"] for r in rows)}
     best_config = None if best is None else {"trial_id": best["trial_id"],
@@ -228,8 +266,10 @@ def _trial_id_from_path(path: str) -> str:
     return found.group(1) if found else Path(path).name
 
 
-def write_outputs(rows: list[dict[str, Any]], out_dir: Path, time_attr: str) -> list[Path]:
-    """``trials.csv``, ``trials.md``, ``objective_vs_knobs.png`` and ``history.png``."""
+def write_outputs(rows: list[dict[str, Any]], out_dir: Path, time_attr: str,
+                  objective: str = "objective") -> list[Path]:
+    """``trials.csv``, ``trials.md``, ``objective_vs_knobs.png`` and ``history.png`` (their
+    axes name the objective ``objective``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     columns, table = _table(rows, time_attr)
     keys = sorted({k for r in rows for k in r["knobs"]})
@@ -239,8 +279,8 @@ def write_outputs(rows: list[dict[str, Any]], out_dir: Path, time_attr: str) -> 
     md += ["| " + " | ".join(row) + " |" for row in table]
     (out_dir / "trials.md").write_text("\n".join(md) + "\n")
     return [out_dir / "trials.csv", out_dir / "trials.md",
-            plot_knobs(rows, keys, out_dir / "objective_vs_knobs.png"),
-            plot_history(rows, out_dir / "history.png")]
+            plot_knobs(rows, keys, out_dir / "objective_vs_knobs.png", objective),
+            plot_history(rows, out_dir / "history.png", time_attr, objective)]
 
 
 def format_table(rows: list[dict[str, Any]], time_attr: str) -> str:
@@ -251,55 +291,225 @@ def format_table(rows: list[dict[str, Any]], time_attr: str) -> str:
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells)
 
 
-def plot_knobs(rows: list[dict[str, Any]], keys: Sequence[str], path: Path) -> Path:
-    """Scatter of the objective against each knob that varies (categorical knobs on a
-    labelled axis)."""
+def plot_knobs(rows: list[dict[str, Any]], keys: Sequence[str], path: Path,
+               objective: str = "objective") -> Path:
+    """:func:`knobs_figure` written to ``path`` (PNG, atomically)."""
+    return save_figure(knobs_figure(rows, keys, objective), path)
+
+
+def knobs_figure(rows: list[dict[str, Any]], keys: Sequence[str],
+                 objective: str = "objective") -> Figure:
+    """Scatter of the objective against each knob that varies, one panel per knob: categorical
+    knobs on a labelled axis, integer knobs with integer ticks, ``lr`` knobs on a log axis;
+    each trial drawn in the style of its status (:data:`STATUS_STYLES`), the best trial
+    (:func:`best_trial`) as a star named in the legend."""
     varying = [k for k in keys if len({str(r["knobs"].get(k)) for r in rows}) > 1]
     keys = varying or list(keys)
     cols = max(1, min(3, len(keys)))
     nrows = max(1, math.ceil(len(keys) / cols))
-    fig = Figure(figsize=(4 * cols, 3 * nrows), dpi=100)
+    fig = Figure(figsize=(4 * cols, 3.2 * nrows + 0.9), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, cols, squeeze=False).ravel()
+    best = best_trial(rows)
     for ax, key in zip(axes, keys):
-        points = [(r["knobs"][key], r["objective"]) for r in rows
-                  if key in r["knobs"] and not math.isnan(r["objective"])]
-        values = [p[0] for p in points]
-        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-        if not numeric:
+        scored = [r for r in rows if key in r["knobs"] and not math.isnan(r["objective"])]
+        values = [r["knobs"][key] for r in scored]
+        kind = _knob_kind(values)
+        if kind == "category":
             labels = sorted({str(v) for v in values})
-            values = [labels.index(str(v)) for v in values]
-            ax.set_xticks(range(len(labels)), labels, rotation=45, fontsize=7)
-        ax.scatter(values, [p[1] for p in points], s=18)
-        ax.set_xlabel(key, fontsize=8)
-        ax.set_ylabel("objective", fontsize=8)
-        if numeric and key.endswith("lr"):
+            position = {label: i for i, label in enumerate(labels)}
+            xs = [position[str(v)] for v in values]
+            slanted = len(labels) > 3
+            ax.set_xticks(range(len(labels)), [literal(v) for v in labels],
+                          rotation=30 if slanted else 0, ha="right" if slanted else "center",
+                          fontsize=8)
+            ax.set_xlim(-0.5, len(labels) - 0.5)
+        else:
+            xs = values
+        for status, group in _by_status(scored, xs):
+            style = _status_style(status)
+            ax.scatter([x for x, _ in group], [r["objective"] for _, r in group], s=28,
+                       color=style["color"], marker=style["marker"], zorder=2, gid=status)
+        for x, row in zip(xs, scored):
+            if row is best:
+                ax.plot([x], [row["objective"]], linestyle="none", zorder=3,
+                        **_marker_only(BEST_STYLE))
+        if kind == "int":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        elif kind == "float" and key.endswith("lr") and all(v > 0 for v in values):
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_title(literal(f"{objective} vs {key}"), fontsize=9)
+        ax.set_xlabel(literal(key), fontsize=8)
+        ax.set_ylabel(literal(objective), fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
     for ax in axes[len(keys):]:
         ax.set_axis_off()
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
+    unscored = sum(math.isnan(r["objective"]) for r in rows)
+    fig.suptitle(literal(f"{objective} against each knob: {len(rows)} trials"
+                         + (f" ({unscored} not scored, not shown)" if unscored else "")),
+                 fontsize=10)
+    _legend(fig, rows, best, lines=False)
+    return fig
 
 
-def plot_history(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Objective of each trial in start order, and the best so far."""
-    values = np.array([r["objective"] for r in rows], dtype=float)
-    fig = Figure(figsize=(5, 3.2), dpi=100)
+def plot_history(rows: list[dict[str, Any]], path: Path, time_attr: str = "progress",
+                 objective: str = "objective") -> Path:
+    """:func:`history_figure` written to ``path`` (PNG, atomically)."""
+    return save_figure(history_figure(rows, time_attr, objective), path)
+
+
+def history_figure(rows: list[dict[str, Any]], time_attr: str = "progress",
+                   objective: str = "objective") -> Figure:
+    """Two panels. Left: each trial's objective against ``time_attr`` (its ``history``, else
+    its final objective at the ``time_attr`` it reached), drawn in the style of its status
+    (:data:`STATUS_STYLES`: a trial stopped early dashed and grey, an ``x`` where it stopped).
+    Right: each trial's final objective in start order and the best so far (among the
+    completed trials when any completed, as :func:`best_trial` ranks). The best trial is
+    drawn thick with a star, and named in the legend."""
+    fig = Figure(figsize=(11, 4.4), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    x = np.arange(1, len(values) + 1)
-    ax.scatter(x, values, s=18, label="trial")
-    if len(values):
-        ax.step(x, np.fmax.accumulate(np.nan_to_num(values, nan=-np.inf)), where="post",
-                color="C1", label="best so far")
-    ax.set_xlabel("trial")
-    ax.set_ylabel("objective")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
+    curves, order = fig.subplots(1, 2)
+    best = best_trial(rows)
+    times: list[float] = []
+    lines = False  # whether any trial has more than one point
+    for row in sorted(rows, key=lambda r: r is best):  # the best one drawn last, on top
+        points = _curve(row, time_attr)
+        if not points:
+            continue
+        ts, values = zip(*points)
+        times += ts
+        lines = lines or len(points) > 1
+        style = BEST_STYLE if row is best else _status_style(row["status"])
+        width = style.get("linewidth", 1.2)
+        curves.plot(ts, values, color=style["color"], linestyle=style["linestyle"],
+                    linewidth=width, alpha=1.0 if row is best else 0.8,
+                    zorder=3 if row is best else 2, gid=str(row["trial_id"]))
+        curves.plot(ts[-1:], values[-1:], linestyle="none", zorder=3 if row is best else 2,
+                    **_marker_only(style))
+    if times and all(float(t).is_integer() for t in times):
+        curves.xaxis.set_major_locator(MaxNLocator(integer=True))
+    curves.set_title(literal(f"{objective} per {time_attr}, one line per trial" if lines else
+                             f"final {objective} at the {time_attr} each trial reached"),
+                     fontsize=9)
+    if not times:
+        curves.text(0.5, 0.5, literal(f"no trial reported {objective} with {time_attr}"),
+                    ha="center", va="center", fontsize=8, transform=curves.transAxes)
+    curves.set_xlabel(literal(time_attr), fontsize=8)
+    curves.set_ylabel(literal(objective), fontsize=8)
+
+    x = np.arange(1, len(rows) + 1)
+    for status, group in _by_status(rows, list(x)):
+        style = _status_style(status)
+        order.scatter([t for t, _ in group], [r["objective"] for _, r in group], s=28,
+                      color=style["color"], marker=style["marker"], zorder=2, gid=status)
+    if rows:
+        pool = {"completed"} if any(r["status"] == "completed" for r in rows) else None
+        values = np.array([r["objective"] if pool is None or r["status"] in pool else math.nan
+                           for r in rows], dtype=float)
+        so_far = np.fmax.accumulate(np.nan_to_num(values, nan=-np.inf))
+        order.step(x, np.where(np.isfinite(so_far), so_far, np.nan), where="post",
+                   color="C2", linewidth=1.2, zorder=1)
+    for number, row in zip(x, rows):
+        if row is best:
+            order.plot([number], [row["objective"]], linestyle="none", zorder=3,
+                       **_marker_only(BEST_STYLE))
+    order.xaxis.set_major_locator(MaxNLocator(integer=True))
+    order.set_title(literal(f"final {objective} of each trial, in start order"), fontsize=9)
+    order.set_xlabel("trial (start order)", fontsize=8)
+    order.set_ylabel(literal(objective), fontsize=8)
+    for ax in (curves, order):
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(literal(f"Sweep history: {objective} of {len(rows)} trials ({_counts(rows)})"),
+                 fontsize=10)
+    extra = [Line2D([], [], color="C2", linewidth=1.2,
+                    label="best so far" + (" (completed trials)"
+                                           if any(r["status"] == "completed" for r in rows)
+                                           else ""))] if rows else []
+    _legend(fig, rows, best, lines=True, extra=extra)
+    return fig
+
+
+def _knob_kind(values: Sequence[Any]) -> str:
+    """``int`` (every value an integer), ``float`` (numbers) or ``category`` (anything else,
+    booleans included)."""
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(
+            v, (bool, np.bool_))
+
+    if values and all(number(v) for v in values):
+        return "int" if all(isinstance(v, (int, np.integer)) for v in values) else "float"
+    return "category" if values else "float"
+
+
+def _curve(row: dict[str, Any], time_attr: str) -> list[tuple[float, float]]:
+    """The trial's (time, objective) points: its ``history``, else its final objective at the
+    time it reached; [] when it has neither."""
+    points = history_points(row.get("history") or [])
+    if points:
+        return points
+    return history_points([(row.get(time_attr), row["objective"])])
+
+
+def _by_status(rows: Sequence[dict[str, Any]],
+               xs: Sequence[Any]) -> list[tuple[str, list[tuple[Any, dict[str, Any]]]]]:
+    """(status, [(x, row), ...]) of the scored rows, statuses in first-seen order."""
+    groups: dict[str, list[tuple[Any, dict[str, Any]]]] = {}
+    for x, row in zip(xs, rows):
+        if not math.isnan(row["objective"]):
+            groups.setdefault(row["status"], []).append((x, row))
+    return list(groups.items())
+
+
+def _status_style(status: str) -> dict[str, Any]:
+    return STATUS_STYLES.get(status, STATUS_OTHER)
+
+
+def _marker_only(style: dict[str, Any]) -> dict[str, Any]:
+    """The marker settings of a style (for ``Axes.plot`` with ``linestyle="none"``)."""
+    keys = ("color", "marker", "markersize", "markeredgecolor", "markeredgewidth")
+    return {"markersize": 7, **{k: style[k] for k in keys if k in style}}
+
+
+def _statuses(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The statuses of ``rows``: those of :data:`STATUS_STYLES` in its order, then others."""
+    present = dict.fromkeys(r["status"] for r in rows)
+    return [s for s in STATUS_STYLES if s in present] + [s for s in present
+                                                         if s not in STATUS_STYLES]
+
+
+def _counts(rows: Sequence[dict[str, Any]]) -> str:
+    """``3 completed, 2 stopped early, 1 error``."""
+    return ", ".join(f"{sum(r['status'] == status for r in rows)} {status}"
+                     for status in _statuses(rows))
+
+
+def _legend(fig: Figure, rows: Sequence[dict[str, Any]], best: dict[str, Any] | None,
+            lines: bool, extra: Sequence[Line2D] = ()) -> None:
+    """A figure legend below the panels: one entry per status present (line and marker when
+    ``lines``), ``extra`` entries, and the best trial by id and objective."""
+    handles = []
+    for status in _statuses(rows):
+        style = _status_style(status)
+        drawn = any(not math.isnan(r["objective"]) or (lines and r.get("history"))
+                    for r in rows if r["status"] == status)
+        note = (" (x: where it stopped)" if lines and status == "stopped early" and drawn
+                else "" if drawn else " (not scored, not drawn)")
+        handles.append(Line2D([], [], color=style["color"], marker=style["marker"],
+                              linestyle=style["linestyle"] if lines else "none",
+                              label=literal(status + note)))
+    handles += list(extra)
+    if best is not None:
+        handles.append(Line2D([], [], linestyle=BEST_STYLE["linestyle"] if lines else "none",
+                              linewidth=BEST_STYLE["linewidth"], **_marker_only(BEST_STYLE),
+                              label=literal(f"best: trial {best['trial_id']} "
+                                            f"({best['objective']:.4g}, {best['status']})")))
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center",
+                   ncols=len(handles) if len(handles) <= 5 else math.ceil(len(handles) / 2),
+                   fontsize=8, frameon=False)
 
 
 def _table(rows: list[dict[str, Any]], time_attr: str) -> tuple[list[str], list[list[str]]]:

@@ -274,7 +274,7 @@ def record_results(sweep: Sweep, ctx: SweepContext, cfg: Any,
                         sweep.time_attr, lambda: _trial_samples(sweep, ctx, cfg, row, folder),
                         folder, ctx.unsent_file)
     return summarize_sweep(ctx.tracking_uri, ctx.parent_run_id, rows, sweep.time_attr,
-                           Path(ctx.workdir) / "summary", ctx.unsent_file)
+                           Path(ctx.workdir) / "summary", ctx.unsent_file, OBJECTIVE)
 
 
 def _trial_samples(sweep: Sweep, ctx: SweepContext, cfg: Any, row: dict[str, Any],
