@@ -10,7 +10,7 @@ from typing import Any
 from wsss.tracking import missing_local_store
 from wsss.tune.report import (BEST_CHECKPOINT_TAG, BEST_TRIAL_TAG, KNOBS_TAG, best_trial,
                               format_table, next_steps, write_outputs)
-from wsss.tune.tracking import TRIAL_ID, latest_sweep, trial_runs
+from wsss.tune.tracking import TRIAL_ID, base_param, latest_sweep, trial_runs
 
 PROGRESS = "progress"
 
@@ -61,6 +61,7 @@ def best_lines(parent: Any, rows: list[dict[str, Any]]) -> str:
     checkpoint = parent.data.tags.get(BEST_CHECKPOINT_TAG)
     if checkpoint and parent.data.tags.get(BEST_TRIAL_TAG) != best["trial_id"]:
         checkpoint = None  # the tag names another trial (a sweep resumed since)
-    data = parent.data.params.get("data.root", "DATA")
+    params = parent.data.params  # data.root: a sweep recorded before the base. prefix
+    data = params.get(base_param("data.root"), params.get("data.root", "DATA"))
     return (f"\nbest trial {best['trial_id']} ({best['status']}): objective "
             f"{best['objective']:.4f}\n" + next_steps(checkpoint, data).rstrip("\n"))
