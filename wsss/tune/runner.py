@@ -18,11 +18,12 @@ from ray import tune
 
 from wsss.config import ExperimentConfig, load_config, override
 from wsss.data.dataset import VOCDataset
+from wsss.data.errors import DatasetError
 from wsss.data.synthetic import generate_dataset
 from wsss.helptext import ArgumentParser
 from wsss.knobs import Knob
 from wsss.methods import get_method
-from wsss.storage import absolute_options
+from wsss.storage import absolute_options, is_uri
 from wsss.train.mask_eval import select_eval_ids
 from wsss.tune.samples import checkpoint_samples
 from wsss.tune.spaces import LR, Space, apply_trial, method_knobs
@@ -99,7 +100,9 @@ def build_parser(sweep: Sweep, description: str | None) -> argparse.ArgumentPars
     """The options every sweep script takes; ``--help`` shows ``description`` (the script's
     doc, its example commands one a line) as written and each option's default."""
     p = ArgumentParser(description=description)
-    p.add_argument("--data", help="VOC-layout dataset (default: a generated synthetic set)")
+    p.add_argument("--data", help="VOC-layout dataset: a folder, or a URI every node reads "
+                                  "such as s3://BUCKET/VOC2012 (default: a generated "
+                                  "synthetic set)")
     p.add_argument("--num-samples", type=int, default=12, help="trials to run")
     p.add_argument("--max-concurrent", type=int, default=1, help="trials running at once")
     p.add_argument("--gpus-per-trial", type=float, default=0.0,
@@ -153,7 +156,7 @@ def parse_options(sweep: Sweep, argv: Sequence[str] | None = None,
     return absolute_options(args, (*PATH_OPTIONS, *sweep.path_options))
 
 
-def base_config(args: argparse.Namespace, data_root: Path) -> ExperimentConfig:
+def base_config(args: argparse.Namespace, data_root: str | Path) -> ExperimentConfig:
     """Defaults for every trial; ``--smoke-test`` makes them tiny."""
     epochs = args.epochs or (1 if args.smoke_test else 4)
     overrides = [override("data.root", str(data_root)), f"train.seed={args.seed}",
@@ -165,10 +168,11 @@ def base_config(args: argparse.Namespace, data_root: Path) -> ExperimentConfig:
     return load_config(None, overrides + list(args.overrides))
 
 
-def dataset_root(args: argparse.Namespace, workdir: Path) -> Path:
-    """``--data``, or a synthetic set generated once under the work folder."""
+def dataset_root(args: argparse.Namespace, workdir: Path) -> str | Path:
+    """``--data`` (a URI such as ``s3://bucket/VOC2012`` kept as given: every node reads it
+    there), or a synthetic set generated once under the work folder."""
     if args.data:
-        return Path(args.data)
+        return args.data if is_uri(args.data) else Path(args.data)
     n, size = (24, 64) if args.smoke_test else (120, 96)
     root = workdir / f"data/synth-{n}-{size}"
     if not (root / "classes.txt").is_file():
@@ -179,8 +183,8 @@ def dataset_root(args: argparse.Namespace, workdir: Path) -> Path:
 def select_train_eval_ids(cfg: ExperimentConfig, count: int, seed: int) -> list[str]:
     """The fixed training images (with ground truth) whose pseudo-masks every trial scores."""
     dataset = VOCDataset(cfg.data.root, cfg.data.train_split)
-    scored = [i for i in dataset.ids if dataset.mask_path(i) is not None]
+    scored = [i for i in dataset.ids if dataset.refs[i].mask_file]
     if not scored:
-        raise ValueError(f"{cfg.data.root}: no training image of split "
+        raise DatasetError(f"{cfg.data.root}: no training image of split "
                          f"'{cfg.data.train_split}' has a ground-truth mask to score")
     return select_eval_ids(scored, count, seed)
