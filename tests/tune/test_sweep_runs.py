@@ -43,9 +43,9 @@ def test_compare_reads_the_dataset_from_the_base_config(tmp_path):
 def test_trial_run_names_are_short_distinct_and_readable():
     knobs = {"method.params.hide_prob": 0.3141592, "method.params.grid_size": 8,
              "train.lr": 0.001234567, "_private": 1}
-    assert (trial_run_name("3a1f2_00002", knobs)
-            == "trial-3a1f2_00002-hide_prob=0.314,grid_size=8,lr=0.00123")
-    assert trial_run_name("3a1f2_00003", knobs) != trial_run_name("3a1f2_00002", knobs)
+    assert (trial_run_name("1a2b3c4d", knobs)
+            == "trial-1a2b3c4d-hide_prob=0.314,grid_size=8,lr=0.00123")
+    assert trial_run_name("5e6f7a8b", knobs) != trial_run_name("1a2b3c4d", knobs)
     # method-prefixed keys, rate sets, a last part two knobs share
     assert (trial_run_name("ab", {"mdc:method.params.dilations": "1,3,6", "a.x": 1, "b.x": 2.0})
             == "trial-ab-dilations=1/3/6,a.x=1,b.x=2")
@@ -56,7 +56,7 @@ def test_a_trial_run_name_stays_within_mlflows_limit():
     limit = names.run_name_limit()
     assert limit == 250  # runs.name String(250)
     knobs = {f"refine.knob_{i:02d}_{'w' * 12}": 1.0 / (i + 3) for i in range(20)}
-    ids = [f"3a1f2_{i:05d}" for i in range(5)]
+    ids = [f"1a2b3c4{i}" for i in range(5)]  # Tune: 8 hex digits
     found = [trial_run_name(i, knobs) for i in ids]
     assert len(set(found)) == len(ids)
     for trial_id, name in zip(ids, found):

@@ -5,7 +5,7 @@ Runs are found again by tags (``wsss.sweep``, ``wsss.role`` = ``sweep`` | ``tria
 The parent's params are the base config every trial starts from, as ``base.<key>``
 (``base.train.lr``), and the sweep's options, as ``sweep.<option>``; a trial's run holds its
 own whole config unprefixed (``train.lr``) and is named by its id and knobs
-(:func:`trial_run_name`, e.g. ``trial-3a1f2_00002-hide_prob=0.31,grid_size=8,lr=0.0123``).
+(:func:`trial_run_name`, e.g. ``trial-1a2b3c4d-hide_prob=0.314,grid_size=8,lr=0.00123``).
 """
 
 from __future__ import annotations
