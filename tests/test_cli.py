@@ -36,6 +36,48 @@ def test_every_subcommand_has_help(capsys):
         assert "usage: wsss" in capsys.readouterr().out, command
 
 
+def test_help_lists_the_examples_one_a_line_and_shows_defaults(capsys, monkeypatch):
+    """``wsss --help`` ends with every example of the module doc, one a line (not run into a
+    paragraph); a subcommand's --help shows its own examples and its options' defaults."""
+    from wsss.cli import EXAMPLES
+
+    monkeypatch.setenv("COLUMNS", "100")
+    assert len(EXAMPLES) == 11
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[lines.index("examples:") + 1:] == [f"  {line}" for line in EXAMPLES]
+    with pytest.raises(SystemExit):
+        main(["data", "synth", "--help"])
+    out = capsys.readouterr().out
+    assert "images (default: 300)" in out and "(default: 112)" in out
+    assert "  wsss data synth --out data/synth --n 300 --seed 0" in out.splitlines()
+    assert "train-cls" not in out and "(default: None)" not in out
+
+
+def test_sweep_script_help_keeps_its_examples_and_shows_defaults(capsys, monkeypatch):
+    """A sweep script's --help: its doc as written (each example command a line of its own),
+    each option's default, and no ``(default: None)`` or ``(default: False)``."""
+    import runpy
+    from pathlib import Path
+
+    monkeypatch.setenv("COLUMNS", "100")
+    script = Path(__file__).resolve().parents[1] / "sweeps" / "erasing.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--help"])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(script), run_name="__main__")
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "    python sweeps/erasing.py --smoke-test" in lines
+    assert "    python sweeps/erasing.py --num-samples 24 --max-concurrent 2 --data " \
+           "VOCdevkit/VOC2012" in lines
+    text = " ".join(out.split())  # the help as one line, whatever argparse wrapped
+    assert "trials to run (default: 12)" in text and "(default: asha)" in text
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert "the number of trials is still --num-samples" in text
+
+
 def test_the_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "wsss.cli", "--help"], capture_output=True,
                          text=True, check=True).stdout

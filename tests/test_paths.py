@@ -160,3 +160,20 @@ def test_sweep_options_become_absolute(in_tmp, monkeypatch):
                                                       "http://127.0.0.1:5000")
     monkeypatch.setenv("WSSS_STORAGE_PATH", "shared/ray")  # a relative default as well
     assert parse_options(sweep, []).storage_path == str(in_tmp / "shared/ray")
+
+
+def test_a_sweep_reads_a_dataset_uri_as_given(in_tmp, synth_root):
+    """``--data s3://...`` (here ``file://``) stays a URI in the base config every trial reads,
+    and the driver scans it and picks the scored images there (a ``Path`` would make it
+    ``file:/...``, a folder under the working directory)."""
+    from wsss.train.classifier import scan_training_data
+    from wsss.tune.runner import base_config, dataset_root, parse_options, select_train_eval_ids
+
+    sweep = runpy.run_path(str(ROOT / "sweeps/erasing.py"))["SWEEP"]
+    uri = synth_root.as_uri()
+    args = parse_options(sweep, ["--data", uri])
+    assert dataset_root(args, Path(args.workdir)) == uri
+    cfg = base_config(args, dataset_root(args, Path(args.workdir)))
+    assert cfg.data.root == uri
+    assert scan_training_data(cfg).train.ids
+    assert len(select_train_eval_ids(cfg, 4, 0)) == 4

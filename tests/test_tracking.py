@@ -96,7 +96,8 @@ def test_a_value_over_the_store_limit_is_shortened_and_kept_in_full(tmp_path):
 
 
 def test_sweep_parent_and_trial_runs_keep_long_params_in_full(tmp_path):
-    """The sweep's own runs (MlflowClient, no active run) follow the same rule."""
+    """The sweep's own runs (MlflowClient, no active run) follow the same rule (the parent
+    holds the base config as ``base.*``)."""
     from wsss.config import load_config
     from wsss.tune.tracking import sweep_run, trial_run
 
@@ -107,11 +108,11 @@ def test_sweep_parent_and_trial_runs_keep_long_params_in_full(tmp_path):
                           unsent_file=None)
     trial = trial_run(ctx, "t1", "trial-1", cfg)
     client = mlflow.MlflowClient(uri)
-    for run_id in (parent, trial):
+    for run_id, key in ((parent, "base.data.root"), (trial, "data.root")):
         run = client.get_run(run_id)
-        assert len(run.data.params["data.root"]) == names.param_value_limit()
-        assert run.data.tags[tracking.SHORTENED_TAG] == "data.root"
-        assert _full_params(client, run_id, tmp_path / run_id) == {"data.root": root}
+        assert len(run.data.params[key]) == names.param_value_limit()
+        assert run.data.tags[tracking.SHORTENED_TAG] == key
+        assert _full_params(client, run_id, tmp_path / run_id) == {key: root}
     assert client.get_run(trial).data.params["train.epochs"] == str(cfg.train.epochs)
 
 

@@ -26,6 +26,7 @@ from wsss.config import (BACKBONES, BG_MODES, MAP_KINDS, SEGMENTER_ARCHS, SEGMEN
                          ConfigError, ExperimentConfig, load_config, override)
 from wsss.data.errors import DatasetError
 from wsss.data.voc import MASK_DIR
+from wsss.helptext import ArgumentParser
 from wsss.methods import METHODS
 from wsss.pipeline.maps import run_cams
 from wsss.pipeline.masks import run_eval, run_eval_masks, run_refine
@@ -305,9 +306,31 @@ def _print_report(report, what: str) -> None:
         print(f"  not scored {entry['id']}: {entry['reason']}")
 
 
+# The module doc's example commands, one a line: `wsss --help` lists them all, and each
+# subcommand's --help those of its own.
+EXAMPLES = tuple(line.strip() for line in (__doc__ or "").splitlines()
+                 if line.startswith("    wsss "))
+
+
+def examples(command: str = "") -> str | None:
+    """The ``examples:`` block of ``wsss [COMMAND] --help`` (None: no example of it)."""
+    prefix = " ".join(["wsss", *command.split()]) + " "
+    lines = [line for line in EXAMPLES if line.startswith(prefix)]
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines) if lines else None
+
+
+def _add_examples(parser: argparse.ArgumentParser, command: str = "") -> None:
+    """Give ``parser`` and its subcommands' parsers (all levels) their examples as epilog."""
+    parser.epilog = examples(command)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                _add_examples(sub, f"{command} {name}".strip())
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wsss", description="Weakly supervised semantic "
-                                     "segmentation: image-level labels -> maps -> masks.")
+    parser = ArgumentParser(prog="wsss", description="Weakly supervised semantic "
+                            "segmentation: image-level labels -> maps -> masks.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     add_data_commands(sub)
@@ -402,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for the table and plots (default: "
                                  "runs/compare/EXPERIMENT)")
     p.set_defaults(func=cmd_compare)
+    _add_examples(parser)
     return parser
 
 

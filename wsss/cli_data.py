@@ -33,10 +33,10 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_cmd",
                                                                        required=True)
     p = data.add_parser("synth", help="generate a synthetic VOC-layout dataset")
-    p.add_argument("--out", required=True)
-    p.add_argument("--n", type=int, default=300)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size", type=int, default=112)
+    p.add_argument("--out", required=True, help="folder for the dataset")
+    p.add_argument("--n", type=int, default=300, help="images")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same set)")
+    p.add_argument("--image-size", type=int, default=112, help="image side in pixels")
     p.set_defaults(func=cmd_synth)
 
     p = data.add_parser("convert-masks", help="RGB masks in the PASCAL VOC colour map -> "

@@ -24,8 +24,10 @@ characters: ``mlflow.utils.validation.MAX_EXPERIMENT_NAME_LENGTH`` (500) and the
 the smaller wins. No control characters and no white space at either end (as above); any other
 text (``/``, quotes, unicode) is kept as it is.
 
-**An MLflow run name**: at most 250 characters (the ``runs.name`` column). Run names given by
-users are folders too, and the 200-byte rule is the stricter one.
+**An MLflow run name**: at most 250 characters (the ``runs.name`` column:
+:func:`run_name_limit`). Run names given by users are folders too, and the 200-byte rule is the
+stricter one; the names of sweep trial runs (``wsss.tune.tracking.trial_run_name``) are not
+folders and are cut to this limit.
 
 **MLflow metric, param and tag keys** (``mlflow.utils.validation``): characters matching
 ``[/\\w.\\- :]`` (``\\w`` is Unicode: ``é`` and ``水`` pass, emoji and quotes do not; ``:``
@@ -67,6 +69,7 @@ _MLFLOW_DEFAULTS = {"MAX_PARAM_VAL_LENGTH": 6000, "MAX_TAG_VAL_LENGTH": 8000,
                     "MAX_ENTITY_KEY_LENGTH": 250, "MAX_EXPERIMENT_NAME_LENGTH": 500,
                     "MAX_PARAMS_TAGS_PER_BATCH": 100, "MAX_BATCH_LOG_REQUEST_SIZE": 1_000_000}
 SQL_EXPERIMENT_NAME_LENGTH = 256  # fallback for experiments.name String(256)
+SQL_RUN_NAME_LENGTH = 250  # fallback for runs.name String(250)
 _KEY_PART_CHAR = re.compile(r"[\w.\- ]")  # MLflow's key characters less "/" and ":"
 
 
@@ -107,6 +110,17 @@ def experiment_name_limit() -> int:
     except (ImportError, AttributeError):  # pragma: no cover - a future MLflow
         column = SQL_EXPERIMENT_NAME_LENGTH
     return min(mlflow_limit("MAX_EXPERIMENT_NAME_LENGTH"), column)
+
+
+@functools.cache
+def run_name_limit() -> int:
+    """Characters an MLflow run name may have: the SQL store's ``runs.name`` column."""
+    try:
+        from mlflow.store.tracking.dbmodels.models import SqlRun
+
+        return SqlRun.__table__.c.name.type.length or SQL_RUN_NAME_LENGTH
+    except (ImportError, AttributeError):  # pragma: no cover - a future MLflow
+        return SQL_RUN_NAME_LENGTH
 
 
 def _is_control(ch: str) -> bool:

@@ -55,8 +55,11 @@ def check_store(uri: str, experiment: str, trials: int, best: dict, knob: str,
     assert parent.info.status == "FINISHED"
     assert len(children) == trials
     assert {c.data.tags["wsss.trial_id"] for c in children} >= {best["trial_id"]}
+    assert parent.data.params["base.data.crop_size"] == "64"  # the base config, as base.*
+    assert "data.crop_size" not in parent.data.params
     for child in children:
         assert child.data.params["data.crop_size"] == "64"  # the flattened config
+        assert child.info.run_name.startswith(f"trial-{child.data.tags['wsss.trial_id']}-")
         assert knob in child.data.params
         assert 0.0 <= child.data.metrics["pseudo_miou"] <= 1.0
         assert len(client.get_metric_history(child.info.run_id, "pseudo_miou")) >= 1

@@ -30,6 +30,7 @@ from wsss.data.transforms import eval_transform, train_transform
 from wsss.data.voc import DatasetInfo
 from wsss.methods import get_method
 from wsss.ray_utils import gpus_available, init_ray
+from wsss.storage import is_uri
 from wsss.train.checkpoint import (copy_from_ray_checkpoint, load_checkpoint_state,
                                    restore_training_state, save_checkpoint)
 from wsss.train.mask_eval import pseudo_mask_scores
@@ -106,9 +107,14 @@ class TrainingData:
 
 
 def data_key(cfg: ExperimentConfig, pseudo_dir: str | Path | None = None) -> DataKey:
-    """``TrainingData.key`` of a config (and pseudo-mask folder)."""
-    return (str(Path(cfg.data.root).resolve()), cfg.data.train_split, cfg.data.val_split,
-            cfg.data.max_image_side, str(Path(pseudo_dir).resolve()) if pseudo_dir else None)
+    """``TrainingData.key`` of a config (and pseudo-mask folder); a URI (``s3://...``) as
+    given, a local path resolved."""
+    return (_resolved(cfg.data.root), cfg.data.train_split, cfg.data.val_split,
+            cfg.data.max_image_side, _resolved(pseudo_dir) if pseudo_dir else None)
+
+
+def _resolved(root: str | Path) -> str:
+    return str(root) if is_uri(str(root)) else str(Path(root).resolve())
 
 
 def scan_training_data(cfg: ExperimentConfig) -> TrainingData:

@@ -11,7 +11,7 @@ from wsss.tracking import missing_local_store
 from wsss.tune.report import (BEST_CHECKPOINT_TAG, BEST_TRIAL_TAG, DEGENERATE, DEGENERATE_METRIC,
                               KNOBS_TAG, best_trial, degenerate_warning, format_table,
                               history_points, next_steps, write_outputs)
-from wsss.tune.tracking import TRIAL_ID, latest_sweep, mlflow_client, trial_runs
+from wsss.tune.tracking import TRIAL_ID, base_param, latest_sweep, mlflow_client, trial_runs
 
 PROGRESS = "progress"  # the progress column when no trial says its time attribute
 OBJECTIVE = "pseudo_miou"  # the metric a trial reports at each step (epoch_total, chunk)
@@ -75,7 +75,8 @@ def best_lines(parent: Any, rows: list[dict[str, Any]]) -> str:
     checkpoint = parent.data.tags.get(BEST_CHECKPOINT_TAG)
     if checkpoint and parent.data.tags.get(BEST_TRIAL_TAG) != best["trial_id"]:
         checkpoint = None  # the tag names another trial (a sweep resumed since)
-    data = parent.data.params.get("data.root", "DATA")
+    params = parent.data.params  # data.root: a sweep recorded before the base. prefix
+    data = params.get(base_param("data.root"), params.get("data.root", "DATA"))
     return (f"\nbest trial {best['trial_id']} ({best['status']}): objective "
             f"{best['objective']:.4f}\n" + degenerate_warning(best)
             + next_steps(checkpoint, data).rstrip("\n"))

@@ -37,7 +37,8 @@ def crf_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     """Tune function trainable: score the trial's refine settings, chunk by chunk."""
     trial = tune.get_context()
     cfg = apply_trial(ctx.base(), config)
-    run_id = trial_run(ctx, trial.get_trial_id(), trial.get_trial_name(), cfg)
+    trial_id = trial.get_trial_id()
+    run_id = trial_run(ctx, trial_id, ctx.run_name(trial_id, config), cfg)
     chunks = rescore_maps(ctx.extra["maps_dir"], cfg.data.root, cfg.data.train_split,
                           ctx.eval_ids, cfg.refine, ctx.extra["method"],
                           ctx.extra["method_params"], chunks=CHUNKS,

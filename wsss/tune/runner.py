@@ -17,11 +17,13 @@ from typing import Any, Callable, Sequence
 from ray import tune
 
 from wsss.config import ExperimentConfig, load_config, override
+from wsss.data.errors import DatasetError
 from wsss.data.reader import DatasetReader
 from wsss.data.synthetic import generate_dataset
+from wsss.helptext import ArgumentParser
 from wsss.knobs import Knob
 from wsss.methods import get_method
-from wsss.storage import absolute_options
+from wsss.storage import absolute_options, is_uri
 from wsss.train.mask_eval import select_eval_ids
 from wsss.tune.samples import checkpoint_samples
 from wsss.tune.spaces import LR, Space, apply_trial, method_knobs
@@ -95,32 +97,48 @@ def training_sweep(name: str, method: str, knobs: Sequence[Knob] = (),
 
 
 def build_parser(sweep: Sweep, description: str | None) -> argparse.ArgumentParser:
-    """The options every sweep script takes."""
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--data", help="VOC-layout dataset (default: a generated synthetic set)")
+    """The options every sweep script takes; ``--help`` shows ``description`` (the script's
+    doc, its example commands one a line) as written and each option's default."""
+    p = ArgumentParser(description=description)
+    p.add_argument("--data", help="VOC-layout dataset: a folder, or a URI every node reads "
+                                  "such as s3://BUCKET/VOC2012 (default: a generated "
+                                  "synthetic set)")
     p.add_argument("--num-samples", type=int, default=12, help="trials to run")
     p.add_argument("--max-concurrent", type=int, default=1, help="trials running at once")
-    p.add_argument("--gpus-per-trial", type=float, default=0.0)
-    p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0,
+                   help="GPUs per trial, shared by its Ray Train workers (0: CPU only)")
+    p.add_argument("--workers-per-trial", type=int, default=1,
+                   help="Ray Train workers per trial")
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
-                   help="Ray cluster (`auto` under `ray submit`; default: start Ray locally)")
+                   help="Ray cluster to join (default: $RAY_ADDRESS, which is `auto` on the "
+                        "nodes of cluster/, else start Ray locally)")
     p.add_argument("--storage-path", default=os.environ.get("WSSS_STORAGE_PATH") or None,
                    help="Ray storage, local folder or s3://... (default: $WSSS_STORAGE_PATH, "
-                        "set on cluster nodes, else runs/sweeps/ray)")
+                        "set on cluster nodes, else WORKDIR/ray)")
     p.add_argument("--experiment", default=f"sweep-{sweep.name}",
                    help="MLflow experiment and Tune run name")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
-    p.add_argument("--smoke-test", action="store_true", help="a tiny run (about a minute)")
+    p.add_argument("--smoke-test", action="store_true",
+                   help="small trials to check a setup: 1 epoch per round (unless --epochs), "
+                        "64 px crops, narrower ranges where the sweep sets them (erasing and "
+                        "methods: 1..2 steps; crf: 1..3 iterations), ASHA keeping half the "
+                        "trials at each rung (else a third), and without --data a synthetic "
+                        "set of 24 images of 64 px; the number of trials is still "
+                        "--num-samples")
     p.add_argument("--epochs", type=int, help="epochs per round (default 4; smoke 1)")
     p.add_argument("--eval-images", type=int, default=48,
                    help="training images whose pseudo-mask mIoU is the objective")
     p.add_argument("--seed", type=int, default=0, help="sampler and training seed")
-    p.add_argument("--tracking-uri", help="MLflow URI (default: sqlite:///mlflow.db here)")
+    p.add_argument("--tracking-uri", help="MLflow URI (default: $MLFLOW_TRACKING_URI, set on "
+                                          "cluster nodes, else sqlite:///mlflow.db in the "
+                                          "working directory)")
     p.add_argument("--workdir", default="runs/sweeps", help="local folder for data and models")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="base config override, e.g. data.crop_size=96 (repeatable)")
-    p.add_argument("--search", choices=("tpe", "random"), default="tpe")
-    p.add_argument("--scheduler", choices=("asha", "fifo"), default="asha")
+    p.add_argument("--search", choices=("tpe", "random"), default="tpe",
+                   help="Optuna sampler: TPE (seeded) or random search (a baseline)")
+    p.add_argument("--scheduler", choices=("asha", "fifo"), default="asha",
+                   help="asha stops poor trials early; fifo runs every trial in full")
     sweep.add_arguments(p)
     return p
 
@@ -138,7 +156,7 @@ def parse_options(sweep: Sweep, argv: Sequence[str] | None = None,
     return absolute_options(args, (*PATH_OPTIONS, *sweep.path_options))
 
 
-def base_config(args: argparse.Namespace, data_root: Path) -> ExperimentConfig:
+def base_config(args: argparse.Namespace, data_root: str | Path) -> ExperimentConfig:
     """Defaults for every trial; ``--smoke-test`` makes them tiny."""
     epochs = args.epochs or (1 if args.smoke_test else 4)
     overrides = [override("data.root", str(data_root)), f"train.seed={args.seed}",
@@ -150,10 +168,11 @@ def base_config(args: argparse.Namespace, data_root: Path) -> ExperimentConfig:
     return load_config(None, overrides + list(args.overrides))
 
 
-def dataset_root(args: argparse.Namespace, workdir: Path) -> Path:
-    """``--data``, or a synthetic set generated once under the work folder."""
+def dataset_root(args: argparse.Namespace, workdir: Path) -> str | Path:
+    """``--data`` (a URI such as ``s3://bucket/VOC2012`` kept as given: every node reads it
+    there), or a synthetic set generated once under the work folder."""
     if args.data:
-        return Path(args.data)
+        return args.data if is_uri(args.data) else Path(args.data)
     n, size = (24, 64) if args.smoke_test else (120, 96)
     root = workdir / f"data/synth-{n}-{size}"
     if not (root / "classes.txt").is_file():
@@ -166,6 +185,6 @@ def select_train_eval_ids(cfg: ExperimentConfig, count: int, seed: int) -> list[
     refs = DatasetReader.open(cfg.data.root).index(cfg.data.train_split)
     scored = [ref.id for ref in refs if ref.mask_file]
     if not scored:
-        raise ValueError(f"{cfg.data.root}: no training image of split "
-                         f"'{cfg.data.train_split}' has a ground-truth mask to score")
+        raise DatasetError(f"{cfg.data.root}: no training image of split "
+                           f"'{cfg.data.train_split}' has a ground-truth mask to score")
     return select_eval_ids(scored, count, seed)

@@ -2,21 +2,28 @@
 
 Runs are found again by tags (``wsss.sweep``, ``wsss.role`` = ``sweep`` | ``trial``,
 ``wsss.trial_id``), so a resumed sweep or a retried trial keeps logging into the same runs.
+The parent's params are the base config every trial starts from, as ``base.<key>``
+(``base.train.lr``), and the sweep's options, as ``sweep.<option>``; a trial's run holds its
+own whole config unprefixed (``train.lr``) and is named by its id and knobs
+(:func:`trial_run_name`, e.g. ``trial-1a2b3c4d-hide_prob=0.314,grid_size=8,lr=0.00123``).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import mlflow
 from mlflow.entities import Run
 
 from wsss.config import ExperimentConfig
-from wsss.names import filter_literal
+from wsss.names import filter_literal, run_name_limit
 from wsss.tracking import (UNSENT_RUN_PREFIX, ensure_experiment, flatten_params, log_params,
                            send_or_keep)
 
 ROLE, SWEEP, TRIAL_ID = "wsss.role", "wsss.sweep", "wsss.trial_id"
+BASE, OPTIONS = "base", "sweep"  # the parent run's param prefixes: base config, sweep options
+NAME_DIGITS = 3  # significant digits of a knob value in a trial run's name
 
 
 def mlflow_client(uri: str) -> mlflow.MlflowClient:
@@ -44,9 +51,10 @@ def find_runs(uri: str, experiment: str, filters: Mapping[str, str]) -> list[Run
             if all(run.data.tags.get(key) == value for key, value in filters.items())]
 
 
-def sweep_run(uri: str, experiment: str, sweep_name: str, params: Mapping[str, Any],
-              resume: bool) -> str:
-    """Id of the sweep's parent run: the newest one when resuming, else a new one."""
+def sweep_run(uri: str, experiment: str, sweep_name: str, base_config: Mapping[str, Any],
+              resume: bool, options: Mapping[str, Any] | None = None) -> str:
+    """Id of the sweep's parent run: the newest one when resuming, else a new one, whose params
+    are ``base_config`` (nested) as ``base.<key>`` and ``options`` as ``sweep.<option>``."""
     if resume:
         runs = find_runs(uri, experiment, {ROLE: "sweep", SWEEP: sweep_name})
         if runs:
@@ -55,8 +63,51 @@ def sweep_run(uri: str, experiment: str, sweep_name: str, params: Mapping[str, A
     client = mlflow_client(uri)
     run = client.create_run(ensure_experiment(experiment, uri), run_name=sweep_name,
                             tags={ROLE: "sweep", SWEEP: sweep_name, "stage": "sweep"})
-    log_params(params, run_id=run.info.run_id, uri=uri)
+    params = {OPTIONS: dict(options)} if options else {}
+    log_params({**params, BASE: dict(base_config)}, run_id=run.info.run_id, uri=uri)
     return run.info.run_id
+
+
+def base_param(key: str) -> str:
+    """The parent run's param of base config key ``key`` (``data.root`` -> ``base.data.root``)."""
+    return f"{BASE}.{key}"
+
+
+def trial_run_name(trial_id: str, knobs: Mapping[str, Any]) -> str:
+    """A trial's run name: ``trial-<trial id>-<knob>=<value>,...``.
+
+    A knob is shown by the last dotted part of its key (``method.params.hide_prob`` ->
+    ``hide_prob``; the part after ``:`` of a method-prefixed key), or by its whole key where
+    two knobs share that part; floats to :data:`NAME_DIGITS` significant digits; commas inside
+    a value (MDC's rate sets ``1,3,6``) as ``/``; keys starting with ``_`` left out. Knobs
+    that would take the name over MLflow's run-name limit (:func:`wsss.names.run_name_limit`)
+    are left out and ``...`` ends the name. The trial id is unique in its sweep, so two trials
+    never share a name.
+    """
+    keys = [k for k in knobs if not k.startswith("_")]
+    full = {k: k.rpartition(":")[2] for k in keys}
+    last = {k: full[k].rpartition(".")[2] for k in keys}
+    shared = {part for part in last.values() if list(last.values()).count(part) > 1}
+    items = [f"{full[k] if last[k] in shared else last[k]}={_name_value(knobs[k])}"
+             for k in keys]
+    limit, more = run_name_limit(), "..."
+    name = f"trial-{trial_id}"
+    for i, item in enumerate(items):
+        candidate = f"{name}{'-' if i == 0 else ','}{item}"
+        room = limit - (len(more) + 1 if i < len(items) - 1 else 0)
+        if len(candidate) > room:
+            return f"{name}{'-' if i == 0 else ','}{more}"[:limit]
+        name = candidate
+    return name[:limit]
+
+
+def _name_value(value: Any) -> str:
+    """A knob value as a trial run's name shows it."""
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:.{NAME_DIGITS}g}"
+    if isinstance(value, (list, tuple)):
+        return "/".join(_name_value(v) for v in value)
+    return str(value).replace(",", "/")
 
 
 def unsent_run_id(trial_id: str) -> str:

@@ -13,7 +13,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import ray.tune
 from ray.train.v2._internal.execution.callback import WorkerGroupCallback
@@ -24,7 +24,7 @@ from wsss.methods import get_method
 from wsss.train.classifier import train_classifier
 from wsss.train.reporting import MODEL_FILE, StepLog
 from wsss.tune.spaces import apply_trial
-from wsss.tune.tracking import trial_run
+from wsss.tune.tracking import trial_run, trial_run_name
 
 # Ray Train gives up on a worker group that is not up after 60 s by default; a loaded machine
 # (or a trial waiting for another trial's CPUs) can take longer to start one worker.
@@ -51,9 +51,16 @@ class SweepContext:
     crash_marker: str | None = None  # tests: the first report of the sweep crashes its trial
     extra: dict[str, Any] = field(default_factory=dict)
     training_data: Any = None  # the base config's TrainingData, scanned once by the driver
+    fixed_knobs: tuple[str, ...] = ()  # trial config keys every trial shares (Sweep.constants)
 
     def base(self) -> ExperimentConfig:
         return from_dict(self.base_config)
+
+    def run_name(self, trial_id: str, config: Mapping[str, Any]) -> str:
+        """The MLflow run name of the trial with Tune config ``config``: its id and searched
+        knobs (:func:`~wsss.tune.tracking.trial_run_name`; the sweep's constants left out)."""
+        return trial_run_name(trial_id, {k: v for k, v in config.items()
+                                         if k not in self.fixed_knobs})
 
 
 class TuneForwarder(TuneReportCallback):
@@ -123,7 +130,7 @@ def train_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     trial_id = trial.get_trial_id()
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", WORKER_START_TIMEOUT_S)
     cfg = scaled(apply_trial(ctx.base(), config), ctx.workers_per_trial, ctx.gpus_per_trial)
-    run_id = trial_run(ctx, trial_id, trial.get_trial_name(), cfg)
+    run_id = trial_run(ctx, trial_id, ctx.run_name(trial_id, config), cfg)
     rounds = get_method(cfg.method.name)(1, cfg.method.params).num_rounds
     out_dir = Path(ctx.workdir) / "trials" / trial_id
     previous = None

@@ -124,8 +124,8 @@ def run_sweep(sweep: Sweep, args: argparse.Namespace) -> dict[str, Any] | None:
     unsent = workdir / tracking.UNSENT_FILE
     with _signals_interrupt():  # after ray.init, which sets its own SIGTERM handler
         experiment_id = tracking.ensure_experiment(args.experiment, uri)
-        parent = sweep_run(uri, args.experiment, args.experiment, _sweep_params(args, cfg),
-                           args.resume)
+        parent = sweep_run(uri, args.experiment, args.experiment, cfg.to_dict(), args.resume,
+                           _sweep_options(args))
         outcomes: dict[str, str] = {}  # trial id -> MLflow status, once Tune's results are in
         with _ended_on_failure(uri, args.experiment, parent, outcomes, unsent):
             mlflow_client(uri).set_tag(parent, STORAGE_TAG, tune_path(storage, args.experiment))
@@ -136,7 +136,7 @@ def run_sweep(sweep: Sweep, args: argparse.Namespace) -> dict[str, Any] | None:
                 eval_ids=tuple(select_train_eval_ids(cfg, args.eval_images, args.seed)),
                 workers_per_trial=args.workers_per_trial, gpus_per_trial=args.gpus_per_trial,
                 crash_marker=os.environ.get(CRASH_ENV), training_data=training_data,
-                extra=sweep.prepare(args, cfg, workdir))
+                fixed_knobs=tuple(sweep.constants), extra=sweep.prepare(args, cfg, workdir))
             results = make_tuner(sweep, args, ctx, cfg).fit()
             rows = [trial_row(r, lambda c: sweep.full_length(cfg, c), sweep.time_attr,
                               OBJECTIVE) for r in results]
@@ -287,10 +287,11 @@ def _trial_samples(sweep: Sweep, ctx: SweepContext, cfg: Any, row: dict[str, Any
         return []
 
 
-def _sweep_params(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
+def _sweep_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options the parent run records as ``sweep.<option>`` params."""
     keys = ("num_samples", "max_concurrent", "gpus_per_trial", "workers_per_trial", "search",
             "scheduler", "seed", "smoke_test", "eval_images")
-    return {"sweep": {k: getattr(args, k) for k in keys}, **cfg.to_dict()}
+    return {k: getattr(args, k) for k in keys}
 
 
 def _print_summary(args: argparse.Namespace, uri: str, parent: str, best: dict | None,
