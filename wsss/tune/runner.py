@@ -96,6 +96,11 @@ def training_sweep(name: str, method: str, knobs: Sequence[Knob] = (),
                  constants={"method.name": method}, smoke_knobs=smoke_knobs)
 
 
+# Trials of a sweep, and how many run at once: by default, and in a --smoke-test (a check of a
+# setup that should take a couple of minutes on a 2-core machine).
+TRIALS, CONCURRENT, SMOKE_TRIALS, SMOKE_CONCURRENT = 12, 1, 3, 2
+
+
 def build_parser(sweep: Sweep, description: str | None) -> argparse.ArgumentParser:
     """The options every sweep script takes; ``--help`` shows ``description`` (the script's
     doc, its example commands one a line) as written and each option's default."""
@@ -103,8 +108,10 @@ def build_parser(sweep: Sweep, description: str | None) -> argparse.ArgumentPars
     p.add_argument("--data", help="VOC-layout dataset: a folder, or a URI every node reads "
                                   "such as s3://BUCKET/VOC2012 (default: a generated "
                                   "synthetic set)")
-    p.add_argument("--num-samples", type=int, default=12, help="trials to run")
-    p.add_argument("--max-concurrent", type=int, default=1, help="trials running at once")
+    p.add_argument("--num-samples", type=int,
+                   help=f"trials to run (default {TRIALS}; smoke {SMOKE_TRIALS})")
+    p.add_argument("--max-concurrent", type=int,
+                   help=f"trials running at once (default {CONCURRENT}; smoke {SMOKE_CONCURRENT})")
     p.add_argument("--gpus-per-trial", type=float, default=0.0,
                    help="GPUs per trial, shared by its Ray Train workers (0: CPU only)")
     p.add_argument("--workers-per-trial", type=int, default=1,
@@ -122,9 +129,9 @@ def build_parser(sweep: Sweep, description: str | None) -> argparse.ArgumentPars
                    help="small trials to check a setup: 1 epoch per round (unless --epochs), "
                         "64 px crops, narrower ranges where the sweep sets them (erasing and "
                         "methods: 1..2 steps; crf: 1..3 iterations), ASHA keeping half the "
-                        "trials at each rung (else a third), and without --data a synthetic "
-                        "set of 24 images of 64 px; the number of trials is still "
-                        "--num-samples")
+                        "trials at each rung (else a third), without --data a synthetic set of "
+                        f"24 images of 64 px, and {SMOKE_TRIALS} trials, {SMOKE_CONCURRENT} at "
+                        "once (unless --num-samples / --max-concurrent)")
     p.add_argument("--epochs", type=int, help="epochs per round (default 4; smoke 1)")
     p.add_argument("--eval-images", type=int, default=48,
                    help="training images whose pseudo-mask mIoU is the objective")
@@ -153,6 +160,10 @@ def parse_options(sweep: Sweep, argv: Sequence[str] | None = None,
     (``wsss.storage.absolute``): Ray storage, Ray workers and a later ``--resume`` from the
     same folder all see the same files. argparse exits with status 2 on a bad option."""
     args = build_parser(sweep, description).parse_args(argv)
+    if args.num_samples is None:
+        args.num_samples = SMOKE_TRIALS if args.smoke_test else TRIALS
+    if args.max_concurrent is None:
+        args.max_concurrent = SMOKE_CONCURRENT if args.smoke_test else CONCURRENT
     return absolute_options(args, (*PATH_OPTIONS, *sweep.path_options))
 
 
