@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from wsss.core.scoring import ConfusionMatrix, average_precision, mean_average_precision
+from wsss.core.classification import average_precision, mean_average_precision
+from wsss.core.scoring import ConfusionMatrix
 
 I = 255  # noqa: E741 - ignore label, short for readable grids
 GT = np.array([[0, 0, 1, 1],

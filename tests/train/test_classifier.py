@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from wsss.config import load_config
-from wsss.data.transforms import eval_transform
+from wsss.core.classification import mean_average_precision
 from wsss.data.dataset import VOCDataset
-from wsss.core.scoring import mean_average_precision
+from wsss.data.transforms import eval_transform
 from wsss.pipeline.train_cls import run_train_classifier
 from wsss.train.checkpoint import load_checkpoint_state, load_classifier
 

@@ -179,19 +179,19 @@ class ConfusionMatrix:
         gt_total = m.sum(axis=1) + self.missed
         pred_total = m.sum(axis=0)
         union = gt_total + pred_total - tp
-        iou = _ratio(tp, union)
-        precision, recall = _ratio(tp, pred_total), _ratio(tp, gt_total)
+        iou = safe_ratio(tp, union)
+        precision, recall = safe_ratio(tp, pred_total), safe_ratio(tp, gt_total)
         fg_precision = fg_recall = None
         if background is not None:
             fg_precision, fg_recall = _foreground_scores(m, self.missed, background)
         return SegmentationScores(
             class_names=names, iou=_floats(iou), precision=_floats(precision),
-            recall=_floats(recall), miou=_nanmean(iou),
-            pixel_accuracy=float(_ratio(tp.sum(), gt_total.sum())),
-            macro_precision=_nanmean(precision), macro_recall=_nanmean(recall),
+            recall=_floats(recall), miou=nan_mean(iou),
+            pixel_accuracy=float(safe_ratio(tp.sum(), gt_total.sum())),
+            macro_precision=nan_mean(precision), macro_recall=nan_mean(recall),
             fg_precision=fg_precision, fg_recall=fg_recall, background=background,
-            num_pixels=self.total, false_positive=_floats(_ratio(pred_total - tp, union)),
-            false_negative=_floats(_ratio(gt_total - tp, union)))
+            num_pixels=self.total, false_positive=_floats(safe_ratio(pred_total - tp, union)),
+            false_negative=_floats(safe_ratio(gt_total - tp, union)))
 
 
 def is_degenerate(pred: ArrayLike, gt: ArrayLike, background: int | None,
@@ -203,7 +203,7 @@ def is_degenerate(pred: ArrayLike, gt: ArrayLike, background: int | None,
 
     Raises ValueError when the shapes differ.
     """
-    pred, gt = _to_numpy(pred).reshape(-1), _to_numpy(gt).reshape(-1)
+    pred, gt = as_numpy(pred).reshape(-1), as_numpy(gt).reshape(-1)
     if pred.shape != gt.shape:
         raise ValueError(f"pred has {pred.size} pixels, gt {gt.size}")
     valid = gt != IGNORE_INDEX
@@ -288,10 +288,10 @@ def _foreground_scores(m: np.ndarray, missed: np.ndarray, bg: int) -> tuple[floa
     tp = m[fg_gt][:, fg_gt].sum()
     pred_fg = m[:, fg_gt].sum()
     gt_fg = m[fg_gt].sum() + missed[fg_gt].sum()
-    return float(_ratio(tp, pred_fg)), float(_ratio(tp, gt_fg))
+    return float(safe_ratio(tp, pred_fg)), float(safe_ratio(tp, gt_fg))
 
 
-def _ratio(num: np.ndarray | float, den: np.ndarray | float) -> np.ndarray:
+def safe_ratio(num: np.ndarray | float, den: np.ndarray | float) -> np.ndarray:
     """Elementwise ``num / den`` with NaN where ``den == 0``."""
     num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
     out = np.full(np.broadcast(num, den).shape, np.nan)
@@ -299,7 +299,7 @@ def _ratio(num: np.ndarray | float, den: np.ndarray | float) -> np.ndarray:
     return out
 
 
-def _nanmean(values: np.ndarray) -> float:
+def nan_mean(values: np.ndarray) -> float:
     """Mean of the non-NaN entries; NaN when there are none (no warning)."""
     finite = values[~np.isnan(values)]
     return float(finite.mean()) if finite.size else float("nan")
@@ -325,7 +325,8 @@ def _flat_labels(x: Any, name: str, device: torch.device | None) -> torch.Tensor
     return torch.from_numpy(np.ascontiguousarray(arr.reshape(-1), dtype=np.int64))
 
 
-def _to_numpy(x: Any) -> np.ndarray:
+def as_numpy(x: Any) -> np.ndarray:
+    """``x`` (a tensor, array or list) as a numpy array on the CPU; booleans as int64."""
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()
     arr = np.asarray(x)
@@ -360,12 +361,12 @@ class SegmentationScores:
     @property
     def mean_false_positive(self) -> float:
         """Mean over classes of false positives / union (NaN classes left out)."""
-        return _nanmean(np.asarray(self.false_positive, dtype=np.float64))
+        return nan_mean(np.asarray(self.false_positive, dtype=np.float64))
 
     @property
     def mean_false_negative(self) -> float:
         """Mean over classes of false negatives / union (NaN classes left out)."""
-        return _nanmean(np.asarray(self.false_negative, dtype=np.float64))
+        return nan_mean(np.asarray(self.false_negative, dtype=np.float64))
 
     def summary(self) -> dict[str, float]:
         """Flat metrics for experiment tracking.
@@ -426,54 +427,3 @@ def _pct(value: float | None) -> str:
     if value is None or np.isnan(value):
         return f"{'-':>7}"
     return f"{100.0 * value:7.2f}"
-
-
-# ---------------------------------------------------------------- multi-label classification
-
-
-def average_precision(scores: ArrayLike, targets: ArrayLike) -> np.ndarray:
-    """Per-class non-interpolated average precision, float64 [C].
-
-    ``scores`` float [N, C] (or [N] for one class), ``targets`` multi-hot {0, 1} of the same
-    shape. AP = sum over score thresholds of (R_k - R_{k-1}) * P_k, i.e. the mean over positives
-    of the precision at that positive's score, with tied scores forming a single threshold (the
-    definition used by scikit-learn's ``average_precision_score``). Classes without positives
-    are NaN.
-    """
-    s, t = _to_float(scores, "scores"), _to_float(targets, "targets")
-    if s.shape != t.shape:
-        raise ValueError(f"scores shape {s.shape} does not match targets shape {t.shape}")
-    if np.isnan(s).any():
-        raise ValueError("scores contain NaN")
-    if not np.isin(t, (0.0, 1.0)).all():
-        raise ValueError("targets must be 0/1 multi-hot")
-    n, c = s.shape
-    if n == 0:
-        return np.full(c, np.nan)
-    order = np.argsort(-s, axis=0, kind="stable")
-    s_sorted = np.take_along_axis(s, order, axis=0)
-    t_sorted = np.take_along_axis(t, order, axis=0)
-    precision = np.cumsum(t_sorted, axis=0) / np.arange(1, n + 1)[:, None]
-    # The last row of each run of tied scores ends a threshold; every row of the run takes
-    # the precision at that end.
-    run_end = np.ones_like(s_sorted, dtype=bool)
-    run_end[:-1] = s_sorted[:-1] != s_sorted[1:]
-    end_index = np.where(run_end, np.arange(n)[:, None], n)
-    end_index = np.minimum.accumulate(end_index[::-1], axis=0)[::-1]
-    precision_at_end = np.take_along_axis(precision, end_index, axis=0)
-    return _ratio((t_sorted * precision_at_end).sum(axis=0), t_sorted.sum(axis=0))
-
-
-def mean_average_precision(scores: ArrayLike, targets: ArrayLike) -> float:
-    """Mean of ``average_precision`` over classes with at least one positive (NaN if none)."""
-    return _nanmean(average_precision(scores, targets))
-
-
-def _to_float(x: Any, name: str) -> np.ndarray:
-    """Array float64 [N, C]; 1-D input [N] becomes [N, 1]."""
-    arr = _to_numpy(x).astype(np.float64)
-    if arr.ndim == 1:
-        arr = arr[:, None]
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be [N, C] or [N], got shape {arr.shape}")
-    return arr

@@ -22,7 +22,7 @@ from ray.train.torch import TorchTrainer
 from torch.utils.data import DataLoader
 
 from wsss.config import ExperimentConfig, from_dict
-from wsss.core.scoring import mean_average_precision
+from wsss.core.classification import mean_average_precision
 from wsss.data.dataset import SplitScan, VOCDataset
 from wsss.data.errors import DatasetError
 from wsss.data.reader import read_info
