@@ -114,3 +114,19 @@ def test_a_local_start_that_times_out_under_load_is_retried(monkeypatch, tmp_pat
     monkeypatch.setattr(ray, "init", broken)
     with pytest.raises(Exception, match="something else"):
         ray_utils.start_local_ray()
+
+
+def test_ray_progress_lines_are_quiet_unless_verbose(monkeypatch):
+    """Ray Train logs warnings only by default; --verbose (``$WSSS_VERBOSE``) brings back its
+    per-report and per-checkpoint lines, on every worker of the job."""
+    from wsss.cli import build_parser, main
+    from wsss.ray_utils import VERBOSE_ENV, train_logging, verbose
+
+    monkeypatch.delenv(VERBOSE_ENV, raising=False)
+    assert not verbose() and train_logging().log_level == "WARNING"
+    monkeypatch.setenv(VERBOSE_ENV, "1")
+    assert verbose() and train_logging().log_level == "INFO"
+    monkeypatch.delenv(VERBOSE_ENV)
+    assert build_parser().parse_args(["train-cls", "--verbose"]).verbose
+    main(["eval", "--masks", "/nonexistent/masks", "--data", "/nonexistent", "--verbose"])
+    assert verbose()  # the flag set it for this process and the Ray workers it starts

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -34,7 +35,7 @@ from wsss.pipeline.predict import run_predict
 from wsss.pipeline.pseudo_label import PipelineOptions, run_pseudo_label
 from wsss.pipeline.train_cls import run_train_classifier
 from wsss.pipeline.train_seg import run_train_segmenter
-from wsss.ray_utils import init_ray
+from wsss.ray_utils import VERBOSE_ENV, init_ray
 from wsss.storage import OutputError, absolute_options, check_writable
 from wsss.tracking import TrackingError, check_tracking_uri, resolve_tracking_uri
 from wsss.train.checkpoint import CheckpointError
@@ -54,6 +55,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI "
                                           "or sqlite:///mlflow.db in the working directory)")
     p.add_argument("--experiment", help="MLflow experiment name (default: wsss)")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's own progress lines (Ray Train reports and checkpoints); "
+                        "quiet by default")
 
 
 def _add_training(p: argparse.ArgumentParser, out_default: str) -> None:
@@ -438,6 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = absolute_options(parser.parse_args(argv), PATH_OPTIONS)
 
+    if getattr(args, "verbose", False):
+        os.environ[VERBOSE_ENV] = "1"
     try:
         preflight(args)
         return args.func(args)

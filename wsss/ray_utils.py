@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import ray.train
 import torch
 
 # Ray's temp root for sessions and logs, as it was before this process pointed $RAY_TMPDIR at a
@@ -39,21 +40,37 @@ WORKER_NICENESS_ENV = "RAY_worker_niceness"  # Ray's config override (ray_consta
 # Ray gives its raylet a fixed 30 s to register with the GCS (ray._private.node); on a machine
 # whose CPUs are all busy that can run out. Such a start is retried, up to START_ATTEMPTS.
 STARTUP_TIMEOUT = "timed out during startup"
+VERBOSE_ENV = "WSSS_VERBOSE"  # "1": Ray Train's and Tune's own progress lines are shown
 START_ATTEMPTS = 3
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Join the cluster at ``address`` (``auto`` under ``ray submit``), else start a local Ray.
 
-    A no-op when Ray is already initialised (a sweep trial, a test fixture).
+    A no-op when Ray is already initialised (a sweep trial, a test fixture). ``$WSSS_VERBOSE``
+    of this process reaches every Ray worker (a job-wide runtime environment), so a verbose
+    run is verbose on every node.
     """
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    env = {"runtime_env": {"env_vars": {VERBOSE_ENV: "1"}}} if verbose() else {}
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, **env)
     else:
-        start_local_ray(num_cpus=num_cpus, log_to_driver=True)
+        start_local_ray(num_cpus=num_cpus, log_to_driver=True, **env)
+
+
+def verbose() -> bool:
+    """Whether Ray Train's and Tune's own progress lines are wanted (``$WSSS_VERBOSE=1``, set
+    by ``--verbose``); quiet by default: warnings and errors only."""
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def train_logging() -> ray.train.LoggingConfig:
+    """Ray Train's console logging: its INFO lines (worker group start, every report and
+    checkpoint) only when :func:`verbose`."""
+    return ray.train.LoggingConfig(log_level="INFO" if verbose() else "WARNING")
 
 
 def start_local_ray(**init_args: Any) -> str:

@@ -29,7 +29,7 @@ from wsss.data.reader import read_info
 from wsss.data.transforms import eval_transform, train_transform
 from wsss.data.voc import DatasetInfo
 from wsss.methods import get_method
-from wsss.ray_utils import gpus_available, init_ray
+from wsss.ray_utils import gpus_available, init_ray, train_logging
 from wsss.storage import is_uri
 from wsss.train.checkpoint import (copy_from_ray_checkpoint, load_checkpoint_state,
                                    restore_training_state, save_checkpoint)
@@ -196,6 +196,7 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, run_name: str,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=[*epoch_callbacks(mlflow_run_id, tracking_uri), *callbacks],
+            logging_config=train_logging(),
         ),
     )
     start = time.perf_counter()

@@ -48,7 +48,7 @@ from wsss.data.transforms import normalize, resize_by, scale_crop_flip
 from wsss.models.backbones import Backbone
 from wsss.models.segmenter import (TRUNK_BACKBONES, Segmenter, build_segmenter,
                                    single_value_batch_norm_in_eval, trunk_state)
-from wsss.ray_utils import gpus_available, init_ray
+from wsss.ray_utils import gpus_available, init_ray, train_logging
 from wsss.train.checkpoint import (CheckpointError, classifier_from_state,
                                    copy_from_ray_checkpoint, load_checkpoint_state, load_weights,
                                    read_state, restore_training_state, write_state)
@@ -211,7 +211,8 @@ def train_segmenter(cfg: ExperimentConfig, pseudo_dir: str | Path, out_dir: str 
             name=run_name, storage_path=storage_path or str(out_dir / "ray"),
             failure_config=ray.train.FailureConfig(max_failures=seg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=epoch_callbacks(mlflow_run_id, tracking_uri)))
+            callbacks=epoch_callbacks(mlflow_run_id, tracking_uri),
+            logging_config=train_logging()))
     start = time.perf_counter()
     result = trainer.fit()
     seconds = time.perf_counter() - start

@@ -23,6 +23,7 @@ from wsss.data.synthetic import generate_dataset
 from wsss.helptext import ArgumentParser
 from wsss.knobs import Knob
 from wsss.methods import get_method
+from wsss.ray_utils import VERBOSE_ENV
 from wsss.storage import absolute_options, is_uri
 from wsss.train.mask_eval import select_eval_ids
 from wsss.tune.samples import checkpoint_samples
@@ -125,6 +126,9 @@ def build_parser(sweep: Sweep, description: str | None) -> argparse.ArgumentPars
     p.add_argument("--experiment", default=f"sweep-{sweep.name}",
                    help="MLflow experiment and Tune run name")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray Train's and Tune's own progress lines (every worker's "
+                        "report and checkpoint, every trial's result); quiet by default")
     p.add_argument("--smoke-test", action="store_true",
                    help="small trials to check a setup: 1 epoch per round (unless --epochs), "
                         "64 px crops, narrower ranges where the sweep sets them (erasing and "
@@ -160,6 +164,8 @@ def parse_options(sweep: Sweep, argv: Sequence[str] | None = None,
     (``wsss.storage.absolute``): Ray storage, Ray workers and a later ``--resume`` from the
     same folder all see the same files. argparse exits with status 2 on a bad option."""
     args = build_parser(sweep, description).parse_args(argv)
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"
     if args.num_samples is None:
         args.num_samples = SMOKE_TRIALS if args.smoke_test else TRIALS
     if args.max_concurrent is None:

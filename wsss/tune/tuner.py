@@ -27,7 +27,7 @@ from wsss import tracking
 from wsss.config import ConfigError, ExperimentConfig
 from wsss.data.errors import DatasetError
 from wsss.names import InvalidNameError, check_name, sweep_experiment_problem
-from wsss.ray_utils import init_ray
+from wsss.ray_utils import init_ray, verbose
 from wsss.storage import OutputError, check_writable
 from wsss.tracking import TrackingError, check_tracking_uri, env_restored, unsent_records
 from wsss.train.classifier import scan_training_data
@@ -213,7 +213,8 @@ def make_tuner(sweep: Sweep, args: argparse.Namespace, ctx: SweepContext,
                                   scheduler=_scheduler(sweep, args, cfg))
     run_config = tune.RunConfig(name=args.experiment, storage_path=ctx.storage_path,
                                 failure_config=tune.FailureConfig(max_failures=2),
-                                callbacks=[ReleaseStoppedTrials()])
+                                callbacks=[ReleaseStoppedTrials()],
+                                verbose=2 if verbose() else 1)
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
 
 
