@@ -54,6 +54,10 @@ def test_two_workers_learn_above_chance(ray_session, train_set, tmp_path):
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_mAP")] == [1, 2, 3, 4, 5, 6]
     losses = [m.value for m in client.get_metric_history(run.info.run_id, "loss")]
     assert losses[-1] < losses[0]
+    # one checkpoint on disk: Ray keeps the last epoch's (what resume needs), and the run's
+    # model.pt is that same file, not a second copy
+    kept = sorted((tmp_path / "runs" / "learn" / "ray").rglob("model.pt"))
+    assert len(kept) == 1 and result.checkpoint.samefile(kept[0])
 
 
 def test_rerun_with_same_name_resumes_from_checkpoint(ray_session, train_set, tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from wsss.config import ExperimentConfig, TrackingConfig
 from wsss.methods import get_method
 from wsss.pipeline.report import tracked_stage
 from wsss.storage import Location
+from wsss.train.checkpoint import link_or_copy
 from wsss.train.classifier import (ClassifierResult, TrainingData, train_classifier,
                                    training_data_for)
 
@@ -65,8 +65,6 @@ def _train_rounds(cfg: ExperimentConfig, out_dir: Path, run_name: str, run_id: s
                              step=k + 1)
         previous, seconds = result.checkpoint, seconds + result.seconds
         history += [{**h, "round": k + 1} for h in result.history]
-    final = out_dir / previous.name
-    shutil.copyfile(previous, final.with_suffix(".tmp"))
-    final.with_suffix(".tmp").replace(final)
+    final = link_or_copy(previous, out_dir / previous.name)
     result.checkpoint, result.seconds, result.history = final, seconds, history
     return result

@@ -107,12 +107,23 @@ def restore_training_state(state: dict[str, Any],
     return int(state["epoch"]), state.get("optimizer")
 
 
-def copy_from_ray_checkpoint(checkpoint: Any, name: str, dest: str | Path) -> Path:
-    """Copy file ``name`` of a ``ray.train.Checkpoint`` to ``dest`` atomically."""
-    dest = Path(dest)
-    tmp = dest.with_name(dest.name + ".tmp")
+def link_from_ray_checkpoint(checkpoint: Any, name: str, dest: str | Path) -> Path:
+    """Make ``dest`` the file ``name`` of a ``ray.train.Checkpoint``, atomically: a hard link
+    to it when both are on one local disk (one copy on disk, which outlives Ray deleting its
+    checkpoint), else a copy (object-store storage, another file system)."""
     with checkpoint.as_directory() as ckpt_dir:
-        shutil.copyfile(Path(ckpt_dir) / name, tmp)
+        return link_or_copy(Path(ckpt_dir) / name, Path(dest))
+
+
+def link_or_copy(source: Path, dest: Path) -> Path:
+    """``dest`` made the file ``source`` atomically: a hard link when both are on one file
+    system (no second copy on disk), else a copy."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
     os.replace(tmp, dest)
     return dest
 

@@ -31,7 +31,7 @@ from wsss.data.voc import DatasetInfo
 from wsss.methods import get_method
 from wsss.ray_utils import gpus_available, init_ray, train_logging
 from wsss.storage import is_uri
-from wsss.train.checkpoint import (copy_from_ray_checkpoint, load_checkpoint_state,
+from wsss.train.checkpoint import (link_from_ray_checkpoint, load_checkpoint_state,
                                    restore_training_state, save_checkpoint)
 from wsss.train.mask_eval import pseudo_mask_scores
 from wsss.train.optim import optimizer_and_schedule
@@ -194,7 +194,7 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, run_name: str,
             name=run_name,
             storage_path=storage_path or str(out_dir / "ray"),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             callbacks=[*epoch_callbacks(mlflow_run_id, tracking_uri), *callbacks],
             logging_config=train_logging(),
         ),
@@ -203,7 +203,7 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, run_name: str,
     result = trainer.fit()
     seconds = time.perf_counter() - start
     check_optimizer_steps(result.metrics, f"classifier run '{run_name}'")
-    final = copy_from_ray_checkpoint(result.checkpoint, MODEL_FILE, out_dir / MODEL_FILE)
+    final = link_from_ray_checkpoint(result.checkpoint, MODEL_FILE, out_dir / MODEL_FILE)
     history = load_checkpoint_state(final)["history"]
     return ClassifierResult(final, dict(history[-1]), history, data.skipped, seconds)
 

@@ -50,7 +50,7 @@ from wsss.models.segmenter import (TRUNK_BACKBONES, Segmenter, build_segmenter,
                                    single_value_batch_norm_in_eval, trunk_state)
 from wsss.ray_utils import gpus_available, init_ray, train_logging
 from wsss.train.checkpoint import (CheckpointError, classifier_from_state,
-                                   copy_from_ray_checkpoint, load_checkpoint_state, load_weights,
+                                   link_from_ray_checkpoint, load_checkpoint_state, load_weights,
                                    read_state, restore_training_state, write_state)
 from wsss.train.classifier import ClassifierResult as TrainResult
 from wsss.train.classifier import (TrainingData, all_gather, all_reduce_mean, all_reduce_sum,
@@ -210,14 +210,14 @@ def train_segmenter(cfg: ExperimentConfig, pseudo_dir: str | Path, out_dir: str 
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=storage_path or str(out_dir / "ray"),
             failure_config=ray.train.FailureConfig(max_failures=seg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             callbacks=epoch_callbacks(mlflow_run_id, tracking_uri),
             logging_config=train_logging()))
     start = time.perf_counter()
     result = trainer.fit()
     seconds = time.perf_counter() - start
     check_optimizer_steps(result.metrics, f"segmenter run '{run_name}'")
-    final = copy_from_ray_checkpoint(result.checkpoint, MODEL_FILE, out_dir / MODEL_FILE)
+    final = link_from_ray_checkpoint(result.checkpoint, MODEL_FILE, out_dir / MODEL_FILE)
     history = read_state(final, FORMAT, "segmenter")["history"]
     return TrainResult(final, dict(history[-1]), history, data.skipped, seconds)
 
