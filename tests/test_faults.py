@@ -1,7 +1,7 @@
 """Fault injection: a killed Ray Train worker, a killed sweep driver, an MLflow server that is
 down at start or goes away mid-run, and output folders that cannot be written.
 
-(A map actor killed during pseudo-labelling is tested in ``tests/test_pseudo_label.py``.)
+(A map actor killed during pseudo-labelling is tested in ``tests/pipeline/test_pseudo_label.py``.)
 """
 
 from __future__ import annotations

@@ -145,7 +145,7 @@ def test_pseudo_label_pipeline_lists_the_crashed_image_and_writes_the_rest(maps,
     the crash variable): one image's CRF aborts in a Ray worker's CRF process."""
     out = tmp_path / "out"
     env = {**os.environ, CRASH_ENV: maps["sha1"],
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     env.pop("RAY_ADDRESS", None)  # a Ray of its own, never the session's
     done = subprocess.run(
         [sys.executable, "-m", "wsss.cli", "pseudo-label", "--checkpoint",
