@@ -47,14 +47,16 @@ START_ATTEMPTS = 3
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Join the cluster at ``address`` (``auto`` under ``ray submit``), else start a local Ray.
 
-    A no-op when Ray is already initialised (a sweep trial, a test fixture). ``$WSSS_VERBOSE``
-    of this process reaches every Ray worker (a job-wide runtime environment), so a verbose
-    run is verbose on every node.
+    A no-op when Ray is already initialised (a sweep trial, a test fixture). Quiet by default:
+    every Ray worker of the job logs warnings and errors only (Ray's ``LoggingConfig``);
+    with ``$WSSS_VERBOSE`` it logs INFO too, and the variable reaches every worker (a job-wide
+    runtime environment), so a verbose run is verbose on every node.
     """
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    env = {"runtime_env": {"env_vars": {VERBOSE_ENV: "1"}}} if verbose() else {}
+    env = ({"runtime_env": {"env_vars": {VERBOSE_ENV: "1"}}} if verbose() else
+           {"logging_config": ray.LoggingConfig(log_level="WARNING")})  # every worker's logs
     if address:
         ray.init(address=address, log_to_driver=True, **env)
     else:
