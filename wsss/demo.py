@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=".", type=Path)
     parser.add_argument("--n", type=int, default=64, help="synthetic images")
     parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=2, help="epochs per erasing round")
+    parser.add_argument("--epochs", type=int, default=6, help="epochs per erasing round")
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--max-concurrent", type=int, default=2)
     parser.add_argument("--eval-images", type=int, default=32,
