@@ -73,7 +73,7 @@ def test_sweep_script_help_keeps_its_examples_and_shows_defaults(capsys, monkeyp
     assert "    python sweeps/erasing.py --num-samples 24 --max-concurrent 2 --data " \
            "VOCdevkit/VOC2012" in lines
     text = " ".join(out.split())  # the help as one line, whatever argparse wrapped
-    assert "trials to run (default: 12)" in text and "(default: asha)" in text
+    assert "trials to run (default 12; smoke 3)" in text and "(default: asha)" in text
     assert "(default: None)" not in text and "(default: False)" not in text
     assert "the number of trials is still --num-samples" in text
 

@@ -503,15 +503,20 @@ def test_tracking_server_lost_mid_sweep_keeps_the_trials_records(mlflow_server, 
     (run,) = [r for r in store.search_runs([store.get_experiment_by_name(experiment)
                                             .experiment_id]) if r.data.tags.get(
         "wsss.trial_id") == first]
-    assert [m.step for m in store.get_metric_history(run.info.run_id, "pseudo_miou")] == [1]
+    (stored,) = store.get_metric_history(run.info.run_id, "pseudo_miou")
+    assert stored.step == 1
 
     def reports(run_id: str) -> dict[int, float]:
         return {r["step"]: r["values"]["pseudo_miou"] for r in records
                 if r["kind"] == "metrics" and r["run_id"] == run_id}
 
     # Its epoch-2 report, under its run id; the second trial (started while the server was
-    # down) under a stand-in id, with its tags and params.
-    assert list(reports(run.info.run_id)) == [2]
+    # down) under a stand-in id, with its tags and params. A server killed after storing the
+    # epoch-1 report but before answering leaves the client no way to know it arrived: then
+    # epoch 1 is kept too (at least once, never lost), with the value the server holds.
+    kept = reports(run.info.run_id)
+    assert 2 in kept and set(kept) <= {1, 2}
+    assert kept.get(1, stored.value) == pytest.approx(stored.value)
     (created,) = [r for r in records if r["kind"] == "create_run"]
     assert created["trial_id"] == second and created["run_id"] == f"unsent-trial-{second}"
     assert created["tags"]["mlflow.parentRunId"] == run.data.tags["mlflow.parentRunId"]
