@@ -75,7 +75,7 @@ def test_sweep_script_help_keeps_its_examples_and_shows_defaults(capsys, monkeyp
     text = " ".join(out.split())  # the help as one line, whatever argparse wrapped
     assert "trials to run (default 12; smoke 3)" in text and "(default: asha)" in text
     assert "(default: None)" not in text and "(default: False)" not in text
-    assert "the number of trials is still --num-samples" in text
+    assert "and 3 trials, 2 at once (unless --num-samples" in text
 
 
 def test_the_console_script_runs():
