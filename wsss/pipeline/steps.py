@@ -6,7 +6,7 @@ process or as Ray Data stages, so both run exactly this code. A row whose ``erro
 skips the remaining work and reaches the driver as a failure with that reason: bad images are
 reported, never silently dropped.
 
-    refs ---decode---> id, image, gt, labels, error
+    refs ---decode---> id, image, gt, labels, error, gt_error
          ---MapStep / load_saved_maps / PredictStep---> + maps, class_ids (or mask)
          ---make_masks---> + mask
          ---write_outputs---> small rows: id, status, reason, nodes, seconds, counts
@@ -55,7 +55,7 @@ class Job:
         refine: how maps become masks (background score, CRF, confidence marking).
         out: where ``<id>.png`` masks go (None: masks are only scored).
         maps: where ``<id>.npz`` maps are read from (``load_saved_maps``) or written to
-            (``write_maps``); None: maps are neither read nor kept.
+            (``write_outputs``); None: maps are neither read nor kept.
         evaluate: score each mask against its ground truth (``counts`` column).
     """
 
