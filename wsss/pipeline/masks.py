@@ -18,8 +18,8 @@ from wsss.data.reader import DatasetReader, SampleRef
 from wsss.pipeline.executors import LocalExecutor
 from wsss.pipeline.report import REPORT_FILE, StageReport, collect, pending, publish, tracked_stage
 from wsss.pipeline.samples import step_picture
-from wsss.pipeline.steps import (Job, Step, decode, mask_steps, read_written_masks, require_gt,
-                                 write_outputs)
+from wsss.pipeline.steps import (Job, Step, decode, mask_steps, read_masks_and_gt,
+                                 read_written_masks, require_gt, write_outputs)
 from wsss.storage import Location
 
 
@@ -103,8 +103,7 @@ def score_masks(reader: DatasetReader, refs: Sequence[SampleRef],
     report's ``failed``; ``report.done`` counts the scored images."""
     job = Job(reader, out=masks, evaluate=True)
     scorer, report = Scorer(reader.info), StageReport()
-    steps = [Step(decode, {"job": job}), Step(require_gt),
-             Step(read_written_masks, {"job": job}),
+    steps = [Step(read_masks_and_gt, {"job": job}),
              Step(write_outputs, {"job": dataclasses.replace(job, out=None)})]
     collect(LocalExecutor(desc="score").run([r for r in refs if r.mask_file], steps), report,
             scorer)

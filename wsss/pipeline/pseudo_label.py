@@ -17,7 +17,6 @@ object-store URIs (``wsss.storage``).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import tempfile
 from dataclasses import dataclass, field
@@ -73,9 +72,8 @@ def run_pseudo_label(checkpoint: str | Path, data: str | Path, split: str, out: 
     job = Job(reader, state["method"], dict(state["method_params"]), cam_cfg, refine_cfg,
               out=out_loc, maps=out_loc.child(MAPS_DIR) if options.save_maps else None,
               evaluate=options.evaluate)
-    steps = map_steps(job, state, checkpoint)  # checks the checkpoint before any work
+    steps = map_steps(job, state, checkpoint, ray.put(state))  # checks it before any work
     plan = plan_workers(ray.cluster_resources(), options.cam_workers, options.gpus_per_worker)
-    steps[1] = dataclasses.replace(steps[1], kwargs={**steps[1].kwargs, "state": ray.put(state)})
     steps += [Step(make_masks, {"job": job}), Step(write_outputs, {"job": job})]
     params = {"checkpoint": str(checkpoint), "data": reader.data.uri, "split": split,
               "out": out_loc.uri, "cams": cam_cfg, "refine": refine_cfg, "options": options,

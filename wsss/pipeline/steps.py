@@ -23,13 +23,14 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import ray
 import torch
+from PIL import Image
 
 from wsss.config import CamConfig, RefineConfig
 from wsss.core.maps import localization_maps, maps_npz_bytes, read_maps
 from wsss.core.masks import make_pseudo_mask
 from wsss.core.native_crf import NativeCrash
 from wsss.core.scoring import Scorer
-from wsss.data.decode import load_mask
+from wsss.data.decode import load_mask, upright_size
 from wsss.data.errors import DatasetError
 from wsss.data.palette import mask_png_bytes
 from wsss.data.reader import DatasetReader, Sample, SampleRef
@@ -288,24 +289,59 @@ def make_masks(batch: dict[str, np.ndarray], job: Job) -> dict[str, np.ndarray]:
 
 
 def read_written_masks(batch: dict[str, np.ndarray], job: Job) -> dict[str, np.ndarray]:
-    """Adds ``mask``: the mask already written to ``job.out/<id>.png`` (a missing or bad file
-    fails its row)."""
+    """Adds ``mask``: the mask already written to ``job.out/<id>.png`` at its image's size (a
+    missing or bad file fails its row)."""
     masks, errors = [], list(batch["error"])
     for row, sample_id in enumerate(batch["id"]):
         mask = np.zeros((0, 0), np.uint8)
         if not errors[row]:
-            name = f"{sample_id}.png"
             try:
-                if not job.out.is_file(name):
-                    raise FileNotFoundError(f"mask not found: {job.out.name(name)}")
-                handle = io.BytesIO(job.out.read_bytes(name))
-                handle.name = job.out.name(name)
-                mask = load_mask(handle, batch["image"][row].shape[:2],
-                                 job.reader.info.num_classes, job.reader.max_image_side)
+                mask = _written_mask(job, str(sample_id), batch["image"][row].shape[:2])
             except INPUT_ERRORS as err:
                 errors[row] = str(err)
         masks.append(mask)
     return {**batch, "error": np.asarray(errors, dtype=object), "mask": objects(masks)}
+
+
+def read_masks_and_gt(batch: dict[str, np.ndarray], job: Job) -> dict[str, np.ndarray]:
+    """Columns ``id``, ``image_file``, ``mask_file`` -> the columns :func:`write_outputs`
+    scores: ``mask`` (``job.out/<id>.png`` at its own size), ``gt`` at the mask's size,
+    ``error``, ``gt_error``. No image is decoded: scoring mask files needs none. A missing or
+    bad mask or ground truth fails its row."""
+    masks, gts, errors = [], [], []
+    for ref in zip(batch["id"], batch["image_file"], batch["mask_file"]):
+        ref = SampleRef(*(str(v) for v in ref))
+        mask, gt, error = np.zeros((0, 0), np.uint8), np.zeros((0, 0), np.uint8), ""
+        try:
+            mask = _written_mask(job, ref.id, None)
+            gt = job.reader.read_gt(ref, mask.shape)
+            if gt is None:
+                raise FileNotFoundError(f"no ground-truth mask for id '{ref.id}'")
+        except INPUT_ERRORS as err:
+            error = str(err)
+        masks.append(mask)
+        gts.append(gt)
+        errors.append(error)
+    size = len(errors)
+    return {"id": np.asarray(batch["id"]), "mask": objects(masks), "gt": objects(gts),
+            "error": np.asarray(errors, dtype=object),
+            "gt_error": np.asarray([""] * size, dtype=object)}
+
+
+def _written_mask(job: Job, sample_id: str, size: tuple[int, int] | None) -> np.ndarray:
+    """The mask ``job.out/<id>.png`` uint8 [H, W], checked against ``size`` (H, W) in pixels
+    (None: its own upright size)."""
+    name = f"{sample_id}.png"
+    if not job.out.is_file(name):
+        raise FileNotFoundError(f"mask not found: {job.out.name(name)}")
+    data = job.out.read_bytes(name)
+    if size is None:
+        with Image.open(io.BytesIO(data)) as im:
+            width, height = upright_size(im)
+        size = (height, width)
+    handle = io.BytesIO(data)
+    handle.name = job.out.name(name)
+    return load_mask(handle, size, job.reader.info.num_classes, job.reader.max_image_side)
 
 
 # -- outputs ----------------------------------------------------------------------------------
@@ -372,14 +408,18 @@ def require_gt(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 # -- the step lists of the pipeline ----------------------------------------------------------
-def map_steps(job: Job, state: dict[str, Any], source: str | Path) -> list[Step]:
+def map_steps(job: Job, state: dict[str, Any], source: str | Path,
+              shipped: Any = None) -> list[Step]:
     """decode -> maps (the model step): the map steps of ``wsss cam`` and ``wsss
     pseudo-label``. Raises CheckpointError before any work unless ``state`` (the checkpoint
     dict of file ``source``) fits the dataset's classes and rebuilds into its method's model.
-    Under Ray, pass the state as an object reference after this check."""
+    ``shipped``: what the model step is built from instead of ``state`` (under Ray, the
+    state's object reference, put in the object store once)."""
     check_classes(state, job.reader.info.num_fg, source)
     classifier_from_state(state, "cpu", source=source)
-    return [Step(decode, {"job": job}), Step(MapStep, {"state": state, "job": job}, model=True)]
+    return [Step(decode, {"job": job}),
+            Step(MapStep, {"state": state if shipped is None else shipped, "job": job},
+                 model=True)]
 
 
 def mask_steps(job: Job) -> list[Step]:
