@@ -6,6 +6,8 @@
     wsss cam --checkpoint CKPT --data data/synth --split train --out cams/
     wsss eval --cams cams/ --data data/synth --split train
     wsss refine --cams cams/ --data data/synth --split train --out masks/
+    wsss train-affinity --cams cams/ --checkpoint CKPT --data data/synth
+    wsss refine --cams cams/ --affinity AFF_CKPT --data data/synth --out masks-rw/
     wsss pseudo-label --checkpoint CKPT --data data/synth --split train --out masks/
     wsss train-seg --pseudo-masks masks/ --data data/synth
     wsss predict --checkpoint SEG_CKPT --data data/synth --split val --out pred/
@@ -33,6 +35,7 @@ from wsss.pipeline.maps import run_cams
 from wsss.pipeline.masks import run_eval, run_eval_masks, run_refine
 from wsss.pipeline.predict import run_predict
 from wsss.pipeline.pseudo_label import PipelineOptions, run_pseudo_label
+from wsss.pipeline.train_aff import run_train_affinity
 from wsss.pipeline.train_cls import run_train_classifier
 from wsss.pipeline.train_seg import run_train_segmenter
 from wsss.ray_utils import VERBOSE_ENV, init_ray
@@ -48,7 +51,7 @@ from wsss.tune.report import runs_view
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (sections: data, model, method, train, "
-                                    "cams, refine, segmenter, tracking; recipes in configs/); "
+                                    "cams, refine, affinity, segmenter, tracking; recipes in configs/); "
                                     "options given on the command line win")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted config override, e.g. train.lr=0.05 (repeatable)")
@@ -131,12 +134,16 @@ def _add_refine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bg-power", type=float, help="alpha of bg = (1 - max map)^alpha")
     p.add_argument("--fg-confidence", type=float, help="foreground below this map value -> 255")
     p.add_argument("--bg-confidence", type=float, help="background above this map value -> 255")
+    p.add_argument("--affinity", metavar="AFF_CKPT", help="propagate the maps by a random walk "
+                   "on this affinity network's affinities first (`wsss train-affinity`; "
+                   "knobs refine.rw_beta, refine.rw_iterations via --set)")
 
 
 def _refine_overrides(args: argparse.Namespace) -> list[str]:
     extra = _opts([("refine.bg_mode", args.bg_mode), ("refine.bg_threshold", args.bg_threshold),
                    ("refine.bg_power", args.bg_power), ("refine.fg_confidence", args.fg_confidence),
-                   ("refine.bg_confidence", args.bg_confidence)])
+                   ("refine.bg_confidence", args.bg_confidence),
+                   ("refine.affinity", args.affinity)])
     if args.no_crf:
         extra.append("refine.crf=false")
     return extra
@@ -233,6 +240,26 @@ def cmd_train_seg(args: argparse.Namespace) -> int:
           f"epochs in {result.seconds:.0f}s: {metrics}")
     _print_skipped(result.skipped)
     print(f"checkpoint: {result.checkpoint}")
+    return 0
+
+
+def cmd_train_affinity(args: argparse.Namespace) -> int:
+    extra = _opts([("data.root", args.data), ("affinity.epochs", args.epochs),
+                   ("affinity.num_workers", args.workers),
+                   ("affinity.batch_size", args.batch_size), ("affinity.lr", args.lr),
+                   ("affinity.crop_size", args.crop_size)])
+    cfg = _config(args, extra)
+    init_ray(args.address)
+    result = run_train_affinity(cfg, args.cams, args.checkpoint, args.out,
+                                run_name=args.run_name)
+    last = result.history[-1] if result.history else {}
+    metrics = ", ".join(f"{k}={v:.4f}" for k, v in last.items() if isinstance(v, float))
+    print(f"\ntrained the affinity network for {cfg.affinity.epochs} epochs in "
+          f"{result.seconds:.0f}s: {metrics}")
+    _print_skipped(result.skipped)
+    print(f"checkpoint: {result.checkpoint}\nnext: wsss refine --cams {args.cams} --affinity "
+          f"{result.checkpoint} --out MASKS (or wsss pseudo-label ... --affinity "
+          f"{result.checkpoint})")
     return 0
 
 
@@ -394,6 +421,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=cmd_pseudo_label)
 
+    p = sub.add_parser("train-affinity", help="seeds from maps -> affinity network for the "
+                                              "random walk (Ray Train)")
+    p.add_argument("--cams", required=True, help="maps of the train split (`wsss cam`)")
+    p.add_argument("--checkpoint", required=True,
+                   help="the classifier that made the maps: its backbone starts the network")
+    p.add_argument("--data", help="dataset (default: the config's data.root)")
+    _add_training(p, "runs/affinity")
+    _add_common(p)
+    p.set_defaults(func=cmd_train_affinity)
+
     p = sub.add_parser("train-seg", help="train a DeepLabV3 segmenter on pseudo-masks "
                                          "(Ray Train)")
     masks = p.add_mutually_exclusive_group(required=True)
@@ -435,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Options naming local files or folders (URIs stay as given; see wsss.storage.absolute).
 PATH_OPTIONS = ("config", "data", "out", "checkpoint", "cams", "pseudo_masks", "masks",
-                "masks_out", "tracking_uri")
+                "masks_out", "affinity", "tracking_uri")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

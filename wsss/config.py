@@ -214,6 +214,12 @@ class RefineConfig:
     labels by image evidence without trusting the maps' poorly calibrated magnitudes. Pixels labelled
     foreground whose max map is below ``fg_confidence``, or background whose max map is above
     ``bg_confidence``, become 255 (ignored); the defaults mark nothing.
+
+    Random walk (AffinityNet, Ahn & Kwak, CVPR 2018, Sec. 3.4): with ``affinity`` (the
+    checkpoint of ``wsss train-affinity``), the maps are first propagated along the network's
+    pixel affinities: transition matrix ``D^-1 A^rw_beta``, ``rw_iterations`` steps, at the
+    network's feature resolution (``wsss.core.affinity.propagate``); the background score, CRF
+    and confidence marking then work on the propagated maps.
     """
 
     bg_mode: str = "threshold"
@@ -231,9 +237,14 @@ class RefineConfig:
     crf_label_confidence: float = 0.7
     fg_confidence: float = 0.0
     bg_confidence: float = 1.0
+    affinity: str | None = None
+    rw_beta: float = 8.0
+    rw_iterations: int = 16
 
     def validate(self) -> None:
         _check_choice("refine.bg_mode", self.bg_mode, BG_MODES)
+        check_value(self.rw_beta > 0, "refine.rw_beta", self.rw_beta, "> 0")
+        check_value(self.rw_iterations >= 1, "refine.rw_iterations", self.rw_iterations, ">= 1")
         check_value(0.0 <= self.bg_threshold <= 1.0, "refine.bg_threshold", self.bg_threshold,
                     "in [0, 1]")
         check_value(self.bg_power > 0, "refine.bg_power", self.bg_power, "> 0")
@@ -260,6 +271,56 @@ class RefineConfig:
         found = crf_violation(dataclasses.asdict(self), width, height)
         if found is not None:
             check_value(False, f"refine.{found.key}", found.value, found.expected)
+
+
+@dataclass(frozen=True)
+class AffinityConfig:
+    """The affinity network and the seeds it learns from (AffinityNet, Ahn & Kwak, CVPR 2018,
+    Sec. 3.2-3.3; IRNet, Ahn et al., CVPR 2019, Sec. 3.1).
+
+    Seeds come from confident maps (``wsss.core.affinity.seed_mask``): a pixel whose max map is
+    at least ``fg_threshold`` takes its arg-max class, below ``bg_threshold`` it is background
+    (datasets with one), and without a background class the arg-max must also lead the runner-up
+    by ``margin``; all other pixels are ignored. Pixel pairs within ``radius`` feature-map cells
+    (stride 8) are labelled same / different from the seeds, and the network (the classifier's
+    backbone plus a light head; ``wsss.models.affinity``) learns their affinity with Ray Train,
+    on ``crop_size`` px crops, with the recipe fields as in ``train`` (``wsss.train.optim``;
+    ``head_lr_mult``: the new head learns faster than the trained backbone).
+    """
+
+    radius: int = 5
+    fg_threshold: float = 0.30
+    bg_threshold: float = 0.05
+    margin: float = 0.1
+    feature_dim: int = 448
+    epochs: int = 8
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    optimizer: str = "adamw"
+    schedule: str = "onecycle"
+    warmup_epochs: float | None = None
+    head_lr_mult: float = 10.0
+    crop_size: int = 112
+    num_workers: int = 2
+    use_gpu: bool | None = None
+    seed: int = 0
+    max_failures: int = 2  # worker-group restarts (from the last checkpoint) before giving up
+
+    def validate(self) -> None:
+        _check_recipe("affinity", self)
+        check_value(1 <= self.radius <= 16, "affinity.radius", self.radius, "in [1, 16]")
+        check_value(0.0 < self.fg_threshold <= 1.0, "affinity.fg_threshold",
+                    self.fg_threshold, "in (0, 1]")
+        check_value(0.0 <= self.bg_threshold <= self.fg_threshold, "affinity.bg_threshold",
+                    self.bg_threshold, "in [0, affinity.fg_threshold]")
+        check_value(0.0 <= self.margin < 1.0, "affinity.margin", self.margin, "in [0, 1)")
+        check_value(self.feature_dim >= 8, "affinity.feature_dim", self.feature_dim, ">= 8")
+        check_value(self.batch_size >= 1, "affinity.batch_size", self.batch_size, ">= 1")
+        check_value(self.crop_size >= 32, "affinity.crop_size", self.crop_size, ">= 32")
+        check_value(self.num_workers >= 1, "affinity.num_workers", self.num_workers, ">= 1")
+        check_value(self.max_failures >= -1, "affinity.max_failures", self.max_failures,
+                    ">= -1 (-1: retry forever)")
 
 
 @dataclass(frozen=True)
@@ -326,6 +387,7 @@ class ExperimentConfig:
     cams: CamConfig = field(default_factory=CamConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
+    affinity: AffinityConfig = field(default_factory=AffinityConfig)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
 
     def validate(self) -> "ExperimentConfig":
@@ -382,7 +444,7 @@ def from_dict(data: Mapping[str, Any] | None, cls: type[T] = ExperimentConfig,
 
 # Keys naming local files or folders; values that are not paths are left as they are.
 PATH_KEYS = ("data.root", "model.pretrained", "segmenter.pretrained_backbone",
-             "segmenter.init_from", "tracking.uri")
+             "segmenter.init_from", "refine.affinity", "tracking.uri")
 NOT_PATHS = ("imagenet",)
 
 

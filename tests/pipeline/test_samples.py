@@ -8,7 +8,8 @@ import numpy as np
 
 from wsss.data.reader import SampleRef
 from wsss.pipeline import samples
-from wsss.pipeline.steps import Step, objects
+from wsss.pipeline.columns import objects
+from wsss.pipeline.steps import Step
 
 NAMES = ["background", "red_spot", "blue_stripes"]
 

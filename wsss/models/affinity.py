@@ -77,7 +77,8 @@ def stage_channels(stage: nn.Module) -> int:
 
 
 def build_affinity_net(backbone: str = "resnet18",
-                       backbone_state: Mapping[str, torch.Tensor] | None = None) -> AffinityNet:
+                       backbone_state: Mapping[str, torch.Tensor] | None = None,
+                       feature_dim: int = 448) -> AffinityNet:
     """An :class:`AffinityNet` over a ResNet trunk (output stride 16).
 
     Args:
@@ -85,6 +86,7 @@ def build_affinity_net(backbone: str = "resnet18",
         backbone_state: a :class:`~wsss.models.backbones.Backbone` state dict to start from
             (the trained classifier's ``backbone.state_dict()``, as AffinityNet starts from the
             classifier's trunk); None = random init. The head always starts at random.
+        feature_dim: channels D of the affinity features.
 
     Raises:
         ValueError: an unknown backbone name, or ``backbone_state`` is not a state dict of that
@@ -99,4 +101,4 @@ def build_affinity_net(backbone: str = "resnet18",
         if missing or unexpected:
             raise ValueError(f"backbone_state is not a {backbone} backbone state dict: missing "
                              f"{missing[:3]}, unexpected {unexpected[:3]}")
-    return AffinityNet(trunk)
+    return AffinityNet(trunk, feature_dim)

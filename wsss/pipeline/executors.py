@@ -134,7 +134,9 @@ class RayDataExecutor:
 
     def _stage(self, ds: Any, step: Step, index: int, place: dict[str, Any]) -> Any:
         if step.model:
-            plan = self.plan or WorkerPlan(1, 1.0, 0.0, 1)
+            # without a plan (rescoring saved maps in a sweep trial): half a CPU, so that a
+            # one-CPU trial still has room for its decode and write tasks
+            plan = self.plan or WorkerPlan(1, 0.5, 0.0, 1)
             return ds.map_batches(step.fn, batch_size=self.batch_size,
                                   compute=ray.data.ActorPoolStrategy(size=plan.workers),
                                   fn_constructor_kwargs={**step.kwargs, "device": plan.device,

@@ -18,7 +18,8 @@ from wsss.data.reader import DatasetReader
 from wsss.pipeline.executors import LocalExecutor
 from wsss.pipeline.masks import add_reused_scores
 from wsss.pipeline.report import StageReport, collect, pending, publish, tracked_stage
-from wsss.pipeline.steps import INPUT_ERRORS, Job, Step, decode, objects, write_outputs
+from wsss.pipeline.columns import objects
+from wsss.pipeline.steps import INPUT_ERRORS, Job, Step, decode, write_outputs
 from wsss.storage import Location
 from wsss.train.checkpoint import CheckpointError, trained_image_scale
 from wsss.train.segmenter import load_segmenter, predict_mask

@@ -8,6 +8,7 @@ reported, never silently dropped.
 
     refs ---decode---> id, image, gt, labels, error, gt_error
          ---MapStep / load_saved_maps / PredictStep---> + maps, class_ids (or mask)
+         ---RandomWalkStep (with refine.affinity)---> + walked
          ---make_masks---> + mask
          ---write_outputs---> small rows: id, status, reason, nodes, seconds, counts
 """
@@ -18,7 +19,7 @@ import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import ray
@@ -37,6 +38,8 @@ from wsss.data.reader import DatasetReader, Sample, SampleRef
 from wsss.data.transforms import normalize
 from wsss.faults import fault_point
 from wsss.methods import Method, get_method
+from wsss.pipeline.columns import objects, same_size_groups
+from wsss.pipeline.walk import RandomWalkStep
 from wsss.storage import Location
 from wsss.train.checkpoint import check_classes, classifier_from_state, trained_image_scale
 
@@ -88,15 +91,6 @@ class Step:
     fn: Callable[..., Any]
     kwargs: dict[str, Any] = field(default_factory=dict)
     model: bool = False
-
-
-def objects(values: Iterable[Any]) -> np.ndarray:
-    """A 1-D object column holding ``values`` as they are (arrays of any shape stay whole)."""
-    values = list(values)
-    column = np.empty(len(values), dtype=object)
-    for i, value in enumerate(values):
-        column[i] = value
-    return column
 
 
 def ref_columns(refs: Sequence[SampleRef]) -> dict[str, np.ndarray]:
@@ -162,7 +156,8 @@ class MapStep:
 
     Images of equal size are stacked and mapped together. Adds the columns ``maps`` float16
     [K, H, W] of the K present classes, ``class_ids`` int64 [K], ``cam_node`` and
-    ``cam_seconds`` (the batch's time, spread over its rows).
+    ``cam_seconds`` (the batch's time, spread over its rows); with ``job.refine.affinity``
+    also ``walked`` (``wsss.pipeline.walk.RandomWalkStep``, in the same actor).
 
     Args:
         state: the classifier checkpoint dict (or a Ray object reference to it).
@@ -180,6 +175,7 @@ class MapStep:
         self.method, self.model = classifier_from_state(state, device)
         self.image_scale = trained_image_scale(state)
         self.fg = np.asarray(job.reader.info.fg_classes, dtype=np.int64)
+        self.walk = RandomWalkStep(job.refine, device) if job.refine.affinity else None
         self.batches = 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -195,7 +191,8 @@ class MapStep:
                     errors[row] = f"maps failed: {err}"
         self.batches += 1
         fault_point("map_batch", self.batches)  # tests: an actor killed with its batch done
-        return with_maps(batch, errors, maps, class_ids, time.perf_counter() - start)
+        out = with_maps(batch, errors, maps, class_ids, time.perf_counter() - start)
+        return out if self.walk is None else self.walk(out)
 
     def _maps(self, batch: dict[str, np.ndarray],
               rows: list[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -213,19 +210,11 @@ class MapStep:
                 [self.fg[p] for p in present])
 
 
-def same_size_groups(images: Sequence[np.ndarray], errors: Sequence[str]) -> list[list[int]]:
-    """Row indices of the good images grouped by image size (first-seen order)."""
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for row, (image, error) in enumerate(zip(images, errors)):
-        if not error:
-            groups.setdefault(tuple(image.shape), []).append(row)
-    return list(groups.values())
-
-
 def load_saved_maps(batch: dict[str, np.ndarray], job: Job) -> dict[str, np.ndarray]:
     """A decoded batch -> the columns of :class:`MapStep`, the maps read from
     ``job.maps/<id>.npz`` (``wsss cam`` or ``pseudo-label --save-maps``) instead of computed;
-    a missing, unreadable or wrongly sized map file fails its row."""
+    a missing, unreadable or wrongly sized map file fails its row. The column ``maps_read``
+    tells ``write_outputs`` not to write the maps back."""
     found, class_ids = _no_maps(len(batch["id"]))
     errors = list(batch["error"])
     for row, sample_id in enumerate(batch["id"]):
@@ -243,7 +232,8 @@ def load_saved_maps(batch: dict[str, np.ndarray], job: Job) -> dict[str, np.ndar
             found[row], class_ids[row] = row_maps, np.asarray(row_ids, np.int64)
         except INPUT_ERRORS as err:
             errors[row] = str(err)
-    return with_maps(batch, errors, found, class_ids, 0.0)
+    return {**with_maps(batch, errors, found, class_ids, 0.0),
+            "maps_read": np.ones(len(errors), dtype=bool)}
 
 
 def _no_maps(size: int) -> tuple[list[Any], list[Any]]:
@@ -270,14 +260,16 @@ def node() -> str:
 # -- masks ------------------------------------------------------------------------------------
 def make_masks(batch: dict[str, np.ndarray], job: Job) -> dict[str, np.ndarray]:
     """Adds ``mask`` uint8 [H, W]: each row's pseudo-mask
-    (``wsss.core.masks.make_pseudo_mask`` with ``job.refine``); a row whose mask fails gets
+    (``wsss.core.masks.make_pseudo_mask`` with ``job.refine``) from its ``walked`` maps when
+    the batch has them (the random walk ran), else its ``maps``; a row whose mask fails gets
     the reason in ``error``."""
     method, info, root = job.method(), job.reader.info, job.reader.root
     masks, errors = [], list(batch["error"])
     for row, sample in enumerate(samples(batch)):
         mask = np.zeros((0, 0), np.uint8)
         if sample is not None:
-            maps = np.asarray(batch["maps"][row], dtype=np.float32)
+            maps = np.asarray(batch["walked" if "walked" in batch else "maps"][row],
+                              dtype=np.float32)
             class_ids = [int(c) for c in batch["class_ids"][row]]
             try:
                 mask = make_pseudo_mask(method, sample, maps, class_ids, info.has_background,
@@ -347,7 +339,7 @@ def _written_mask(job: Job, sample_id: str, size: tuple[int, int] | None) -> np.
 # -- outputs ----------------------------------------------------------------------------------
 def write_outputs(batch: dict[str, np.ndarray], job: Job) -> dict[str, np.ndarray]:
     """Write each good row's mask to ``job.out/<id>.png`` (when ``job.out``) and its maps to
-    ``job.maps/<id>.npz`` (when the batch has maps and ``job.maps``); score the mask against
+    ``job.maps/<id>.npz`` (when the batch computed maps and ``job.maps``); score the mask against
     its ground truth (``job.evaluate``). Every write is atomic.
 
     Returns one small row per image: ``id``, ``status`` (``done`` / ``failed``), ``reason``,
@@ -382,7 +374,7 @@ def write_outputs(batch: dict[str, np.ndarray], job: Job) -> dict[str, np.ndarra
 def _write_one(batch: dict[str, np.ndarray], row: int, job: Job) -> np.ndarray:
     """Write one row's outputs; returns its score counts (empty without ``job.evaluate``)."""
     sample_id = str(batch["id"][row])
-    if "maps" in batch and job.maps is not None:
+    if "maps" in batch and "maps_read" not in batch and job.maps is not None:
         class_ids = [int(c) for c in batch["class_ids"][row]]
         job.maps.write_bytes(maps_npz_bytes(batch["maps"][row], class_ids,
                                             job.maps.name(f"{sample_id}.npz")),
@@ -423,6 +415,9 @@ def map_steps(job: Job, state: dict[str, Any], source: str | Path,
 
 
 def mask_steps(job: Job) -> list[Step]:
-    """decode -> saved maps -> pseudo-masks -> written and scored (``write_outputs``)."""
-    return [Step(decode, {"job": job}), Step(load_saved_maps, {"job": job}),
+    """decode -> saved maps -> (random walk, with ``job.refine.affinity``) -> pseudo-masks ->
+    written and scored (``write_outputs``)."""
+    walk = ([Step(RandomWalkStep, {"refine": job.refine}, model=True)]
+            if job.refine.affinity else [])
+    return [Step(decode, {"job": job}), Step(load_saved_maps, {"job": job}), *walk,
             Step(make_masks, {"job": job}), Step(write_outputs, {"job": job})]

@@ -20,6 +20,7 @@ from torch import nn
 
 from wsss.config import ConfigError, ModelConfig, from_dict
 from wsss.methods import get_method
+from wsss.models.backbones import Backbone
 
 FORMAT = "wsss.classifier/1"
 
@@ -183,3 +184,19 @@ def load_weights(model: nn.Module, state_dict: dict[str, Any], source: str | Pat
         summary = "; ".join(d[:200] for d in details[:2]) or str(err)[:200]
         raise CheckpointError(f"{source}: its weights do not fit the {type(model).__name__} "
                               f"model it names ({summary})") from err
+
+
+def classifier_backbone(path: str | Path) -> tuple[str, dict[str, torch.Tensor]]:
+    """The backbone name (``model.backbone``) and the :class:`~wsss.models.backbones.Backbone`
+    weights of the classifier checkpoint at ``path``: what a trained classifier hands to the
+    models that start from it (the segmenter's trunk, the affinity network). A method with
+    several backbones (adversarial erasing: one per round) gives its first, trained on whole
+    images.
+
+    Raises:
+        CheckpointError: not a readable classifier checkpoint.
+    """
+    state = load_checkpoint_state(path)
+    _, classifier = classifier_from_state(state, source=path)
+    first = next(m for m in classifier.modules() if isinstance(m, Backbone))
+    return state["config"].get("model", {}).get("backbone", "resnet18"), first.state_dict()

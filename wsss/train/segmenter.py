@@ -45,13 +45,12 @@ from wsss.data.errors import DatasetError
 from wsss.data.palette import IGNORE_INDEX
 from wsss.data.reader import Sample, read_info
 from wsss.data.transforms import normalize, resize_by, scale_crop_flip
-from wsss.models.backbones import Backbone
 from wsss.models.segmenter import (TRUNK_BACKBONES, Segmenter, build_segmenter,
                                    single_value_batch_norm_in_eval, trunk_state)
 from wsss.ray_utils import gpus_available, init_ray, train_logging
-from wsss.train.checkpoint import (CheckpointError, classifier_from_state,
-                                   link_from_ray_checkpoint, load_checkpoint_state, load_weights,
-                                   read_state, restore_training_state, write_state)
+from wsss.train.checkpoint import (CheckpointError, classifier_backbone,
+                                   link_from_ray_checkpoint, load_weights, read_state,
+                                   restore_training_state, write_state)
 from wsss.train.classifier import ClassifierResult as TrainResult
 from wsss.train.classifier import (TrainingData, all_gather, all_reduce_mean, all_reduce_sum,
                                    broadcast_buffers, data_key, scan_split)
@@ -232,16 +231,13 @@ def classifier_trunk_weights(path: str | Path, arch: str) -> dict[str, torch.Ten
         CheckpointError: not a readable classifier checkpoint, or its backbone is not the one
             ``arch`` is built on (the message names both).
     """
-    state = load_checkpoint_state(path)
-    backbone = state["config"].get("model", {}).get("backbone", "resnet18")
+    backbone, weights = classifier_backbone(path)
     wanted = TRUNK_BACKBONES[arch]
     if backbone != wanted:
         raise CheckpointError(f"{path}: its classifier has a {backbone} backbone but "
                               f"segmenter.arch={arch} is built on {wanted}; train the classifier "
                               f"with --backbone {wanted} or choose the matching --arch")
-    _, classifier = classifier_from_state(state, source=path)
-    first = next(m for m in classifier.modules() if isinstance(m, Backbone))
-    return trunk_state(first.state_dict(), arch)
+    return trunk_state(weights, arch)
 
 
 def scan_segmenter_data(cfg: ExperimentConfig, pseudo_dir: str | Path) -> TrainingData:

@@ -33,10 +33,21 @@ CHUNKS = 4
 TRIAL_MEMORY = 256 * 2**20  # the trial function only drives its Ray Data tasks
 
 
+def trial_config(ctx: SweepContext, base: ExperimentConfig,
+                 knobs: dict[str, Any]) -> ExperimentConfig:
+    """``base`` with a trial's knobs, and the affinity network the sweep prepared (the random
+    walk sweep's ``extra["affinity"]``) as ``refine.affinity``."""
+    cfg = apply_trial(base, knobs)
+    if ctx.extra.get("affinity"):
+        refine = dataclasses.replace(cfg.refine, affinity=ctx.extra["affinity"])
+        cfg = dataclasses.replace(cfg, refine=refine)
+    return cfg
+
+
 def crf_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     """Tune function trainable: score the trial's refine settings, chunk by chunk."""
     trial = tune.get_context()
-    cfg = apply_trial(ctx.base(), config)
+    cfg = trial_config(ctx, ctx.base(), config)
     trial_id = trial.get_trial_id()
     run_id = trial_run(ctx, trial_id, ctx.run_name(trial_id, config), cfg)
     chunks = rescore_maps(ctx.extra["maps_dir"], cfg.data.root, cfg.data.train_split,
@@ -82,14 +93,14 @@ class CrfSweep(Sweep):
         out = workdir / "pseudo-labels"
         options = PipelineOptions(save_maps=True, max_image_side=cfg.data.max_image_side,
                                   gpus_per_worker=args.gpus_per_trial or 1.0)
+        ids = select_train_eval_ids(cfg, args.eval_images, args.seed)
         report = run_pseudo_label(checkpoint, cfg.data.root, cfg.data.train_split, out,
-                                  cfg.cams, cfg.refine, cfg.tracking, options,
-                                  ids=select_train_eval_ids(cfg, args.eval_images, args.seed))
+                                  cfg.cams, cfg.refine, cfg.tracking, options, ids=ids)
         if report.failed:
             raise RuntimeError(f"map extraction failed for {len(report.failed)} image(s), "
                                f"e.g. {report.failed[0]}; see {out / 'report.json'}")
         state = load_checkpoint_state(checkpoint)
-        return {"maps_dir": str(out / "maps"), "checkpoint": str(checkpoint),
+        return {"maps_dir": str(out / "maps"), "checkpoint": str(checkpoint), "ids": list(ids),
                 "method": state["method"], "method_params": dict(state["method_params"])}
 
     def full_length(self, cfg: ExperimentConfig, trial_config: dict[str, Any]) -> int:
@@ -101,7 +112,7 @@ class CrfSweep(Sweep):
         return saved_map_samples(ctx.extra["maps_dir"], cfg.data.root,
                                  list(ctx.eval_ids[:SAMPLE_IMAGES]), ctx.extra["method"],
                                  ctx.extra["method_params"],
-                                 apply_trial(cfg, row["knobs"]).refine, out_dir)
+                                 trial_config(ctx, cfg, row["knobs"]).refine, out_dir)
 
     def max_t(self, cfg: ExperimentConfig) -> int:
         return CHUNKS
