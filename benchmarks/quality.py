@@ -5,7 +5,9 @@ Rows (mIoU in %, against the dataset's ground truth, used for scoring only):
 1. the label-prior floor: each pixel a uniformly random class among the image's labels (train);
 2. pseudo-masks from each method's maps (its classifier trained with Ray Train, maps of the train
    split, arg-max over the present classes / background score; no CRF);
-3. the first method's maps + dense CRF with the recipe's ``refine`` settings;
+3. the first method's maps + dense CRF with the recipe's ``refine`` settings; the same maps
+   propagated by the random walk on an affinity network trained on their seeds
+   (``affinity`` section; AffinityNet), without and with that CRF;
 4. DeepLab segmenters trained on those CRF masks, from random weights and from the first
    method's classifier (``segmenter.init_from``): the val mIoU of the saved model's
    predictions (``wsss predict``), the latter also refined by the same CRF (``--crf``);
@@ -64,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override on top of the recipe")
     p.add_argument("--no-segmenter", action="store_true", help="stop after the masks")
+    p.add_argument("--no-random-walk", action="store_true",
+                   help="skip the affinity network and the random-walk rows")
     p.add_argument("--work", type=Path, default=Path("runs/bench-quality"))
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     return p.parse_args(argv)
@@ -220,6 +224,52 @@ def crf_stage(stages: Stages, cfg: ExperimentConfig, spec: str, maps: str,
                                   masks=True), "minutes": row["minutes"]}
 
 
+def random_walk_stages(stages: Stages, cfg: ExperimentConfig, spec: str, first: dict[str, Any],
+                       work: Path) -> list[Row]:
+    """The affinity network trained on seeds of the first method's maps (``wsss
+    train-affinity``), then the maps propagated by the random walk, without and with the CRF
+    (``wsss refine --affinity``): two rows."""
+    import dataclasses
+
+    from wsss.pipeline.masks import run_refine
+    from wsss.pipeline.train_aff import run_train_affinity
+
+    name, knobs = parse_spec(spec)
+    mcfg = cfg.with_overrides([f"method.name={name}", *knobs])
+
+    def train(tag: str) -> dict[str, Any]:
+        result = run_train_affinity(mcfg, first["maps"], first["checkpoint"], work / "aff",
+                                    run_name=tag)
+        return {"checkpoint": str(result.checkpoint), "loss": result.metrics["loss"]}
+
+    network = stages.run(f"affinity {spec}", mcfg, (*CLASSIFIER, "cams", "affinity"), train,
+                         inputs=first["maps"])
+    rows = []
+    for crf in (False, True):
+        refine = dataclasses.replace(mcfg.refine, affinity=network["checkpoint"], crf=crf)
+        rcfg = dataclasses.replace(mcfg, refine=refine)
+        what = f"maps + random walk{' + CRF' if crf else ''}: {spec}"
+
+        def walk(tag: str, rcfg: ExperimentConfig = rcfg) -> dict[str, Any]:
+            report = run_refine(first["maps"], rcfg.data.root, rcfg.data.train_split,
+                                work / "masks" / tag, rcfg.refine, rcfg.tracking,
+                                rcfg.data.max_image_side)
+            return {"miou": report.extra["miou"], "masks": str(work / "masks" / tag)}
+
+        sections = (*CLASSIFIER, "cams", "affinity", "refine")
+        row = stages.run(what, rcfg, sections, walk)
+        row = {**row, **errors_stage(stages, what, rcfg, sections, row["masks"], masks=True),
+               "minutes": row["minutes"]}
+        aff = rcfg.affinity
+        notes = (f"radius {aff.radius}, seeds fg >= {aff.fg_threshold:g}, bg < "
+                 f"{aff.bg_threshold:g}, margin {aff.margin:g}, {aff.epochs} epochs; beta "
+                 f"{refine.rw_beta:g}, t {refine.rw_iterations}" + (f"; {crf_text(rcfg)}"
+                                                                    if crf else ""))
+        minutes = row["minutes"] + (0 if crf else network["minutes"])
+        rows.append(Row(what, row["miou"], notes, minutes, row))
+    return rows
+
+
 def segmenter_stage(stages: Stages, cfg: ExperimentConfig, name: str, masks: Path,
                     init_from: str | None, work: Path) -> dict[str, Any]:
     """A segmenter trained on ``masks`` (train split), scored on the val split (last epoch)."""
@@ -337,6 +387,8 @@ def main(argv: list[str] | None = None) -> None:
                 floor)]
     first = method_stages(stages, cfg, args.methods[0], args.work)
     crf = crf_stage(stages, cfg, args.methods[0], first["maps"], args.work)
+    walk_rows = ([] if args.no_random_walk else
+                 random_walk_stages(stages, cfg, args.methods[0], first, args.work))
     ratio, seg_rows = None, []
     if not args.no_segmenter:  # before the other methods: the pipeline's numbers come first
         masks = Path(crf["masks"])
@@ -368,6 +420,7 @@ def main(argv: list[str] | None = None) -> None:
                         row))
     rows.append(Row(f"maps + CRF: {args.methods[0]}", crf["miou"], crf_text(cfg), crf["minutes"],
                     crf))
+    rows += walk_rows
     rows += seg_rows
     publish(render(rows, cfg, args, ratio, command, (load_start, os.getloadavg())), args.out)
     plot(rows, args.out.with_suffix(".png"), f"{Path(cfg.data.root).name}: mIoU per stage")

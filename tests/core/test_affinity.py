@@ -244,7 +244,9 @@ def test_propagate_returns_normalised_maps_at_image_size(cells) -> None:
     out = propagate(maps, affinities, offsets, beta=8.0, iterations=4)
     assert out.shape == (2, height, width) and out.dtype == maps.dtype
     assert out.min() >= 0 and out.max() <= 1
-    assert torch.allclose(out.amax(dim=(1, 2)), torch.ones(2), atol=1e-3)
+    peaks = out.amax(dim=(1, 2))
+    assert peaks.max() == pytest.approx(1.0, abs=1e-3)  # one maximum over all classes
+    assert peaks[0] < 0.8  # the weaker class (maps at most 0.5) stays weaker: not lifted to 1
     empty = torch.zeros(0, height, width)
     assert propagate(empty, affinities, offsets, 8.0, 4) is empty
 

@@ -122,6 +122,22 @@ def test_crf_sweep_scores_refined_masks_of_one_checkpoint(tmp_path, synth_root, 
     assert len(list((tmp_path / "runs/test-crf/pseudo-labels/maps").glob("*.npz"))) == 8
 
 
+def test_affinity_sweep_walks_the_maps_of_one_checkpoint(tmp_path, synth_root, ray_session,
+                                                          untrained_checkpoint):
+    """The random-walk sweep: the affinity network is trained once on seeds of the scored
+    images' maps, and every trial walks those maps with its own beta and t."""
+    best, uri = run_script("affinity", tmp_path, synth_root, "--checkpoint",
+                           str(untrained_checkpoint), "--set", "affinity.epochs=1",
+                           "--set", "affinity.crop_size=48")
+    children = check_store(uri, "test-affinity", 2, best, "refine.rw_beta")
+    networks = list((tmp_path / "runs/test-affinity/affinity").glob("*/model.pt"))
+    assert len(networks) == 1
+    assert len(list((tmp_path / "runs/test-affinity/affinity").glob("*/seeds/*.png"))) == 8
+    for child in children:
+        assert child.data.metrics["images"] == 8 and child.data.metrics["images_failed"] == 0
+        assert 1 <= int(child.data.params["refine.rw_iterations"]) <= 8  # the smoke range
+
+
 def run_command(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """A sweep script run as a user runs it, from folder ``cwd`` (its own local Ray)."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "WSSS_STORAGE_PATH")}

@@ -14,7 +14,6 @@ group resumes from the last one.
 from __future__ import annotations
 
 import functools
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,26 +22,25 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.nn.functional as F
-from ray.train.torch import TorchTrainer
 from torch import nn
 from torch.utils.data import DataLoader
 
 from wsss.config import ExperimentConfig, from_dict
 from wsss.core.affinity import affinity_loss, pair_labels, pair_offsets, pixel_affinities
+from wsss.data.dataset import SplitScan
 from wsss.data.palette import IGNORE_INDEX
 from wsss.data.reader import read_info
 from wsss.data.transforms import normalize
-from wsss.data.dataset import SplitScan
 from wsss.models.affinity import AffinityNet, build_affinity_net
-from wsss.ray_utils import gpus_available, init_ray, train_logging
-from wsss.train.checkpoint import (CheckpointError, classifier_backbone,
-                                   link_from_ray_checkpoint, load_weights, read_state,
-                                   restore_training_state, write_state)
+from wsss.ray_utils import init_ray
+from wsss.train.checkpoint import (CheckpointError, classifier_backbone, load_weights,
+                                   read_state, restore_training_state, write_state)
 from wsss.train.classifier import ClassifierResult as TrainResult
 from wsss.train.classifier import TrainingData, all_reduce_mean, all_reduce_sum, data_key
 from wsss.train.optim import optimizer_and_schedule
-from wsss.train.reporting import MODEL_FILE, check_optimizer_steps, epoch_callbacks, report_epoch
-from wsss.train.segmenter import PseudoMaskDataset, collate, joint_train_transform
+from wsss.train.reporting import MODEL_FILE, report_epoch
+from wsss.train.segmenter import (PseudoMaskDataset, collate, fit_on_workers,
+                                  joint_train_transform)
 
 FORMAT = "wsss.affinity/1"
 
@@ -123,30 +121,13 @@ def train_affinity(cfg: ExperimentConfig, seeds_dir: str | Path, init_from: str 
     classifier_backbone(init_from)  # a bad checkpoint fails here, before Ray starts
     cfg = data.config(cfg)
     init_ray()
-    aff = cfg.affinity
-    use_gpu = gpus_available() if aff.use_gpu is None else aff.use_gpu
-    out_dir = Path(out_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
     loop_config = {"cfg": cfg.to_dict(), "train_ids": data.train.ids, "seeds_dir": data.key[4],
                    "init_from": str(Path(init_from).resolve()),
                    "class_names": list(data.info.class_names),
                    "has_background": data.info.has_background}
-    trainer = TorchTrainer(
-        _train_loop_per_worker, train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(num_workers=aff.num_workers, use_gpu=use_gpu),
-        run_config=ray.train.RunConfig(
-            name=run_name, storage_path=storage_path or str(out_dir / "ray"),
-            failure_config=ray.train.FailureConfig(max_failures=aff.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-            callbacks=epoch_callbacks(mlflow_run_id, tracking_uri),
-            logging_config=train_logging()))
-    start = time.perf_counter()
-    result = trainer.fit()
-    seconds = time.perf_counter() - start
-    check_optimizer_steps(result.metrics, f"affinity run '{run_name}'")
-    final = link_from_ray_checkpoint(result.checkpoint, MODEL_FILE, out_dir / MODEL_FILE)
-    history = read_state(final, FORMAT, "affinity network")["history"]
-    return TrainResult(final, dict(history[-1]), history, data.skipped, seconds)
+    return fit_on_workers(_train_loop_per_worker, loop_config, cfg.affinity,
+                          (FORMAT, "affinity network"), run_name, out_dir, data.skipped,
+                          storage_path, mlflow_run_id, tracking_uri)
 
 
 def batch_losses(model: nn.Module, images: torch.Tensor, seeds: torch.Tensor,

@@ -22,7 +22,7 @@ import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import ray.train
@@ -198,27 +198,49 @@ def train_segmenter(cfg: ExperimentConfig, pseudo_dir: str | Path, out_dir: str 
     data = segmenter_data_for(cfg, pseudo_dir, data)
     cfg = data.config(cfg)
     init_ray()
-    loop_config = _loop_config(cfg, data)
-    seg = cfg.segmenter
-    use_gpu = gpus_available() if seg.use_gpu is None else seg.use_gpu
+    return fit_on_workers(_train_loop_per_worker, _loop_config(cfg, data), cfg.segmenter,
+                          (FORMAT, "segmenter"), run_name, out_dir, data.skipped,
+                          storage_path, mlflow_run_id, tracking_uri)
+
+
+def fit_on_workers(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, Any],
+                   section: Any, checkpoint_format: tuple[str, str], run_name: str,
+                   out_dir: str | Path, skipped: list[tuple[str, str]],
+                   storage_path: str | None = None, mlflow_run_id: str | None = None,
+                   tracking_uri: str | None = None) -> TrainResult:
+    """Run ``loop`` on ``section.num_workers`` Ray Train workers (GPUs per ``section.use_gpu``,
+    None: when the cluster has them; ``section.max_failures`` restarts; the last checkpoint
+    kept) and link its final ``model.pt`` to ``out_dir``: the driver side of the segmenter and
+    affinity runs.
+
+    Args:
+        checkpoint_format: (format, kind) the final checkpoint is read back with
+            (``wsss.train.checkpoint.read_state``) for its ``history``.
+        skipped: the ids the scan left out, passed on to the result.
+        storage_path / mlflow_run_id / tracking_uri: see :func:`train_segmenter`.
+
+    Raises:
+        TrainingError: no worker took an optimizer step.
+    """
+    use_gpu = gpus_available() if section.use_gpu is None else section.use_gpu
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer = TorchTrainer(
-        _train_loop_per_worker, train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(num_workers=seg.num_workers, use_gpu=use_gpu),
+        loop, train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=section.num_workers, use_gpu=use_gpu),
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=storage_path or str(out_dir / "ray"),
-            failure_config=ray.train.FailureConfig(max_failures=seg.max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=section.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             callbacks=epoch_callbacks(mlflow_run_id, tracking_uri),
             logging_config=train_logging()))
     start = time.perf_counter()
     result = trainer.fit()
     seconds = time.perf_counter() - start
-    check_optimizer_steps(result.metrics, f"segmenter run '{run_name}'")
+    check_optimizer_steps(result.metrics, f"{checkpoint_format[1]} run '{run_name}'")
     final = link_from_ray_checkpoint(result.checkpoint, MODEL_FILE, out_dir / MODEL_FILE)
-    history = read_state(final, FORMAT, "segmenter")["history"]
-    return TrainResult(final, dict(history[-1]), history, data.skipped, seconds)
+    history = read_state(final, *checkpoint_format)["history"]
+    return TrainResult(final, dict(history[-1]), history, skipped, seconds)
 
 
 def classifier_trunk_weights(path: str | Path, arch: str) -> dict[str, torch.Tensor]:
