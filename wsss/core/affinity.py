@@ -240,6 +240,10 @@ def random_walk(maps: torch.Tensor, affinities: torch.Tensor, offsets: torch.Ten
     ``sum_i d_i out_i == sum_i d_i maps_i`` (because A is symmetric), not the plain sum; cells
     with no path of positive affinity to a seed stay exactly 0.
 
+    ``iterations`` counts applications of T. The reference code reaches ``T^256`` by squaring
+    T eight times (psa ``logt=8``, IRNet ``exp_times=8``), so their setting is
+    ``iterations=256`` here; the banded cost grows linearly with it.
+
     Args:
         maps: float [B, K, h, w], non-negative.
         affinities: [B, P, h, w] in [0, 1] for the half-plane ``offsets`` [P, 2]
@@ -316,8 +320,9 @@ def propagate(maps: torch.Tensor, affinities: torch.Tensor, offsets: torch.Tenso
     """Refine one image's maps by the random walk (AffinityNet Sec. 3.4; IRNet's normalisation).
 
     The maps go down to the affinity grid, through :func:`random_walk`, back up bilinearly to
-    the image's size, and each class map is divided by its maximum (+1e-5), as IRNet does, so
-    the result lies in [0, 1] again.
+    the image's size, and each class map is divided by its own maximum (+1e-5), so the result
+    lies in [0, 1] again and a background threshold applies alike to every class (IRNet's
+    ``make_sem_seg_labels`` divides by the maximum over all classes instead).
 
     Down-sampling: when the grid is the AffinityNet's (``ceil(H / 8) x ceil(W / 8)``), each
     cell gets the mean of the pixels it covers at stride 8 (``avg_pool2d``, the last row and
