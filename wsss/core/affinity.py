@@ -2,8 +2,8 @@
 
 AffinityNet (Ahn & Kwak, CVPR 2018) learns which neighbouring cells belong to the same class
 from the confident parts of the localization maps, then propagates the maps along those
-affinities by a random walk; IRNet (Ahn et al., CVPR 2019) keeps that walk and normalises
-the propagated maps per class by their maximum.
+affinities by a random walk; IRNet (Ahn et al., CVPR 2019) keeps that walk, and crops and
+normalises the propagated maps at the image's size (here per class, see ``propagate``).
 
 1. ``seed_mask``: confident class / background / ignored labels from the maps (Sec. 3.1);
 2. ``pair_offsets`` and ``pair_labels``: the neighbour pairs within a radius at feature
