@@ -240,6 +240,10 @@ def random_walk(maps: torch.Tensor, affinities: torch.Tensor, offsets: torch.Ten
     ``sum_i d_i out_i == sum_i d_i maps_i`` (because A is symmetric), not the plain sum; cells
     with no path of positive affinity to a seed stay exactly 0.
 
+    ``iterations`` counts applications of T. The reference code reaches ``T^256`` by squaring
+    T eight times (psa ``logt=8``, IRNet ``exp_times=8``), so their setting is
+    ``iterations=256`` here; the banded cost grows linearly with it.
+
     Args:
         maps: float [B, K, h, w], non-negative.
         affinities: [B, P, h, w] in [0, 1] for the half-plane ``offsets`` [P, 2]
