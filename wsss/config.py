@@ -219,7 +219,10 @@ class RefineConfig:
     checkpoint of ``wsss train-affinity``), the maps are first propagated along the network's
     pixel affinities: transition matrix ``D^-1 A^rw_beta``, ``rw_iterations`` steps, at the
     network's feature resolution (``wsss.core.affinity.propagate``); the background score, CRF
-    and confidence marking then work on the propagated maps.
+    and confidence marking then work on the propagated maps. ``rw_iterations`` counts
+    applications of T: the reference code squares T eight times (T^256) on 40x40-cell maps;
+    each step here moves mass up to ``affinity.radius`` cells, so 16 steps of radius 5 cross a
+    photo at stride 8 and half scale (20 x 14 cells).
     """
 
     bg_mode: str = "threshold"
