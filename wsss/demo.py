@@ -20,13 +20,13 @@ EXPERIMENT = "demo-erasing"
 
 
 def run(workdir: Path, n: int, image_size: int, epochs: int, trials: int,
-        concurrent: int, eval_images: int) -> int:
+        concurrent: int, eval_images: int, seed: int = 0) -> int:
     workdir = workdir.resolve()
     data = workdir / "data/demo-synth"
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     start = time.perf_counter()
     steps = [
-        ["wsss", "data", "synth", "--out", str(data), "--n", str(n), "--seed", "0",
+        ["wsss", "data", "synth", "--out", str(data), "--n", str(n), "--seed", str(seed),
          "--image-size", str(image_size)],
         [sys.executable, str(SWEEP_SCRIPT), "--data", str(data), "--num-samples", str(trials),
          "--max-concurrent", str(concurrent), "--epochs", str(epochs),
@@ -60,9 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-concurrent", type=int, default=2)
     parser.add_argument("--eval-images", type=int, default=32,
                         help="training images whose pseudo-mask mIoU is the objective")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic images")
     args = parser.parse_args(argv)
     return run(args.workdir, args.n, args.image_size, args.epochs, args.trials,
-               args.max_concurrent, args.eval_images)
+               args.max_concurrent, args.eval_images, args.seed)
 
 
 if __name__ == "__main__":
