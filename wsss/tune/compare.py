@@ -84,6 +84,10 @@ def best_lines(parent: Any, rows: list[dict[str, Any]]) -> str:
         checkpoint = None  # the tag names another trial (a sweep resumed since)
     params = parent.data.params  # data.root: a sweep recorded before the base. prefix
     data = params.get(base_param("data.root"), params.get("data.root", "DATA"))
+    miou, share = best.get(MIOU, math.nan), best.get(DEGENERATE, math.nan)
+    parts = ([f"pseudo_miou {miou:.4f}"] if not math.isnan(miou) else []) + (
+        [f"degenerate share {share:.0%}"] if not math.isnan(share) else [])
     return (f"\nbest trial {best['trial_id']} ({best['status']}): objective "
-            f"{best['objective']:.4f}\n" + degenerate_warning(best)
+            f"{best['objective']:.4f}" + (f" ({', '.join(parts)})" if parts else "") + "\n"
+            + degenerate_warning(best)
             + next_steps(checkpoint, data).rstrip("\n"))
