@@ -24,11 +24,13 @@ OTHER_CLUSTER = "203.0.113.7:6379"  # what the machine-wide file names: another 
 
 PROBE = """
 import json, sys, ray
-from wsss.ray_utils import start_local_ray
+from wsss.ray_utils import init_ray, start_local_ray
 
 args = dict(num_cpus=1, include_dashboard=False, log_to_driver=False)
 if sys.argv[1] == "wsss":
     start_local_ray(**args)
+elif sys.argv[1] == "init_ray":
+    init_ray(num_cpus=1)
 else:
     ray.init(address="local", **args)
 
@@ -36,12 +38,12 @@ else:
 def lookup():
     import os
     from ray._private.services import canonicalize_bootstrap_address
-    # the cleaner's lookup (ray.util.state), and the worker's niceness
-    return canonicalize_bootstrap_address(None), os.nice(0)
+    # the cleaner's lookup (ray.util.state), the worker's niceness and $RAY_ADDRESS
+    return canonicalize_bootstrap_address(None), os.nice(0), os.environ.get("RAY_ADDRESS")
 
-found, niceness = ray.get(lookup.remote())
+found, niceness, env = ray.get(lookup.remote())
 print(json.dumps({"own": ray.get_runtime_context().gcs_address, "found": found,
-                  "niceness": niceness}))
+                  "niceness": niceness, "ray_address": env}))
 ray.shutdown()
 """
 
@@ -80,6 +82,16 @@ def test_processes_of_a_local_ray_find_their_own_cluster(machine_tmp, tmp_path):
     # the session files stay in the usual Ray folder; the machine-wide file is left alone
     sessions = sorted((machine_tmp / "ray").glob("session_2*"))
     assert len(sessions) == 2, sessions
+    assert (machine_tmp / "ray" / "ray_current_cluster").read_text() == OTHER_CLUSTER
+
+
+@pytest.mark.slow
+def test_workers_of_init_ray_name_their_cluster_in_ray_address(machine_tmp, tmp_path):
+    """A lookup with ``$RAY_ADDRESS`` set goes straight there: Ray's own lookups in a worker
+    (the placement-group cleaner's, every few seconds) never list the other Ray instances on
+    the machine, so they never print "Found multiple active Ray instances"."""
+    ours = _probe("init_ray", machine_tmp, tmp_path)
+    assert ours["ray_address"] == ours["found"] == ours["own"] != OTHER_CLUSTER
     assert (machine_tmp / "ray" / "ray_current_cluster").read_text() == OTHER_CLUSTER
 
 

@@ -13,6 +13,14 @@ instance its own lookup folder (``$RAY_TMPDIR``, inherited by every process of t
 whose ``ray/ray_current_cluster`` names that instance; session files and logs stay in Ray's
 usual temp folder.
 
+That lookup still lists every running GCS process (``pgrep``) first, and warns "Found multiple
+active Ray instances" whenever it finds more than one; the cleaner of every Ray Train run looks
+up its cluster every few seconds, so with another Ray on the machine a sweep printed that
+warning (or, when the lookup failed, its traceback) hundreds of times. A lookup with
+``$RAY_ADDRESS`` set takes that address without looking further, so every worker process of a
+job started by :func:`init_ray` sets it to its own cluster's address first thing
+(:func:`pin_ray_address`, Ray's ``worker_process_setup_hook``).
+
 Ray starts its worker processes (training workers, map actors, tasks) at niceness 15 (its
 ``worker_niceness`` setting). On a machine shared with other work, any normal-priority process
 then takes nearly all the CPU from them (beside 4 busy processes on 2 cores a niceness-15
@@ -40,6 +48,7 @@ WORKER_NICENESS_ENV = "RAY_worker_niceness"  # Ray's config override (ray_consta
 # Ray gives its raylet a fixed 30 s to register with the GCS (ray._private.node); on a machine
 # whose CPUs are all busy that can run out. Such a start is retried, up to START_ATTEMPTS.
 STARTUP_TIMEOUT = "timed out during startup"
+SETUP_HOOK = f"{__name__}.pin_ray_address"  # each worker process of a job init_ray starts
 VERBOSE_ENV = "WSSS_VERBOSE"  # "1": Ray Train's and Tune's own progress lines are shown
 START_ATTEMPTS = 3
 
@@ -55,12 +64,23 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    env = ({"runtime_env": {"env_vars": {VERBOSE_ENV: "1"}}} if verbose() else
-           {"logging_config": ray.LoggingConfig(log_level="WARNING")})  # every worker's logs
+    runtime_env: dict[str, Any] = {"worker_process_setup_hook": SETUP_HOOK}
+    if verbose():
+        runtime_env["env_vars"] = {VERBOSE_ENV: "1"}
+    env: dict[str, Any] = {"runtime_env": runtime_env}
+    if not verbose():
+        env["logging_config"] = ray.LoggingConfig(log_level="WARNING")  # every worker's logs
     if address:
         ray.init(address=address, log_to_driver=True, **env)
     else:
         start_local_ray(num_cpus=num_cpus, log_to_driver=True, **env)
+
+
+def pin_ray_address() -> None:
+    """Ray worker setup hook: ``$RAY_ADDRESS`` = the address of the cluster this worker
+    belongs to, so that Ray's own lookups in the worker (Ray Train's placement-group cleaner
+    asking the state API) go there directly instead of listing every Ray on the machine."""
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
 
 
 def verbose() -> bool:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import csv
 import math
 
-from wsss.tune.report import format_table, write_outputs
+import pytest
+
+from wsss.tune.report import (DEGENERATE, DEGENERATE_PENALTY, MIOU, best_trial, format_table,
+                              objective_line, penalised_objective, with_objective,
+                              write_outputs)
 
 
 def _rows():
@@ -270,3 +274,27 @@ def test_compare_reads_each_trials_steps_and_names_the_time_attribute(tmp_path):
     table, paths, _ = compare(uri, "sw", tmp_path / "out")
     assert table.splitlines()[1].split()[:4] == ["trial_id", "objective", "epoch_total", "status"]
     assert {p.name for p in paths} >= {"history.png", "objective_vs_knobs.png"}
+
+
+def test_the_objective_penalises_degenerate_masks_and_changes_the_best_trial():
+    """A flooded trial with the higher mIoU loses to a cleaner one once its degenerate share
+    is penalised; with penalty 0 the objective is the mIoU; the table keeps the true mIoU."""
+    flooded = {"epoch": 4, "pseudo_miou": 0.46, "degenerate_share": 0.47}
+    clean = {"epoch": 4, "pseudo_miou": 0.44, "degenerate_share": 0.09}
+    assert with_objective(flooded, 0.0)["objective"] == pytest.approx(0.46)
+    ranked = {name: with_objective(m, DEGENERATE_PENALTY)
+              for name, m in (("flooded", flooded), ("clean", clean))}
+    assert ranked["flooded"]["objective"] == pytest.approx(0.46 - 0.5 * 0.47)
+    assert ranked["flooded"]["pseudo_miou"] == 0.46  # the true mIoU stays as reported
+    assert list(ranked["clean"])[:3] == ["objective", "pseudo_miou", "degenerate_share"]
+    assert penalised_objective(0.3, math.nan, 0.5) == pytest.approx(0.3)  # nothing scored
+    rows = [{"trial_id": name, "objective": m["objective"], MIOU: m["pseudo_miou"],
+             DEGENERATE: m["degenerate_share"], "epoch_total": 4, "full": 4,
+             "status": "completed", "knobs": {}} for name, m in ranked.items()]
+    assert best_trial(rows)["trial_id"] == "clean"
+    header, first = format_table(rows, "epoch_total").splitlines()[:2]
+    assert header.split()[:6] == ["trial_id", "objective", "epoch_total", "status", MIOU,
+                                  DEGENERATE]
+    assert first.split()[0] == "clean" and first.split()[4] == "0.44"
+    line = objective_line(rows[1], DEGENERATE_PENALTY)
+    assert "pseudo_miou 0.4400 - 0.5 x degenerate share 9%" in line

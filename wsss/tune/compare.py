@@ -9,12 +9,12 @@ from typing import Any
 
 from wsss.tracking import missing_local_store
 from wsss.tune.report import (BEST_CHECKPOINT_TAG, BEST_TRIAL_TAG, DEGENERATE, DEGENERATE_METRIC,
-                              KNOBS_TAG, best_trial, degenerate_warning, format_table,
+                              KNOBS_TAG, MIOU, RANKED, best_trial, degenerate_warning, format_table,
                               history_points, next_steps, write_outputs)
 from wsss.tune.tracking import TRIAL_ID, base_param, latest_sweep, mlflow_client, trial_runs
 
 PROGRESS = "progress"  # the progress column when no trial says its time attribute
-OBJECTIVE = "pseudo_miou"  # the metric a trial reports at each step (epoch_total, chunk)
+OBJECTIVE = RANKED  # what a trial reports at each step (epoch_total, chunk) and is ranked by
 
 
 def sweep_rows(uri: str, experiment: str) -> tuple[Any, list[dict[str, Any]], str]:
@@ -31,16 +31,23 @@ def sweep_rows(uri: str, experiment: str) -> tuple[Any, list[dict[str, Any]], st
     rows = []
     for trial_id, run in runs.items():
         metrics, tags = run.data.metrics, run.data.tags
-        objective = metrics.get("objective", metrics.get(OBJECTIVE, math.nan))
+        objective = metrics.get(RANKED, metrics.get(MIOU, math.nan))
         progress = next((v for k, v in metrics.items() if k.endswith("_run")), math.nan)
-        history = history_points((m.step, m.value) for m in
-                                 client.get_metric_history(run.info.run_id, OBJECTIVE))
         rows.append({"trial_id": tags.get(TRIAL_ID, trial_id), "objective": objective,
+                     MIOU: metrics.get(MIOU, math.nan), "history": _history(client, run),
                      DEGENERATE: metrics.get(DEGENERATE_METRIC, math.nan),
                      time_attr: progress, "status": tags.get("wsss.status", run.info.status),
-                     "knobs": json.loads(tags.get(KNOBS_TAG, "{}")), "run_id": run.info.run_id,
-                     "history": history})
+                     "knobs": json.loads(tags.get(KNOBS_TAG, "{}")), "run_id": run.info.run_id})
     return parent, rows, time_attr
+
+
+def _history(client: Any, run: Any) -> list[tuple[float, float]]:
+    """The objective at each step the trial's run logged; a run of a sweep from before the
+    objective was logged per step (only its final value, at step 0) has its pseudo_miou's."""
+    ranked = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, RANKED)
+              if m.step > 0]
+    return history_points(ranked or ((m.step, m.value) for m in
+                                     client.get_metric_history(run.info.run_id, MIOU)))
 
 
 def compare(uri: str, experiment: str, out_dir: str | Path) -> tuple[str, list[Path], str]:
@@ -77,6 +84,10 @@ def best_lines(parent: Any, rows: list[dict[str, Any]]) -> str:
         checkpoint = None  # the tag names another trial (a sweep resumed since)
     params = parent.data.params  # data.root: a sweep recorded before the base. prefix
     data = params.get(base_param("data.root"), params.get("data.root", "DATA"))
+    miou, share = best.get(MIOU, math.nan), best.get(DEGENERATE, math.nan)
+    parts = ([f"pseudo_miou {miou:.4f}"] if not math.isnan(miou) else []) + (
+        [f"degenerate share {share:.0%}"] if not math.isnan(share) else [])
     return (f"\nbest trial {best['trial_id']} ({best['status']}): objective "
-            f"{best['objective']:.4f}\n" + degenerate_warning(best)
+            f"{best['objective']:.4f}" + (f" ({', '.join(parts)})" if parts else "") + "\n"
+            + degenerate_warning(best)
             + next_steps(checkpoint, data).rstrip("\n"))

@@ -21,12 +21,12 @@ from wsss.pipeline.pseudo_label import PipelineOptions, rescore_maps, run_pseudo
 from wsss.pipeline.train_cls import run_train_classifier
 from wsss.tracking import log_metrics
 from wsss.train.checkpoint import load_checkpoint_state
-from wsss.tune.report import DEGENERATE_METRIC
+from wsss.tune.report import DEGENERATE_METRIC, MIOU, with_objective
 from wsss.tune.runner import SAMPLE_IMAGES, Sweep, select_train_eval_ids
 from wsss.tune.samples import saved_map_samples
 from wsss.tune.spaces import apply_trial
 from wsss.tune.tracking import trial_run
-from wsss.tune.trial import OBJECTIVE, SweepContext, scaled
+from wsss.tune.trial import SweepContext, scaled
 
 CHUNK_ATTR = "chunk"
 CHUNKS = 4
@@ -55,10 +55,11 @@ def crf_trial(config: dict[str, Any], ctx: SweepContext) -> None:
                           ctx.extra["method_params"], chunks=CHUNKS,
                           batch_size=cfg.cams.batch_size, max_image_side=cfg.data.max_image_side)
     for chunk, scored in enumerate(chunks, start=1):
-        metrics = {OBJECTIVE: scored.scores.miou, CHUNK_ATTR: chunk, "images": scored.images,
-                   "images_failed": len(scored.failed),
-                   "pixel_accuracy": scored.scores.pixel_accuracy,
-                   DEGENERATE_METRIC: scored.degenerate_share}
+        metrics = with_objective({MIOU: scored.scores.miou,
+                                  DEGENERATE_METRIC: scored.degenerate_share, CHUNK_ATTR: chunk,
+                                  "images": scored.images, "images_failed": len(scored.failed),
+                                  "pixel_accuracy": scored.scores.pixel_accuracy},
+                                 ctx.degenerate_penalty)
         log_metrics(metrics, step=chunk, run_id=run_id, uri=ctx.tracking_uri,
                     unsent=ctx.unsent_file)
         tune.report(metrics)

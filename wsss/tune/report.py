@@ -33,6 +33,11 @@ BEST_CHECKPOINT_TAG = "wsss.best_checkpoint"  # on the parent run: the best tria
 # the share of a trial's scored pseudo-masks that are flooded (``wsss.core.scoring.is_degenerate``)
 DEGENERATE, DEGENERATE_METRIC = "degenerate", "degenerate_share"
 DEGENERATE_WARNING = 0.25  # the share of degenerate masks from which a trial is flagged
+# What a sweep ranks (Optuna, ASHA, the best trial): the pseudo-mask mIoU less a penalty on the
+# share of degenerate masks, so a trial that floods its masks (no background) does not win on a
+# high mIoU. ``pseudo_miou`` itself stays the true mIoU; ``--degenerate-penalty 0`` ranks by it.
+RANKED, MIOU = "objective", "pseudo_miou"
+DEGENERATE_PENALTY = 0.5  # objective = pseudo_miou - DEGENERATE_PENALTY * degenerate_share
 # How the plots draw a trial of each status (others: STATUS_OTHER); the best trial on top.
 STATUS_STYLES = {
     "completed": {"color": "C0", "marker": "o", "linestyle": "-"},
@@ -44,12 +49,31 @@ BEST_STYLE = {"color": "C1", "marker": "*", "markersize": 16, "markeredgecolor":
               "markeredgewidth": 0.6, "linestyle": "-", "linewidth": 2.4}
 
 
+def penalised_objective(miou: float, share: float, penalty: float) -> float:
+    """What a sweep ranks: ``miou - penalty * share`` (``share``, the share of degenerate
+    pseudo-masks, counts as 0 when NaN: nothing was scored as flooded)."""
+    share = 0.0 if share is None or math.isnan(share) else share
+    return float(miou) - penalty * float(share)
+
+
+def with_objective(metrics: dict[str, Any], penalty: float) -> dict[str, Any]:
+    """``metrics`` (a trial's report) led by :data:`RANKED` (:func:`penalised_objective` of its
+    :data:`MIOU` and :data:`DEGENERATE_METRIC`), :data:`MIOU` and :data:`DEGENERATE_METRIC`:
+    Tune's status table shows the first metrics of a report. Unchanged without ``MIOU``."""
+    if metrics.get(MIOU) is None:
+        return dict(metrics)
+    share = float(metrics.get(DEGENERATE_METRIC, math.nan))
+    first = {RANKED: penalised_objective(metrics[MIOU], share, penalty), MIOU: metrics[MIOU],
+             DEGENERATE_METRIC: share}
+    return {**first, **{k: v for k, v in metrics.items() if k not in first}}
+
+
 def trial_row(result: Any, full_length: Callable[[dict[str, Any]], int], time_attr: str,
               objective: str) -> dict[str, Any]:
     """One table row from a Tune ``Result``: trial id, objective, progress, status, knobs and
     ``degenerate`` (the share of flooded pseudo-masks at the last report; NaN when the trial
-    reports none) and ``history``, the objective at each reported ``time_attr`` value
-    ([(t, objective), ...])."""
+    reports none), ``pseudo_miou`` (the true mIoU at the last report, NaN without one) and
+    ``history``, the objective at each reported ``time_attr`` value ([(t, objective), ...])."""
     metrics = dict(result.metrics or {})
     ran = int(metrics.get(time_attr, 0) or 0)
     full = full_length(result.config)
@@ -58,6 +82,7 @@ def trial_row(result: Any, full_length: Callable[[dict[str, Any]], int], time_at
     return {"trial_id": metrics.get("trial_id") or _trial_id_from_path(result.path),
             "objective": float(value) if value is not None else math.nan,
             DEGENERATE: float(metrics.get(DEGENERATE_METRIC, math.nan)),
+            MIOU: float(metrics.get(MIOU, math.nan)),
             time_attr: ran, "full": full, "status": status,
             "checkpoint_path": metrics.get("checkpoint_path"),
             "knobs": {k: v for k, v in result.config.items() if not k.startswith("_")},
@@ -111,6 +136,17 @@ def degenerate_warning(row: dict[str, Any]) -> str:
             f"before using it\n")
 
 
+def objective_line(row: dict[str, Any], penalty: float) -> str:
+    """A line spelling out what the trial's objective is made of: its true ``pseudo_miou``,
+    its share of degenerate masks and the penalty (empty without a scored mIoU)."""
+    miou, share = row.get(MIOU, math.nan), row.get(DEGENERATE, math.nan)
+    if math.isnan(miou):
+        return ""
+    shown = "n/a" if math.isnan(share) else f"{share:.0%}"
+    return (f"  {RANKED} = {MIOU} {miou:.4f} - {penalty:g} x degenerate share {shown} "
+            f"(--degenerate-penalty {penalty:g})\n")
+
+
 def next_steps(checkpoint: str | None, data: str) -> str:
     """Lines naming the best trial's checkpoint and the commands to run on it (empty without
     one: a sweep that trains nothing, or a best trial stopped inside its first round)."""
@@ -156,7 +192,7 @@ def close_trial_run(uri: str, experiment: str, parent_run_id: str, row: dict[str
     the pictures are made in ``pictures_dir``.
     """
     metrics = {f"{time_attr}_run": row[time_attr]}
-    for key, name in (("objective", "objective"), (DEGENERATE, DEGENERATE_METRIC)):
+    for key, name in (("objective", RANKED), (DEGENERATE, DEGENERATE_METRIC)):
         if not math.isnan(row.get(key, math.nan)):
             metrics[name] = row[key]
     tags = {"wsss.status": row["status"], KNOBS_TAG: json.dumps(row["knobs"], default=str)}
@@ -170,7 +206,7 @@ def close_trial_run(uri: str, experiment: str, parent_run_id: str, row: dict[str
         run = found["run"] = find_trial_run(uri, experiment, parent_run_id, row["trial_id"])
         if run is not None and "wsss.status" not in run.data.tags:
             _end_run(mlflow_client(uri), run.info.run_id, metrics, tags, pictures(),
-                     record["status"])
+                     record["status"], step=_step(row.get(time_attr)))
 
     kept = send_or_keep(uri, None, record, send, unsent)
     if not kept and found["run"] is None:
@@ -180,10 +216,21 @@ def close_trial_run(uri: str, experiment: str, parent_run_id: str, row: dict[str
         pictures()
 
 
+def _step(value: Any) -> int:
+    """An MLflow step from a trial's progress (0 when unknown)."""
+    try:
+        return max(int(value), 0)
+    except (TypeError, ValueError):
+        return 0
+
+
 def _end_run(client: Any, run_id: str, metrics: dict[str, float], tags: dict[str, str],
-             artifacts: Sequence[Path], status: str, artifact_path: str = "samples") -> None:
+             artifacts: Sequence[Path], status: str, artifact_path: str = "samples",
+             step: int = 0) -> None:
+    """Log ``metrics`` at ``step`` (a trial's final progress: the objective's last point of its
+    per-step history), then ``tags`` and ``artifacts``; end the run with ``status``."""
     for key, value in metrics.items():
-        client.log_metric(run_id, key, value)
+        client.log_metric(run_id, key, value, step=step)
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
     for path in artifacts:
@@ -207,6 +254,8 @@ def summarize_sweep(uri: str, parent_run_id: str, rows: list[dict[str, Any]], ti
                f"{time_attr}_full_budget": sum(r["full"] for r in rows)}
     best_config = None if best is None else {"trial_id": best["trial_id"],
                                              "objective": best["objective"],
+                                             MIOU: best.get(MIOU, math.nan),
+                                             DEGENERATE_METRIC: best.get(DEGENERATE, math.nan),
                                              "config": best["knobs"],
                                              "checkpoint": best.get("checkpoint")}
     record = {"kind": "close_sweep_run", "metrics": metrics, "best": best_config,
@@ -248,6 +297,9 @@ def _log_best(client: Any, run_id: str, best: dict[str, Any]) -> None:
     immutable, so a resumed sweep with a new best updates the ``wsss.best.*`` tags)."""
     client.log_metric(run_id, "best_objective", best["objective"])
     client.log_metric(run_id, "objective", best["objective"])  # the parent's row in the UI
+    for key, name in ((MIOU, f"best_{MIOU}"), (DEGENERATE, f"best_{DEGENERATE_METRIC}")):
+        if not math.isnan(best.get(key, math.nan)):
+            client.log_metric(run_id, name, best[key])
     client.set_tag(run_id, BEST_TRIAL_TAG, best["trial_id"])
     if best.get("checkpoint"):
         client.set_tag(run_id, BEST_CHECKPOINT_TAG, best["checkpoint"])
@@ -517,9 +569,9 @@ def _table(rows: list[dict[str, Any]], time_attr: str) -> tuple[list[str], list[
     ordered = sorted(rows, key=lambda r: -r["objective"] if not math.isnan(r["objective"])
                      else math.inf)
     keys = sorted({k for r in rows for k in r["knobs"]})
-    scored = any(not math.isnan(r.get(DEGENERATE, math.nan)) for r in rows)
-    columns = ["trial_id", "objective", time_attr, "status", *([DEGENERATE] if scored else []),
-               *keys]
+    extra = [k for k in (MIOU, DEGENERATE)
+             if any(not math.isnan(r.get(k, math.nan)) for r in rows)]
+    columns = ["trial_id", "objective", time_attr, "status", *extra, *keys]
     return columns, [[_cell(r[c] if c in r else r["knobs"].get(c, math.nan)) for c in columns]
                      for r in ordered]
 

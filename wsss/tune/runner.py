@@ -1,7 +1,8 @@
 """The sweep driver every script in ``sweeps/`` shares: arguments, data, the Tuner, MLflow.
 
 ``OptunaSearch`` (TPE, seeded; define-by-run space) behind a ``ConcurrencyLimiter`` proposes
-trials, ``ASHAScheduler`` stops poor ones on the per-epoch objective, Tune's ``FailureConfig``
+trials, ``ASHAScheduler`` stops poor ones on the per-epoch objective (pseudo-mask mIoU less
+a penalty on degenerate masks, ``--degenerate-penalty``), Tune's ``FailureConfig``
 retries a crashed trial (its Ray Train runs resume from their last checkpoints) and ``--resume``
 restores an interrupted sweep (finished trials are not run again).
 """
@@ -26,6 +27,7 @@ from wsss.methods import get_method
 from wsss.ray_utils import VERBOSE_ENV
 from wsss.storage import absolute_options, is_uri
 from wsss.train.mask_eval import select_eval_ids
+from wsss.tune.report import DEGENERATE_PENALTY
 from wsss.tune.samples import checkpoint_samples
 from wsss.tune.spaces import LR, Space, apply_trial, method_knobs
 from wsss.tune.trial import TIME_ATTR, train_trial
@@ -138,7 +140,14 @@ def build_parser(sweep: Sweep, description: str | None) -> argparse.ArgumentPars
                         "once (unless --num-samples / --max-concurrent)")
     p.add_argument("--epochs", type=int, help="epochs per round (default 4; smoke 1)")
     p.add_argument("--eval-images", type=int, default=48,
-                   help="training images whose pseudo-mask mIoU is the objective")
+                   help="training images whose pseudo-masks are scored for the objective")
+    p.add_argument("--degenerate-penalty", type=float, default=DEGENERATE_PENALTY,
+                   metavar="P",
+                   help="what the sweep ranks (Optuna, ASHA, the best trial): objective = "
+                        "pseudo_miou - P x degenerate_share, the share of scored pseudo-masks "
+                        "that are flooded (one class, or no background where the ground truth "
+                        "has some); 0 ranks by pseudo_miou alone, which stays the true mIoU "
+                        "in every table")
     p.add_argument("--seed", type=int, default=0, help="sampler and training seed")
     p.add_argument("--tracking-uri", help="MLflow URI (default: $MLFLOW_TRACKING_URI, set on "
                                           "cluster nodes, else sqlite:///mlflow.db in the "
@@ -163,7 +172,10 @@ def parse_options(sweep: Sweep, argv: Sequence[str] | None = None,
     """The sweep's options, with every local path made absolute against the working directory
     (``wsss.storage.absolute``): Ray storage, Ray workers and a later ``--resume`` from the
     same folder all see the same files. argparse exits with status 2 on a bad option."""
-    args = build_parser(sweep, description).parse_args(argv)
+    parser = build_parser(sweep, description)
+    args = parser.parse_args(argv)
+    if not 0 <= args.degenerate_penalty < float("inf"):
+        parser.error(f"--degenerate-penalty must be a number >= 0, not {args.degenerate_penalty}")
     if args.verbose:
         os.environ[VERBOSE_ENV] = "1"
     if args.num_samples is None:

@@ -23,13 +23,15 @@ from wsss.config import ExperimentConfig, from_dict
 from wsss.methods import get_method
 from wsss.train.classifier import train_classifier
 from wsss.train.reporting import MODEL_FILE, StepLog
+from wsss.tune.report import (DEGENERATE_METRIC, DEGENERATE_PENALTY, MIOU, RANKED,
+                              with_objective)
 from wsss.tune.spaces import apply_trial
 from wsss.tune.tracking import trial_run, trial_run_name
 
 # Ray Train gives up on a worker group that is not up after 60 s by default; a loaded machine
 # (or a trial waiting for another trial's CPUs) can take longer to start one worker.
 WORKER_START_TIMEOUT_S = "600"
-OBJECTIVE = "pseudo_miou"
+OBJECTIVE = RANKED  # what Tune ranks: pseudo_miou less the degenerate-mask penalty
 TIME_ATTR = "epoch_total"
 PLACEMENT_GROUP = "train_placement_group"
 
@@ -52,6 +54,7 @@ class SweepContext:
     extra: dict[str, Any] = field(default_factory=dict)
     training_data: Any = None  # the base config's TrainingData, scanned once by the driver
     fixed_knobs: tuple[str, ...] = ()  # trial config keys every trial shares (Sweep.constants)
+    degenerate_penalty: float = DEGENERATE_PENALTY  # see wsss.tune.report.penalised_objective
 
     def base(self) -> ExperimentConfig:
         return from_dict(self.base_config)
@@ -64,8 +67,12 @@ class SweepContext:
 
 
 class TuneForwarder(TuneReportCallback):
-    """Ray Train callback: add the round and ``epoch_total`` to rank 0's report, log it to the
-    trial's MLflow run (step = ``epoch_total``) and hand it to Tune, each step once.
+    """Ray Train callback: add the round, ``epoch_total`` and the ranked ``objective``
+    (``pseudo_miou`` less ``degenerate_penalty`` x ``degenerate_share``,
+    :func:`~wsss.tune.report.penalised_objective`) to rank 0's report, log it to the trial's
+    MLflow run (step = ``epoch_total``) and hand it to Tune, each step once. The report leads
+    with the objective, ``pseudo_miou``, ``degenerate_share`` and ``epoch_total``: the metrics
+    Tune's status table shows.
 
     A report of a step the trial's run already holds (an epoch trained again after a worker
     group restart or a trial retry) is neither logged nor handed to Tune again
@@ -78,8 +85,10 @@ class TuneForwarder(TuneReportCallback):
     """
 
     def __init__(self, round_number: int, epoch_offset: int, run_id: str, tracking_uri: str,
-                 crash_marker: str | None = None, unsent: str | None = None) -> None:
+                 crash_marker: str | None = None, unsent: str | None = None,
+                 degenerate_penalty: float = DEGENERATE_PENALTY) -> None:
         super().__init__()
+        self.degenerate_penalty = degenerate_penalty
         self.round_number, self.epoch_offset = round_number, epoch_offset
         self.run_id, self.tracking_uri, self.crash_marker = run_id, tracking_uri, crash_marker
         self.unsent = unsent  # the sweep's unsent file
@@ -89,8 +98,10 @@ class TuneForwarder(TuneReportCallback):
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
                      checkpoint: Any) -> None:
-        first = {**metrics[0], "round": self.round_number,
-                 TIME_ATTR: self.epoch_offset + int(metrics[0]["epoch"])}
+        report = with_objective(metrics[0], self.degenerate_penalty)
+        lead = {k: report.pop(k) for k in (RANKED, MIOU, DEGENERATE_METRIC) if k in report}
+        first = {**lead, TIME_ATTR: self.epoch_offset + int(metrics[0]["epoch"]), **report,
+                 "round": self.round_number}
         if self.placement_group:
             first[PLACEMENT_GROUP] = self.placement_group
         if self._log is None:  # made on the first report: a retried trial reads its steps
@@ -140,7 +151,7 @@ def train_trial(config: dict[str, Any], ctx: SweepContext) -> None:
             previous = final
             continue
         forward = TuneForwarder(k + 1, k * cfg.train.epochs, run_id, ctx.tracking_uri,
-                               ctx.crash_marker, ctx.unsent_file)
+                               ctx.crash_marker, ctx.unsent_file, ctx.degenerate_penalty)
         result = train_classifier(
             cfg, final.parent, f"{trial_id}-round{k + 1}",
             storage_path=f"{ctx.storage_path.rstrip('/')}/{ctx.experiment}-train",

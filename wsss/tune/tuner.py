@@ -32,7 +32,8 @@ from wsss.storage import OutputError, check_writable
 from wsss.tracking import TrackingError, check_tracking_uri, env_restored, unsent_records
 from wsss.train.classifier import scan_training_data
 from wsss.tune.report import (close_trial_run, degenerate_warning, end_sweep_run, next_steps,
-                              run_status, runs_view, summarize_sweep, trial_row)
+                              objective_line, run_status, runs_view, summarize_sweep, trial_row)
+from wsss.tune.prune import keep_best_model
 from wsss.tune.runner import (CRASH_ENV, Sweep, base_config, dataset_root, parse_options,
                               select_train_eval_ids)
 from wsss.tune.spaces import check_space
@@ -136,14 +137,16 @@ def run_sweep(sweep: Sweep, args: argparse.Namespace) -> dict[str, Any] | None:
                 eval_ids=tuple(select_train_eval_ids(cfg, args.eval_images, args.seed)),
                 workers_per_trial=args.workers_per_trial, gpus_per_trial=args.gpus_per_trial,
                 crash_marker=os.environ.get(CRASH_ENV), training_data=training_data,
-                fixed_knobs=tuple(sweep.constants), extra=sweep.prepare(args, cfg, workdir))
+                fixed_knobs=tuple(sweep.constants), degenerate_penalty=args.degenerate_penalty,
+                extra=sweep.prepare(args, cfg, workdir))
             results = make_tuner(sweep, args, ctx, cfg).fit()
             rows = [trial_row(r, lambda c: sweep.full_length(cfg, c), sweep.time_attr,
                               OBJECTIVE) for r in results]
             outcomes.update({row["trial_id"]: run_status(row) for row in rows})
             best = record_results(sweep, ctx, cfg, rows)
+            pruned = keep_best_model(rows, best, workdir, storage, args.experiment)
     _print_summary(args, uri, parent, best, time.perf_counter() - start, unsent,
-                   str(cfg.data.root), experiment_id)
+                   str(cfg.data.root), experiment_id, pruned.line())
     return best
 
 
@@ -291,24 +294,27 @@ def _trial_samples(sweep: Sweep, ctx: SweepContext, cfg: Any, row: dict[str, Any
 def _sweep_options(args: argparse.Namespace) -> dict[str, Any]:
     """The options the parent run records as ``sweep.<option>`` params."""
     keys = ("num_samples", "max_concurrent", "gpus_per_trial", "workers_per_trial", "search",
-            "scheduler", "seed", "smoke_test", "eval_images")
+            "scheduler", "seed", "smoke_test", "eval_images", "degenerate_penalty")
     return {k: getattr(args, k) for k in keys}
 
 
 def _print_summary(args: argparse.Namespace, uri: str, parent: str, best: dict | None,
-                   seconds: float, unsent: Path, data: str, experiment_id: str) -> None:
+                   seconds: float, unsent: Path, data: str, experiment_id: str,
+                   disk: str = "") -> None:
     kept = len(unsent_records(unsent))
     if kept:
         print(f"warning: MLflow at {uri} did not answer during sweep '{args.experiment}'; "
               f"{kept} record(s) kept in {unsent}", file=sys.stderr)
     if best is None:
-        print(f"\nsweep '{args.experiment}' finished in {seconds:.0f}s with no scored trial")
+        print(f"\nsweep '{args.experiment}' finished in {seconds:.0f}s with no scored trial\n"
+              + disk, end="")
         return
     knobs = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                       for k, v in best["knobs"].items())
     print(f"\nsweep '{args.experiment}' finished in {seconds:.0f}s; best trial "
           f"{best['trial_id']} ({best['status']}): {OBJECTIVE}={best['objective']:.4f} "
-          f"({knobs})\n" + degenerate_warning(best) + next_steps(best.get("checkpoint"), data)
+          f"({knobs})\n" + objective_line(best, args.degenerate_penalty)
+          + degenerate_warning(best) + next_steps(best.get("checkpoint"), data) + disk
           + f"MLflow: parent run {parent} in experiment '{args.experiment}' at {uri}\n"
           f"  wsss compare --experiment {shlex.quote(args.experiment)}"
           + (f" --tracking-uri {uri}" if args.tracking_uri else "") + "\n"
