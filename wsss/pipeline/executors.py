@@ -124,18 +124,21 @@ class RayDataExecutor:
         ds = ray.data.from_items(ref_rows(refs), override_num_blocks=max(
             1, math.ceil(len(refs) / self.batch_size)))
         place = _placement_group_args(self.placement_group)
+        # Without a plan (rescoring saved maps inside a sweep trial's group, which may hold a
+        # single CPU) the model step's actor and the tasks take half a CPU each, so the actor
+        # never leaves its own input tasks without room.
+        task_cpus = 0.5 if self.plan is None and any(step.model for step in steps) else 1.0
         for index, step in enumerate(steps):
-            ds = self._stage(ds, step, index, place)
+            ds = self._stage(ds, step, index, place, task_cpus)
         ds.context.execution_options.preserve_order = self.preserve_order
         if self.placement_group is not None:  # plan for the group's CPUs, not the cluster's
             cpus = sum(b.get("CPU", 0) for b in self.placement_group.bundle_specs)
             ds.context.execution_options.resource_limits = ray.data.ExecutionResources(cpu=cpus)
         yield from ds.iter_batches(batch_size=None, batch_format="numpy")
 
-    def _stage(self, ds: Any, step: Step, index: int, place: dict[str, Any]) -> Any:
+    def _stage(self, ds: Any, step: Step, index: int, place: dict[str, Any],
+               task_cpus: float) -> Any:
         if step.model:
-            # without a plan (rescoring saved maps in a sweep trial): half a CPU, so that a
-            # one-CPU trial still has room for its decode and write tasks
             plan = self.plan or WorkerPlan(1, 0.5, 0.0, 1)
             return ds.map_batches(step.fn, batch_size=self.batch_size,
                                   compute=ray.data.ActorPoolStrategy(size=plan.workers),
@@ -149,7 +152,7 @@ class RayDataExecutor:
             extra["compute"] = ray.data.TaskPoolStrategy(
                 size=DECODERS_PER_WORKER * self.plan.workers)
         return ds.map_batches(step.fn, fn_kwargs=step.kwargs, batch_size=self.batch_size,
-                              num_cpus=1, **extra, **place)
+                              num_cpus=task_cpus, **extra, **place)
 
 
 def _placement_group_args(group: Any) -> dict[str, Any]:
