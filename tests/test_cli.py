@@ -42,7 +42,7 @@ def test_help_lists_the_examples_one_a_line_and_shows_defaults(capsys, monkeypat
     from wsss.cli import EXAMPLES
 
     monkeypatch.setenv("COLUMNS", "100")
-    assert len(EXAMPLES) == 11
+    assert len(EXAMPLES) == 13
     with pytest.raises(SystemExit):
         main(["--help"])
     lines = capsys.readouterr().out.splitlines()
