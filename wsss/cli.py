@@ -51,8 +51,8 @@ from wsss.tune.report import runs_view
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (sections: data, model, method, train, "
-                                    "cams, refine, affinity, segmenter, tracking; recipes in configs/); "
-                                    "options given on the command line win")
+                                    "cams, refine, affinity, segmenter, tracking; recipes in "
+                                    "configs/); options given on the command line win")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted config override, e.g. train.lr=0.05 (repeatable)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI "

@@ -191,7 +191,8 @@ def _train_loader(cfg: ExperimentConfig, config: dict[str, Any]) -> DataLoader:
                                 max_image_side=cfg.data.max_image_side,
                                 pseudo_dir=config["seeds_dir"])
     loader = DataLoader(dataset, batch_size=cfg.affinity.batch_size, shuffle=True,
-                        collate_fn=functools.partial(collate, num_classes=len(config["class_names"]),
+                        collate_fn=functools.partial(collate,
+                                                     num_classes=len(config["class_names"]),
                                                      has_background=config["has_background"]),
                         num_workers=cfg.data.loader_workers, drop_last=len(dataset) > 1)
     return ray.train.torch.prepare_data_loader(loader)

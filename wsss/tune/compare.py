@@ -9,8 +9,8 @@ from typing import Any
 
 from wsss.tracking import missing_local_store
 from wsss.tune.report import (BEST_CHECKPOINT_TAG, BEST_TRIAL_TAG, DEGENERATE, DEGENERATE_METRIC,
-                              KNOBS_TAG, MIOU, RANKED, best_trial, degenerate_warning, format_table,
-                              history_points, next_steps, write_outputs)
+                              KNOBS_TAG, MIOU, RANKED, best_trial, degenerate_warning,
+                              format_table, history_points, next_steps, write_outputs)
 from wsss.tune.tracking import TRIAL_ID, base_param, latest_sweep, mlflow_client, trial_runs
 
 PROGRESS = "progress"  # the progress column when no trial says its time attribute

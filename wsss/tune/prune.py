@@ -1,7 +1,8 @@
 """After a sweep: keep one model on disk, the best trial's, without its optimizer state.
 
 Every round of every trial leaves a Ray Train checkpoint (an adversarial-erasing model with its
-optimizer state is 180-230 MB), hard-linked as ``WORKDIR/EXPERIMENT/trials/<id>/round<k>/model.pt``.
+optimizer state is 180-230 MB), hard-linked as
+``WORKDIR/EXPERIMENT/trials/<id>/round<k>/model.pt``.
 While the sweep runs they are what a retried trial resumes from; once it has ended they are
 not needed, except the best trial's model, which the summary names. So when a sweep ends
 normally (not when it is interrupted: ``--resume`` then needs them), :func:`keep_best_model`
