@@ -13,7 +13,6 @@ group resumes from the last one.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -39,8 +38,7 @@ from wsss.train.classifier import ClassifierResult as TrainResult
 from wsss.train.classifier import TrainingData, all_reduce_mean, all_reduce_sum, data_key
 from wsss.train.optim import optimizer_and_schedule
 from wsss.train.reporting import MODEL_FILE, report_epoch
-from wsss.train.segmenter import (PseudoMaskDataset, collate, fit_on_workers,
-                                  joint_train_transform)
+from wsss.train.segmenter import PseudoMaskDataset, fit_on_workers, mask_loader
 
 FORMAT = "wsss.affinity/1"
 
@@ -184,18 +182,10 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def _train_loader(cfg: ExperimentConfig, config: dict[str, Any]) -> DataLoader:
-    dataset = PseudoMaskDataset(cfg.data.root, ids=config["train_ids"],
-                                transform=joint_train_transform(cfg.affinity.crop_size,
-                                                                cfg.data.image_scale,
-                                                                cfg.data.scale_range),
-                                max_image_side=cfg.data.max_image_side,
-                                pseudo_dir=config["seeds_dir"])
-    loader = DataLoader(dataset, batch_size=cfg.affinity.batch_size, shuffle=True,
-                        collate_fn=functools.partial(collate,
-                                                     num_classes=len(config["class_names"]),
-                                                     has_background=config["has_background"]),
-                        num_workers=cfg.data.loader_workers, drop_last=len(dataset) > 1)
-    return ray.train.torch.prepare_data_loader(loader)
+    ids = config["train_ids"]
+    return mask_loader(cfg, ids, config["seeds_dir"], cfg.affinity.crop_size,
+                       cfg.affinity.batch_size, len(config["class_names"]),
+                       config["has_background"], drop_last=len(ids) > 1)
 
 
 def _train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,

@@ -345,17 +345,25 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def _train_loader(cfg: ExperimentConfig, config: dict[str, Any]) -> DataLoader:
-    dataset = PseudoMaskDataset(cfg.data.root, ids=config["train_ids"],
-                                transform=joint_train_transform(cfg.segmenter.crop_size,
-                                                                cfg.data.image_scale,
+    return mask_loader(cfg, config["train_ids"], config["pseudo_dir"], cfg.segmenter.crop_size,
+                       cfg.segmenter.batch_size, len(config["class_names"]),
+                       config["has_background"])
+
+
+def mask_loader(cfg: ExperimentConfig, ids: list[str], mask_dir: str, crop_size: int,
+                batch_size: int, num_classes: int, has_background: bool,
+                drop_last: bool = False) -> DataLoader:
+    """This worker's shuffled loader of ``ids`` with their ``<mask_dir>/<id>.png`` masks,
+    rescaled, cropped to ``crop_size`` px and flipped together (:func:`joint_train_transform`),
+    batched by :func:`collate`; the training input of the segmenter and the affinity network."""
+    dataset = PseudoMaskDataset(cfg.data.root, ids=ids,
+                                transform=joint_train_transform(crop_size, cfg.data.image_scale,
                                                                 cfg.data.scale_range),
-                                max_image_side=cfg.data.max_image_side,
-                                pseudo_dir=config["pseudo_dir"])
-    loader = DataLoader(dataset, batch_size=cfg.segmenter.batch_size, shuffle=True,
-                        collate_fn=functools.partial(collate,
-                                                     num_classes=len(config["class_names"]),
-                                                     has_background=config["has_background"]),
-                        num_workers=cfg.data.loader_workers)
+                                max_image_side=cfg.data.max_image_side, pseudo_dir=mask_dir)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True,
+                        collate_fn=functools.partial(collate, num_classes=num_classes,
+                                                     has_background=has_background),
+                        num_workers=cfg.data.loader_workers, drop_last=drop_last)
     return ray.train.torch.prepare_data_loader(loader)
 
 
