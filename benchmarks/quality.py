@@ -261,8 +261,9 @@ def random_walk_stages(stages: Stages, cfg: ExperimentConfig, spec: str, first: 
         row = {**row, **errors_stage(stages, what, rcfg, sections, row["masks"], masks=True),
                "minutes": row["minutes"]}
         aff = rcfg.affinity
-        notes = (f"radius {aff.radius}, seeds fg >= {aff.fg_threshold:g}, bg < "
-                 f"{aff.bg_threshold:g}, margin {aff.margin:g}, {aff.epochs} epochs; beta "
+        notes = (f"radius {aff.radius}, {'CRF ' if aff.seed_crf else ''}seeds fg >= "
+                 f"{aff.fg_threshold:g}, bg < {aff.bg_threshold:g}, margin {aff.margin:g}, "
+                 f"{aff.epochs} epochs; beta "
                  f"{refine.rw_beta:g}, t {refine.rw_iterations}" + (f"; {crf_text(rcfg)}"
                                                                     if crf else ""))
         minutes = row["minutes"] + (0 if crf else network["minutes"])

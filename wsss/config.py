@@ -284,7 +284,9 @@ class AffinityConfig:
     Seeds come from confident maps (``wsss.core.affinity.seed_mask``): a pixel whose max map is
     at least ``fg_threshold`` takes its arg-max class, below ``bg_threshold`` it is background
     (datasets with one), and without a background class the arg-max must also lead the runner-up
-    by ``margin``; all other pixels are ignored. Pixel pairs within ``radius`` feature-map cells
+    by ``margin``; all other pixels are ignored. With ``seed_crf`` (the default) a dense CRF with
+    the ``refine.crf_*`` kernels moves the seeds' boundaries onto the image's edges
+    (``wsss.core.affinity.crf_seed_mask``, IRNet Sec. 4.1). Pixel pairs within ``radius`` feature-map cells
     (stride 8) are labelled same / different from the seeds, and the network (the classifier's
     backbone plus a light head; ``wsss.models.affinity``) learns their affinity with Ray Train,
     on ``crop_size`` px crops, with the recipe fields as in ``train`` (``wsss.train.optim``;
@@ -295,6 +297,7 @@ class AffinityConfig:
     fg_threshold: float = 0.30
     bg_threshold: float = 0.05
     margin: float = 0.1
+    seed_crf: bool = True
     feature_dim: int = 448
     epochs: int = 8
     batch_size: int = 8

@@ -19,7 +19,7 @@ up its cluster every few seconds, so with another Ray on the machine a sweep pri
 warning (or, when the lookup failed, its traceback) hundreds of times. A lookup with
 ``$RAY_ADDRESS`` set takes that address without looking further, so every worker process of a
 job started by :func:`init_ray` sets it to its own cluster's address first thing
-(:func:`pin_ray_address`, Ray's ``worker_process_setup_hook``).
+(:func:`setup_worker`, Ray's ``worker_process_setup_hook``).
 
 Ray starts its worker processes (training workers, map actors, tasks) at niceness 15 (its
 ``worker_niceness`` setting). On a machine shared with other work, any normal-priority process
@@ -31,6 +31,8 @@ unless the variable is already set).
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -48,7 +50,8 @@ WORKER_NICENESS_ENV = "RAY_worker_niceness"  # Ray's config override (ray_consta
 # Ray gives its raylet a fixed 30 s to register with the GCS (ray._private.node); on a machine
 # whose CPUs are all busy that can run out. Such a start is retried, up to START_ATTEMPTS.
 STARTUP_TIMEOUT = "timed out during startup"
-SETUP_HOOK = f"{__name__}.pin_ray_address"  # each worker process of a job init_ray starts
+SETUP_HOOK = f"{__name__}.setup_worker"
+TRAIN_REPORT_MODULE = "ray.train.v2._internal.execution.context"  # logs every report at INFO  # each worker process of a job init_ray starts
 VERBOSE_ENV = "WSSS_VERBOSE"  # "1": Ray Train's and Tune's own progress lines are shown
 START_ATTEMPTS = 3
 
@@ -76,11 +79,29 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         start_local_ray(num_cpus=num_cpus, log_to_driver=True, **env)
 
 
-def pin_ray_address() -> None:
-    """Ray worker setup hook: ``$RAY_ADDRESS`` = the address of the cluster this worker
-    belongs to, so that Ray's own lookups in the worker (Ray Train's placement-group cleaner
-    asking the state API) go there directly instead of listing every Ray on the machine."""
+def setup_worker() -> None:
+    """Ray worker setup hook.
+
+    ``$RAY_ADDRESS`` = the address of the cluster this worker belongs to, so that Ray's own
+    lookups in the worker (Ray Train's placement-group cleaner asking the state API) go there
+    directly instead of listing every Ray on the machine.
+
+    Unless :func:`verbose`, Ray Train's per-report line ("Reporting training result N: ...",
+    one per worker and epoch) is dropped: its logger is named by its module's file path, not
+    ``ray.train...``, so Ray Train's ``LoggingConfig`` level does not reach it.
+    """
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    if not verbose():
+        logging.getLogger(_train_report_logger()).setLevel(logging.WARNING)
+
+
+def _train_report_logger() -> str:
+    """Name of the logger of Ray Train's report lines: the file path of
+    ``ray.train.v2._internal.execution.context``."""
+    spec = importlib.util.find_spec(TRAIN_REPORT_MODULE)
+    if spec is None or spec.origin is None:
+        raise ImportError(f"{TRAIN_REPORT_MODULE} not found: Ray Train's layout changed")
+    return spec.origin
 
 
 def verbose() -> bool:

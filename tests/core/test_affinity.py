@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from wsss.core.affinity import (DIFFERENT, SAME_BG, SAME_FG, affinity_loss, pair_labels,
-                                pair_offsets, pixel_affinities, propagate, random_walk, seed_mask)
+                                pair_offsets, pixel_affinities, propagate, random_walk, seed_mask,
+                                crf_seed_mask)
+from wsss.config import RefineConfig
 from wsss.errors import ConfigError
 from wsss.models.affinity import STRIDE, AffinityNet, build_affinity_net
 from wsss.models.backbones import build_backbone
@@ -57,6 +59,45 @@ def test_seed_mask_rejects_thresholds_naming_the_key(fg, bg, margin, key) -> Non
 
 
 # ---------------------------------------------------------------- pairs
+
+
+def _edge_case(width: int = 48, edge: int = 24) -> tuple[np.ndarray, np.ndarray]:
+    """An image dark left of column ``edge`` and bright right of it, and a class map that
+    fades smoothly from 1 to 0 across the whole width (its 0.5 level far from the edge)."""
+    image = np.full((16, width, 3), 20, np.uint8)
+    image[:, edge:] = 230
+    ramp = np.clip(1.0 - np.arange(width) / (0.8 * width), 0.0, 1.0).astype(np.float32)
+    return image, np.broadcast_to(ramp, (16, width))[None].copy()
+
+
+def test_crf_seed_mask_with_background_moves_the_boundary_to_the_image_edge() -> None:
+    image, maps = _edge_case()
+    crf = RefineConfig(crf_iterations=10)
+    hard = seed_mask(maps, [2], True, fg_threshold=0.6, bg_threshold=0.2, margin=0.0)
+    soft = crf_seed_mask(image, maps, [2], True, 0.6, 0.2, 0.0, crf)
+    # without the CRF the class stops where the map falls below 0.6 (column 15) and a wide
+    # ignored band follows; with it, the class reaches the edge at column 24 and everything
+    # right of the edge is background
+    assert (hard[:, :15] == 2).all() and (hard[:, 16:29] == IGNORED).all()
+    assert (soft[:, :24] == 2).all() and (soft[:, 24:] == 0).all()
+
+
+def test_crf_seed_mask_without_background_splits_two_classes_at_the_edge() -> None:
+    image, left = _edge_case()
+    maps = np.concatenate([left, 1.0 - left])  # class 5 left, class 7 right, 0.5 at column 19
+    crf = RefineConfig(crf_iterations=10)
+    hard = seed_mask(maps, [5, 7], False, fg_threshold=0.3, bg_threshold=0.0, margin=0.3)
+    soft = crf_seed_mask(image, maps, [5, 7], False, 0.3, 0.0, 0.3, crf)
+    assert (hard[:, 14:25] == IGNORED).all()  # no clear winner around the maps' crossing
+    assert (soft[:, :24] == 5).all() and (soft[:, 24:] == 7).all()
+
+
+def test_crf_seed_mask_without_evidence_ignores_the_weak_class() -> None:
+    image, maps = _edge_case()
+    weak = 0.2 * maps  # the class is never confident: nothing may become a seed of it
+    soft = crf_seed_mask(image, np.concatenate([weak, weak[:, :, ::-1]]), [5, 7], False,
+                         0.3, 0.0, 0.1, RefineConfig())
+    assert (soft == IGNORED).all()
 
 
 def test_pair_offsets_half_plane_within_radius() -> None:

@@ -5,7 +5,8 @@ from the confident parts of the localization maps, then propagates the maps alon
 affinities by a random walk; IRNet (Ahn et al., CVPR 2019) keeps that walk and normalises
 the propagated maps by their maximum.
 
-1. ``seed_mask``: confident class / background / ignored labels from the maps (Sec. 3.1);
+1. ``seed_mask``: confident class / background / ignored labels from the maps (Sec. 3.1),
+   ``crf_seed_mask`` the same with boundaries on the image's edges (a dense CRF, IRNet Sec. 4.1);
 2. ``pair_offsets`` and ``pair_labels``: the neighbour pairs within a radius at feature
    resolution and their labels (same foreground, same background, different; Sec. 3.3);
 3. ``pixel_affinities`` and ``affinity_loss``: eq. 1 and eq. 5-7;
@@ -23,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wsss.config import RefineConfig
+from wsss.core.masks import dense_crf, label_probs
 from wsss.data.palette import IGNORE_INDEX
 from wsss.errors import ConfigError
 from wsss.models.affinity import STRIDE
@@ -79,6 +82,74 @@ def seed_mask(maps: np.ndarray | torch.Tensor, class_ids: Sequence[int], has_bac
     top2 = np.partition(arr, -2, axis=0)[-2] if ids.size > 1 else np.zeros_like(top1)
     mask[(top1 < fg_threshold) | (top1 - top2 < margin)] = IGNORE_INDEX
     return mask
+
+
+def crf_seed_mask(image: np.ndarray, maps: np.ndarray | torch.Tensor,
+                  class_ids: Sequence[int], has_background: bool, fg_threshold: float,
+                  bg_threshold: float, margin: float, crf: RefineConfig) -> np.ndarray:
+    """Affinity labels from confident maps, their boundaries moved to the image's edges by a
+    dense CRF: uint8 [H, W] of dataset ids, 255 where no label is confident.
+
+    With a background class (IRNet, Ahn et al., CVPR 2019, Sec. 4.1; AffinityNet's low / high
+    alpha CRF of Sec. 4.2 in spirit): the maps plus a constant background score, once at
+    ``fg_threshold`` and once at ``bg_threshold``, are arg-maxed and each label map is refined
+    by the CRF (label unary, ``crf.crf_label_confidence``). A pixel is its class where the
+    first CRF says a class, background where both say background, and ignored where only the
+    second sees a class (the band between the two thresholds, now bounded by image edges).
+
+    Without one: the arg-max of the maps, CRF-refined the same way; ignored where the maps of
+    the CRF's class are below ``fg_threshold`` or where the CRF's own distribution leads its
+    runner-up by less than ``margin`` (probabilities; the margin of :func:`seed_mask` moved
+    from the maps to the CRF's output).
+
+    Args:
+        image: RGB uint8 [H, W, 3].
+        maps: float [K, H, W] in [0, 1], the maps of the K present classes.
+        class_ids: their K dataset class ids.
+        has_background: whether dataset id 0 is background.
+        fg_threshold, bg_threshold, margin: as in :func:`seed_mask`.
+        crf: the ``crf_*`` kernels and iterations (``RefineConfig``), as in
+            ``wsss.core.masks.dense_crf``.
+
+    Raises:
+        ConfigError (a ValueError): a threshold outside its range (see :func:`seed_mask`) or a
+            ``refine.crf_*`` value pydensecrf cannot compute on this image.
+        ValueError: maps not [K, H, W], not one valid class id per map, or an image of another
+            size.
+        NativeCrash: pydensecrf crashed.
+    """
+    hard = seed_mask(maps, class_ids, has_background, fg_threshold, bg_threshold, margin)
+    arr = maps.detach().cpu().numpy() if isinstance(maps, torch.Tensor) else np.asarray(maps)
+    arr = arr.astype(np.float32, copy=False)
+    ids = np.asarray(class_ids, dtype=np.int64).reshape(-1)
+    if ids.size == 0:
+        return hard
+    if has_background:
+        fg = _crf_probs(image, arr, fg_threshold, crf).argmax(axis=0)
+        bg = _crf_probs(image, arr, bg_threshold, crf).argmax(axis=0)
+        mask = np.append(ids, BACKGROUND)[fg].astype(np.uint8)
+        mask[(fg == ids.size) & (bg != ids.size)] = IGNORE_INDEX
+        return mask
+    probs = _crf_probs(image, arr, None, crf)
+    refined = probs.argmax(axis=0)
+    mask = ids[refined].astype(np.uint8)
+    weak = np.take_along_axis(arr, refined[None], axis=0)[0] < fg_threshold
+    if ids.size > 1:
+        top2 = np.partition(probs, -2, axis=0)[-2:]
+        weak |= top2[1] - top2[0] < margin
+    mask[weak] = IGNORE_INDEX
+    return mask
+
+
+def _crf_probs(image: np.ndarray, maps: np.ndarray, background: float | None,
+               crf: RefineConfig) -> np.ndarray:
+    """The CRF's distributions float32 [K', H, W] from the arg-max of maps [K, H, W] (plus a
+    constant ``background`` score as row K when given; K' = K or K + 1), label unary with
+    ``crf.crf_label_confidence``; one-hot when K' == 1."""
+    if background is not None:
+        maps = np.concatenate([maps, np.full((1, *maps.shape[1:]), background, maps.dtype)])
+    probs = label_probs(maps.argmax(axis=0), maps.shape[0], crf.crf_label_confidence)
+    return dense_crf(image, probs, crf) if maps.shape[0] > 1 else np.ones_like(probs)
 
 
 def _check_thresholds(fg_threshold: float, bg_threshold: float, margin: float) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from wsss import tracking
 from wsss.config import AffinityConfig, ExperimentConfig, RefineConfig, TrackingConfig
-from wsss.core.affinity import seed_mask
+from wsss.core.affinity import crf_seed_mask, seed_mask
 from wsss.data.reader import DatasetReader
 from wsss.pipeline.columns import objects
 from wsss.pipeline.executors import LocalExecutor
@@ -33,29 +33,33 @@ from wsss.train.affinity import TrainResult, scan_affinity_data, train_affinity
 SEEDS_DIR = "seeds"
 
 
-def make_seeds(batch: dict[str, np.ndarray], job: Job,
-               affinity: AffinityConfig) -> dict[str, np.ndarray]:
-    """Adds ``mask``: each row's seed mask uint8 [H, W] (``wsss.core.affinity.seed_mask`` with
-    ``affinity``'s thresholds; 255 = no seed); a row whose maps cannot be seeded fails."""
+def make_seeds(batch: dict[str, np.ndarray], job: Job, affinity: AffinityConfig,
+               crf: RefineConfig) -> dict[str, np.ndarray]:
+    """Adds ``mask``: each row's seed mask uint8 [H, W] (255 = no seed) from ``affinity``'s
+    thresholds: ``wsss.core.affinity.crf_seed_mask`` with ``crf``'s kernels when
+    ``affinity.seed_crf``, else ``seed_mask``; a row whose maps cannot be seeded fails."""
     masks, errors = [], list(batch["error"])
     for row, error in enumerate(errors):
         mask = np.zeros((0, 0), np.uint8)
         if not error:
+            maps = np.asarray(batch["maps"][row], dtype=np.float32)
+            class_ids = [int(c) for c in batch["class_ids"][row]]
+            thresholds = (affinity.fg_threshold, affinity.bg_threshold, affinity.margin)
+            has_background = job.reader.info.has_background
             try:
-                mask = seed_mask(np.asarray(batch["maps"][row], dtype=np.float32),
-                                 [int(c) for c in batch["class_ids"][row]],
-                                 job.reader.info.has_background, affinity.fg_threshold,
-                                 affinity.bg_threshold, affinity.margin)
+                mask = (crf_seed_mask(batch["image"][row], maps, class_ids, has_background,
+                                      *thresholds, crf) if affinity.seed_crf
+                        else seed_mask(maps, class_ids, has_background, *thresholds))
             except INPUT_ERRORS as err:
                 errors[row] = str(err)
         masks.append(mask)
     return {**batch, "error": np.asarray(errors, dtype=object), "mask": objects(masks)}
 
 
-def seed_steps(job: Job, affinity: AffinityConfig) -> list[Step]:
+def seed_steps(job: Job, affinity: AffinityConfig, crf: RefineConfig) -> list[Step]:
     """decode -> saved maps -> seed masks -> written (``job.out``)."""
     return [Step(decode, {"job": job}), Step(load_saved_maps, {"job": job}),
-            Step(make_seeds, {"job": job, "affinity": affinity}),
+            Step(make_seeds, {"job": job, "affinity": affinity, "crf": crf}),
             Step(write_outputs, {"job": job})]
 
 
@@ -70,7 +74,7 @@ def write_seeds(cfg: ExperimentConfig, cams_dir: str | Path, seeds: Location,
     refs = reader.index(cfg.data.train_split, ids)
     report = StageReport()
     todo = pending(refs, seeds, ".png", report)
-    steps = seed_steps(job, cfg.affinity)
+    steps = seed_steps(job, cfg.affinity, cfg.refine)
     collect(LocalExecutor(cfg.cams.batch_size, "seeds").run(todo, steps), report)
     grid = step_picture(refs, steps[:-1], reader.info.class_names, picture)
     publish(report, seeds, "seeds", grid)
