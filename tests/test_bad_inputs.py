@@ -505,8 +505,9 @@ def test_unknown_method_name_lists_the_registered_ones(tmp_path, tracking, capsy
 
 @pytest.mark.parametrize("override, message", [
     ("train.lrate=0.1", "unknown config key(s) train.lrate; valid keys under 'train.': "
-                        "batch_size, epochs, head_lr_mult, lr, max_failures, num_workers, "
-                        "optimizer, schedule, seed, use_gpu, warmup_epochs, weight_decay"),
+                        "batch_size, channels_last, epochs, head_lr_mult, lr, max_failures, "
+                        "num_workers, optimizer, precision, schedule, seed, use_gpu, "
+                        "warmup_epochs, weight_decay"),
     ("trian.lr=0.1", "unknown config key(s) trian; valid keys under '<root>': affinity, cams, data"),
     ("method.params.hide=0.1", "method 'hide_and_seek' has no parameter(s) hide; valid: "
                                "grid_size, hide_prob"),

@@ -25,6 +25,8 @@ from wsss.storage import absolute
 
 BACKBONES = ("resnet18", "resnet34", "resnet50")
 MAP_KINDS = ("auto", "cam", "gradcam")
+# compute precision of training and map extraction (``wsss.core.precision``)
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,9 @@ class TrainConfig:
     ``warmup_epochs`` (None: the schedule's own) and ``head_lr_mult`` (learning-rate factor of
     the parameters outside the backbone): see ``wsss.train.optim``. Defaults: the from-scratch
     recipe; with ``model.pretrained``, :data:`FINE_TUNING` for the keys not set.
+
+    ``precision`` (fp32 | bf16 | fp16: autocast, with a gradient scaler for fp16; fp16 needs
+    CUDA) and ``channels_last`` (the NHWC memory format): see ``wsss.core.precision``.
     """
 
     epochs: int = 8
@@ -155,9 +160,12 @@ class TrainConfig:
     use_gpu: bool | None = None
     seed: int = 0
     max_failures: int = 2  # worker-group restarts (from the last checkpoint) before giving up
+    precision: str = "fp32"
+    channels_last: bool = False
 
     def validate(self) -> None:
         _check_recipe("train", self)
+        _check_choice("train.precision", self.precision, PRECISIONS)
         check_value(self.batch_size >= 1, "train.batch_size", self.batch_size, ">= 1")
         check_value(self.num_workers >= 1, "train.num_workers", self.num_workers, ">= 1")
         check_value(self.max_failures >= -1, "train.max_failures", self.max_failures,
@@ -169,6 +177,8 @@ class CamConfig:
     """Localization-map extraction: CAM or Grad-CAM, test-time scales and flip.
 
     ``kind="auto"`` and ``layer=None`` take the method's own choice (``gradcam`` -> Grad-CAM).
+    ``precision`` and ``channels_last`` as in ``train`` (``wsss.core.precision``); maps are
+    float32 whatever the precision.
     """
 
     kind: str = "auto"
@@ -176,9 +186,12 @@ class CamConfig:
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
     batch_size: int = 16
+    precision: str = "fp32"
+    channels_last: bool = False
 
     def validate(self) -> None:
         _check_choice("cams.kind", self.kind, MAP_KINDS)
+        _check_choice("cams.precision", self.precision, PRECISIONS)
         check_value(len(self.scales) > 0 and all(s > 0 for s in self.scales), "cams.scales",
                     self.scales, "a non-empty list of positive numbers")
         check_value(self.batch_size >= 1, "cams.batch_size", self.batch_size, ">= 1")
@@ -341,7 +354,8 @@ class SegmenterConfig:
     classifier_trunk_weights``; applied after ``pretrained_backbone``). ``optimizer``, ``schedule``,
     ``warmup_epochs`` and ``head_lr_mult`` (the DeepLab head's learning-rate factor) as in
     ``train`` (``wsss.train.optim``); with ``pretrained_backbone``, :data:`FINE_TUNING` for
-    the keys not set.
+    the keys not set. ``precision`` and ``channels_last`` as in ``train``
+    (``wsss.core.precision``), for training, validation and prediction.
     """
 
     arch: str = "deeplabv3_resnet18"
@@ -365,9 +379,12 @@ class SegmenterConfig:
     sec_bg_decay: float = 0.999
     sec_absent_decay: float = 0.0
     max_failures: int = 2  # worker-group restarts (from the last checkpoint) before giving up
+    precision: str = "fp32"
+    channels_last: bool = False
 
     def validate(self) -> None:
         _check_choice("segmenter.arch", self.arch, SEGMENTER_ARCHS)
+        _check_choice("segmenter.precision", self.precision, PRECISIONS)
         _check_choice("segmenter.mode", self.mode, SEGMENTER_MODES)
         _check_recipe("segmenter", self)
         check_value(self.batch_size >= 1, "segmenter.batch_size", self.batch_size, ">= 1")

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsss.core.precision import autocast
 from wsss.data.transforms import resize_by
 from wsss.models.classifier import unwrap
 from wsss.models.heads import NORM_EPS
@@ -151,17 +152,21 @@ def _raw_maps(method: Method, model: nn.Module, images: torch.Tensor, labels: to
 
 
 def _scale_maps(method: Method, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                kind: str, layer: str, flip: bool, out_size: tuple[int, int]) -> torch.Tensor:
+                kind: str, layer: str, flip: bool, out_size: tuple[int, int],
+                precision: str) -> torch.Tensor:
     """Maps [N, *out_size] of the N present (image, class) pairs of one (resized) batch.
 
     Pairs are in ``(labels > 0.5).nonzero()`` order; only they are upsampled. With ``flip`` the
-    mirrored batch's maps are mirrored back and added.
+    mirrored batch's maps are mirrored back and added. The network runs under ``precision``'s
+    autocast; its maps are promoted to at least float32 before anything else is done.
     """
     present = labels > 0.5
     if flip:
         images = torch.cat([images, images.flip(-1)])
         labels = torch.cat([labels, labels])
-    raw = _raw_maps(method, model, images, labels, kind, layer).float()
+    with autocast(images.device, precision):
+        raw = _raw_maps(method, model, images, labels, kind, layer)
+    raw = raw.to(torch.promote_types(raw.dtype, torch.float32))
     batch = present.shape[0]
     maps = raw[:batch][present]
     if flip:
@@ -186,13 +191,15 @@ def localization_maps(method: Method, model: nn.Module, images: torch.Tensor,
                       labels: torch.Tensor, kind: str | None = None, layer: str | None = None,
                       scales: Sequence[float] = (1.0,), flip: bool = False,
                       out_size: tuple[int, int] | None = None,
-                      image_scale: float = 1.0) -> torch.Tensor:
+                      image_scale: float = 1.0, precision: str = "fp32") -> torch.Tensor:
     """Normalised localization maps of every class, multi-scale and optionally flip-averaged.
 
     For each scale ``s`` the batch is resized (bilinear) by ``s * image_scale``, mapped (and mirrored, mapped, mirrored back
     when ``flip``), upsampled to ``out_size``; the sum over scales is ReLU'd and divided per image
     and class by its maximum (+1e-5). Absent classes are exactly zero (only present pairs are
-    upsampled). The model runs in eval mode (its previous mode is restored) on its own device.
+    upsampled). The model runs in eval mode (its previous mode is restored) on its own device,
+    in the memory format it has (``wsss.core.precision.to_memory_format``; the inputs are not
+    converted), under the autocast of ``precision``.
 
     Args:
         method: a :class:`~wsss.methods.base.Method` (gives CAM maps and defaults).
@@ -207,9 +214,12 @@ def localization_maps(method: Method, model: nn.Module, images: torch.Tensor,
         image_scale: the resolution the model was trained at as a factor of ``images``
             (``data.image_scale``; ``wsss.train.checkpoint.trained_image_scale``), so objects
             have the size they had in training.
+        precision: ``fp32`` | ``bf16`` | ``fp16`` (``cams.precision``), checked by the caller
+            (``wsss.core.precision.check_precision``).
 
     Returns:
-        Float maps [B, C, H_out, W_out] in [0, 1] on the model's device.
+        Float maps [B, C, H_out, W_out] in [0, 1] on the model's device: float32 for every
+        precision (float64 when the model and images are float64, a reference computation).
     """
     kind = kind or method.default_map_kind
     _check_kind(kind, method)
@@ -223,7 +233,7 @@ def localization_maps(method: Method, model: nn.Module, images: torch.Tensor,
     size = tuple(out_size) if out_size is not None else (height, width)
     with _eval_mode(model):
         total = sum(_scale_maps(method, model, resize_by(images, scale * image_scale), labels,
-                                kind, layer, flip, size) for scale in scales)
+                                kind, layer, flip, size, precision) for scale in scales)
     total = torch.relu(total)
     total = total / (total.amax(dim=(1, 2), keepdim=True) + NORM_EPS)
     out = total.new_zeros((*labels.shape, *size))

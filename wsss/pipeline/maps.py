@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from wsss.config import CamConfig, RefineConfig, TrackingConfig
+from wsss.core.precision import check_precision
 from wsss.data.reader import DatasetReader
 from wsss.pipeline.executors import LocalExecutor
 from wsss.pipeline.report import StageReport, collect, pending, publish, tracked_stage
@@ -30,9 +31,11 @@ def run_cams(checkpoint: str | Path, data_root: str | Path, split: str, out_dir:
     Raises:
         DatasetError: the dataset folder or split is bad.
         CheckpointError: the checkpoint is unreadable or made for other classes.
+        ConfigError: ``cams.precision`` that ``device`` cannot do (fp16 on CPU).
     Bad images are skipped and listed in ``<out_dir>/report.json``.
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_precision(device, cam_cfg.precision, "cams.precision")
     reader = DatasetReader.open(data_root, max_image_side)
     state = load_checkpoint_state(checkpoint)
     out = Location.parse(out_dir)

@@ -26,6 +26,7 @@ from typing import Any, Iterator, Sequence
 import ray
 
 from wsss.config import CamConfig, RefineConfig, TrackingConfig
+from wsss.core.precision import check_precision
 from wsss.core.scoring import Scorer, SegmentationScores
 from wsss.data.reader import DatasetReader
 from wsss.pipeline.executors import RayDataExecutor, WorkerPlan, plan_workers
@@ -61,7 +62,8 @@ def run_pseudo_label(checkpoint: str | Path, data: str | Path, split: str, out: 
 
     Ray must be initialised (``wsss.ray_utils.init_ray``). Records one MLflow run. Raises
     ConfigError before any work when ``refine_cfg`` is out of range for
-    ``options.max_image_side`` (``RefineConfig.validate_for``), CheckpointError when the
+    ``options.max_image_side`` (``RefineConfig.validate_for``) or ``cam_cfg.precision`` is
+    one the map actors' device cannot do (fp16 without GPUs), CheckpointError when the
     checkpoint does not fit the dataset.
     """
     refine_cfg.validate_for(options.max_image_side)
@@ -74,6 +76,7 @@ def run_pseudo_label(checkpoint: str | Path, data: str | Path, split: str, out: 
               evaluate=options.evaluate)
     steps = map_steps(job, state, checkpoint, ray.put(state))  # checks it before any work
     plan = plan_workers(ray.cluster_resources(), options.cam_workers, options.gpus_per_worker)
+    check_precision(plan.device, cam_cfg.precision, "cams.precision")
     steps += [Step(make_masks, {"job": job}), Step(write_outputs, {"job": job})]
     params = {"checkpoint": str(checkpoint), "data": reader.data.uri, "split": split,
               "out": out_loc.uri, "cams": cam_cfg, "refine": refine_cfg, "options": options,

@@ -30,6 +30,7 @@ from wsss.config import CamConfig, RefineConfig
 from wsss.core.maps import localization_maps, maps_npz_bytes, read_maps
 from wsss.core.masks import make_pseudo_mask
 from wsss.core.native_crf import NativeCrash
+from wsss.core.precision import check_precision, to_memory_format
 from wsss.core.scoring import Scorer
 from wsss.data.decode import load_mask, upright_size
 from wsss.data.errors import DatasetError
@@ -164,15 +165,20 @@ class MapStep:
         job: the job (map settings and dataset classes).
         device: torch device of the model.
         threads: torch threads of this process (None: leave as is).
+
+    Raises:
+        ConfigError: ``cams.precision`` that ``device`` cannot do (fp16 on CPU).
     """
 
     def __init__(self, state: Any, job: Job, device: str = "cpu", threads: int | None = None):
+        check_precision(device, job.cam.precision, "cams.precision")
         if type(state).__name__ == "ObjectRef":
             state = ray.get(state)
         if threads is not None:
             torch.set_num_threads(threads)
         self.job, self.device = job, device
         self.method, self.model = classifier_from_state(state, device)
+        self.model = to_memory_format(self.model, job.cam.channels_last)
         self.image_scale = trained_image_scale(state)
         self.fg = np.asarray(job.reader.info.fg_classes, dtype=np.int64)
         self.walk = RandomWalkStep(job.refine, device) if job.refine.affinity else None
@@ -199,11 +205,12 @@ class MapStep:
         cam = self.job.cam
         images = torch.from_numpy(np.stack([batch["image"][r] for r in rows]))
         images = normalize(images.permute(0, 3, 1, 2).to(self.device))
+        images = to_memory_format(images, cam.channels_last)
         labels = torch.from_numpy(np.stack([batch["labels"][r] for r in rows])).to(self.device)
         result = localization_maps(self.method, self.model, images, labels,
                                    kind=None if cam.kind == "auto" else cam.kind,
                                    layer=cam.layer, scales=cam.scales, flip=cam.flip,
-                                   image_scale=self.image_scale)
+                                   image_scale=self.image_scale, precision=cam.precision)
         present = (labels > 0).cpu().numpy()
         result = result.cpu().numpy()
         return ([m[p].astype(np.float16) for m, p in zip(result, present)],

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from wsss.config import ExperimentConfig, from_dict
 from wsss.core.classification import mean_average_precision
+from wsss.core.precision import check_precision, grad_scaler, to_memory_format
 from wsss.data.dataset import SplitScan, VOCDataset
 from wsss.data.errors import DatasetError
 from wsss.data.reader import read_info
@@ -36,6 +37,7 @@ from wsss.train.checkpoint import (link_from_ray_checkpoint, load_checkpoint_sta
 from wsss.train.mask_eval import pseudo_mask_scores
 from wsss.train.optim import optimizer_and_schedule
 from wsss.train.reporting import MODEL_FILE, check_optimizer_steps, epoch_callbacks, report_epoch
+from wsss.train.steps import classifier_step
 
 
 @dataclass
@@ -173,11 +175,13 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, run_name: str,
 
     Raises:
         DatasetError: see ``scan_training_data``.
+        ConfigError: ``train.precision`` the workers' device cannot do (fp16 without GPUs).
     """
     data = training_data_for(cfg, data)
     cfg, info = data.config(cfg), data.info
     init_ray()
     use_gpu = gpus_available() if cfg.train.use_gpu is None else cfg.train.use_gpu
+    check_precision("cuda" if use_gpu else "cpu", cfg.train.precision, "train.precision")
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     loop_config = {"cfg": cfg.to_dict(), "train_ids": data.train.ids, "val_ids": data.val.ids,
@@ -215,6 +219,8 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     rank = context.get_world_rank()
     torch.manual_seed(cfg.train.seed + rank)
     np.random.seed(cfg.train.seed + rank)
+    device = ray.train.torch.get_device()
+    check_precision(device, cfg.train.precision, "train.precision")
     method = get_method(cfg.method.name)(config["num_fg"], cfg.method.params)
     model = method.build_model(cfg.model)
     if config["init_model"]:
@@ -224,12 +230,13 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     start_epoch, history, saved_optimizer = _resume(ray.train.get_checkpoint(), model)
     optimizer, scheduler = optimizer_and_schedule(model, cfg.train, len(train_loader),
                                                   saved_optimizer, start_epoch)
-    model = ray.train.torch.prepare_model(model)
+    model = ray.train.torch.prepare_model(to_memory_format(model, cfg.train.channels_last))
+    scaler = grad_scaler(device, cfg.train.precision)
     for epoch in range(start_epoch, cfg.train.epochs):
         if hasattr(train_loader.sampler, "set_epoch"):
             train_loader.sampler.set_epoch(epoch)
         loss, logs, steps = _train_one_epoch(method, model, train_loader, optimizer, scheduler,
-                                             epoch)
+                                             scaler, cfg, device, epoch)
         metrics = {"epoch": epoch + 1, "loss": loss, **logs, "lr": scheduler.get_last_lr()[0],
                    "optimizer_steps": steps}
         if val_loader is not None:
@@ -268,20 +275,22 @@ def _loaders(cfg: ExperimentConfig, config: dict[str, Any]) -> tuple[DataLoader,
     return train_loader, ray.train.torch.prepare_data_loader(val_loader)
 
 
-def _train_one_epoch(method, model, loader, optimizer, scheduler,
+def _train_one_epoch(method: Any, model: torch.nn.Module, loader: Any,
+                     optimizer: torch.optim.Optimizer, scheduler: Any,
+                     scaler: torch.amp.GradScaler, cfg: ExperimentConfig,
+                     device: str | torch.device,
                      epoch: int) -> tuple[float, dict[str, float], int]:
-    """One pass over this worker's shard (the schedule stepped after every batch); returns the
-    loss and the method's logged terms averaged over all workers, and the optimizer steps taken
-    by all workers together."""
+    """One pass over this worker's shard: :func:`wsss.train.steps.classifier_step` per batch
+    (``train.precision`` / ``train.channels_last``), the schedule stepped after every batch.
+    Returns the loss and the method's logged terms averaged over all workers (this process
+    alone without a process group), and the optimizer steps taken by all workers together."""
     model.train()
     total, count, logs_sum = 0.0, 0, {}
     for batch in loader:
-        loss, logs = method.training_loss(model, batch["image"], batch["labels"], epoch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss, logs = classifier_step(method, model, batch, optimizer, scaler, device,
+                                     cfg.train.precision, cfg.train.channels_last, epoch)
         scheduler.step()
-        total += float(loss.detach())
+        total += loss
         count += 1
         for key, value in logs.items():
             logs_sum[key] = logs_sum.get(key, 0.0) + value

@@ -28,7 +28,6 @@ import numpy as np
 import ray.train
 import ray.train.torch
 import torch
-import torch.nn.functional as F
 from ray.train.torch import TorchTrainer
 from torch import nn
 from torch.utils.data import DataLoader
@@ -36,17 +35,16 @@ from torchvision.transforms import v2
 
 from wsss.config import DataConfig, ExperimentConfig, RefineConfig, from_dict
 from wsss.core.masks import crf_probs, dense_crf
+from wsss.core.precision import check_precision, grad_scaler, to_memory_format
 from wsss.core.scoring import ConfusionMatrix
-from wsss.core.sec import sec_losses
 from wsss.data import errors
 from wsss.data.dataset import VOCDataset
 from wsss.data.decode import load_mask
 from wsss.data.errors import DatasetError
 from wsss.data.palette import IGNORE_INDEX
 from wsss.data.reader import Sample, read_info
-from wsss.data.transforms import normalize, resize_by, scale_crop_flip
-from wsss.models.segmenter import (TRUNK_BACKBONES, Segmenter, build_segmenter,
-                                   single_value_batch_norm_in_eval, trunk_state)
+from wsss.data.transforms import scale_crop_flip
+from wsss.models.segmenter import TRUNK_BACKBONES, Segmenter, build_segmenter, trunk_state
 from wsss.ray_utils import gpus_available, init_ray, train_logging
 from wsss.train.checkpoint import (CheckpointError, classifier_backbone,
                                    link_from_ray_checkpoint, load_weights, read_state,
@@ -56,6 +54,7 @@ from wsss.train.classifier import (TrainingData, all_gather, all_reduce_mean, al
                                    broadcast_buffers, data_key, scan_split)
 from wsss.train.optim import optimizer_and_schedule
 from wsss.train.reporting import MODEL_FILE, check_optimizer_steps, epoch_callbacks, report_epoch
+from wsss.train.steps import predict_labels, predict_probs, segmenter_step
 
 FORMAT = "wsss.segmenter/1"
 
@@ -106,39 +105,19 @@ def collate(samples: list[dict[str, Any]], num_classes: int,
             "present": present, "id": [s["id"] for s in samples]}
 
 
-@torch.no_grad()
-def predict_probs(model: nn.Module, images: torch.Tensor,
-                  image_scale: float = 1.0) -> torch.Tensor:
-    """Class probabilities float [B, C, H, W] (softmax) for RGB uint8 images [B, 3, H, W]
-    (model in eval mode), on the images' device.
-
-    The images are resized (bilinear) by ``image_scale``, the resolution the model was trained
-    at (``data.image_scale``), and the probabilities upsampled back to [H, W].
-    """
-    height, width = images.shape[-2:]
-    probs = model(resize_by(normalize(images), image_scale)).softmax(dim=1)
-    if probs.shape[-2:] != (height, width):
-        probs = F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=False)
-    return probs
-
-
-def predict_labels(model: nn.Module, images: torch.Tensor,
-                   image_scale: float = 1.0) -> torch.Tensor:
-    """Class indices long [B, H, W]: the arg-max of :func:`predict_probs`."""
-    return predict_probs(model, images, image_scale).argmax(dim=1)
-
-
 def predict_mask(model: nn.Module, image: np.ndarray, image_scale: float = 1.0,
-                 crf: RefineConfig | None = None, device: str | torch.device = "cpu") -> np.ndarray:
+                 crf: RefineConfig | None = None, device: str | torch.device = "cpu",
+                 precision: str = "fp32", channels_last: bool = False) -> np.ndarray:
     """The predicted mask uint8 [H, W] of one RGB uint8 image [H, W, 3]: the arg-max of
-    :func:`predict_probs`, or with ``crf`` of the dense CRF (``wsss.core.masks.dense_crf`` with
+    :func:`wsss.train.steps.predict_probs` (at ``precision``, channels-last when
+    ``channels_last``), or with ``crf`` of the dense CRF (``wsss.core.masks.dense_crf`` with
     these ``crf_*`` settings, its input made by ``crf_unary``) over all C classes, DeepLab's
     post-processing (Chen et al., TPAMI 2018, Sec. 3.3).
 
     Raises ValueError / ``wsss.core.native_crf.NativeCrash`` from the CRF (``dense_crf``).
     """
     pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(device)
-    probs = predict_probs(model, pixels, image_scale)[0]
+    probs = predict_probs(model, pixels, image_scale, precision, channels_last)[0]
     if crf is None:
         return probs.argmax(dim=0).cpu().numpy().astype(np.uint8)
     refined = dense_crf(image, crf_probs(probs.cpu().numpy(), crf), crf)
@@ -194,10 +173,14 @@ def train_segmenter(cfg: ExperimentConfig, pseudo_dir: str | Path, out_dir: str 
 
     Raises:
         DatasetError: see ``scan_segmenter_data``.
+        ConfigError: ``segmenter.precision`` the workers' device cannot do (fp16 without GPUs).
     """
     data = segmenter_data_for(cfg, pseudo_dir, data)
     cfg = data.config(cfg)
     init_ray()
+    use_gpu = gpus_available() if cfg.segmenter.use_gpu is None else cfg.segmenter.use_gpu
+    check_precision("cuda" if use_gpu else "cpu", cfg.segmenter.precision,
+                    "segmenter.precision")
     return fit_on_workers(_train_loop_per_worker, _loop_config(cfg, data), cfg.segmenter,
                           (FORMAT, "segmenter"), run_name, out_dir, data.skipped,
                           storage_path, mlflow_run_id, tracking_uri)
@@ -308,6 +291,8 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     seg = cfg.segmenter
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    check_precision(device, seg.precision, "segmenter.precision")
     torch.manual_seed(seg.seed + rank)
     np.random.seed(seg.seed + rank)
     model = build_segmenter(seg.arch, len(config["class_names"]), seg.pretrained_backbone)
@@ -318,19 +303,20 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     history, saved_optimizer = _resume(checkpoint, model)
     optimizer, scheduler = optimizer_and_schedule(model, seg, len(loader), saved_optimizer,
                                                   len(history))
-    model = ray.train.torch.prepare_model(model)
+    model = ray.train.torch.prepare_model(to_memory_format(model, seg.channels_last))
+    scaler = grad_scaler(device, seg.precision)
     val_ds = VOCDataset(cfg.data.root, ids=config["val_ids"][rank::world],
                         max_image_side=cfg.data.max_image_side)
     for epoch in range(len(history), seg.epochs):
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
         losses = _train_one_epoch(model, loader, optimizer, scheduler, cfg,
-                                  config["has_background"])
+                                  config["has_background"], scaler)
         metrics = {"epoch": epoch + 1, **losses, "lr": scheduler.get_last_lr()[0]}
         if config["val_ids"]:
             broadcast_buffers(model)
             metrics.update(_validate(getattr(model, "module", model), val_ds,
-                                     len(config["class_names"]), cfg.data.image_scale))
+                                     len(config["class_names"]), cfg.data.image_scale, seg))
         history.append(metrics)
 
         def write(path: Path) -> None:
@@ -367,48 +353,31 @@ def mask_loader(cfg: ExperimentConfig, ids: list[str], mask_dir: str, crop_size:
     return ray.train.torch.prepare_data_loader(loader)
 
 
-def _batch_losses(model: nn.Module, batch: dict[str, Any], cfg: ExperimentConfig,
-                  has_background: bool) -> dict[str, torch.Tensor]:
-    """The loss terms of one batch (their sum is optimised)."""
-    device = next(model.parameters()).device
-    images, masks = batch["image"].to(device), batch["mask"].to(device)
-    logits = model(normalize(images))
-    if cfg.segmenter.mode == "sec":
-        return sec_losses(logits, images, masks, batch["present"].to(device), has_background,
-                          cfg.segmenter, cfg.refine)
-    labelled = (masks != IGNORE_INDEX).sum().clamp_min(1)
-    ce = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX, reduction="sum") / labelled
-    return {"ce": ce}
-
-
 def _train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                     scheduler: Any, cfg: ExperimentConfig,
-                     has_background: bool) -> dict[str, float]:
-    """One pass over this worker's shard (the schedule stepped after every batch): the loss
-    terms averaged over batches and workers,
-    and ``optimizer_steps``, the steps of all workers together that had a loss to learn from.
+                     scheduler: Any, cfg: ExperimentConfig, has_background: bool,
+                     scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+    """One pass over this worker's shard: :func:`wsss.train.steps.segmenter_step` per batch
+    (on the model's device; ``segmenter.precision`` / ``segmenter.channels_last``; ``scaler``
+    None: ``wsss.core.precision.grad_scaler``'s), the schedule stepped after every batch.
+    Returns the loss terms averaged over batches and workers, and ``optimizer_steps``, the
+    steps of all workers together that had a loss to learn from.
 
     Every batch takes a step on every worker (DDP needs the same number of backward passes
     on each), but a cross-entropy batch without a labelled pixel (all 255) has a zero gradient
-    and is not counted. A one-image batch trains with the batch norm layers that would see a
-    single value per channel (ASPP's image pooling) in eval mode
-    (:func:`~wsss.models.segmenter.single_value_batch_norm_in_eval`).
+    and is not counted.
     """
     model.train()
+    device = next(model.parameters()).device
+    scaler = scaler or grad_scaler(device, cfg.segmenter.precision)
     sums: dict[str, float] = {}
     count = learned = 0
     for batch in loader:
-        with single_value_batch_norm_in_eval(model):
-            terms = _batch_losses(model, batch, cfg, has_background)
-        loss = sum(terms.values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        values = segmenter_step(model, batch, optimizer, scaler, cfg, has_background, device)
         scheduler.step()
         count += 1
         learned += int(cfg.segmenter.mode != "ce" or bool((batch["mask"] != IGNORE_INDEX).any()))
-        for key, value in {"loss": loss, **terms}.items():
-            sums[key] = sums.get(key, 0.0) + float(value.detach())
+        for key, value in values.items():
+            sums[key] = sums.get(key, 0.0) + value
     keys = sorted(sums) if sums else ["loss"]
     means = all_reduce_mean([sums.get(k, 0.0) / max(count, 1) for k in keys])
     losses = {(k if k == "loss" else f"loss_{k}"): v for k, v in zip(keys, means)}
@@ -416,17 +385,18 @@ def _train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.opti
 
 
 @torch.no_grad()
-def _validate(model: nn.Module, dataset: VOCDataset, num_classes: int,
-              image_scale: float) -> dict[str, float]:
+def _validate(model: nn.Module, dataset: VOCDataset, num_classes: int, image_scale: float,
+              seg: Any) -> dict[str, float]:
     """Val mIoU / pixel accuracy from every worker's images (confusion matrices merged),
-    predicted at ``image_scale`` without flip."""
+    predicted at ``image_scale`` without flip, at ``seg.precision`` (the segmenter section)."""
     model.eval()
     device = next(model.parameters()).device
     confusion = ConfusionMatrix(num_classes)
     for index in range(len(dataset)):
         sample = dataset[index]
         image = torch.as_tensor(sample["image"])[None].to(device)
-        prediction = predict_labels(model, image, image_scale)[0].cpu()
+        prediction = predict_labels(model, image, image_scale, seg.precision,
+                                    seg.channels_last)[0].cpu()
         confusion.update(prediction, torch.as_tensor(sample["mask"]))
     scores = sum(all_gather(confusion)).compute()
     return {"val_miou": scores.miou, "val_pixel_accuracy": scores.pixel_accuracy}
