@@ -40,6 +40,23 @@ def test_random_rescale_draws_the_factor_from_its_range_of_the_images_own_size()
         RandomRescale(1.5, 0.5)
 
 
+def test_the_training_augmentation_repeats_under_torch_manual_seed():
+    """A training run seeds torch (``train.seed``) and nothing else: the augmentation must draw
+    every random choice from torch, whatever state Python's own generator is in."""
+    import random
+
+    image, mask = _pair(40, 60)
+    transform = train_transform(32, 1.0, (0.5, 1.5))
+    runs = []
+    for python_seed in (1, 2):
+        random.seed(python_seed)
+        torch.manual_seed(0)
+        runs.append([transform(image, mask) for _ in range(8)])
+    for (image_a, mask_a), (image_b, mask_b) in zip(*runs):
+        assert torch.equal(image_a, image_b) and torch.equal(mask_a, mask_b)
+    assert len({out[0].sum().item() for out in runs[0]}) > 1  # still random across draws
+
+
 def test_crops_are_padded_with_the_mean_colour_and_ignored_mask():
     torch.manual_seed(0)
     image, mask = _pair(40, 60)

@@ -13,7 +13,6 @@ size they had in training.
 
 from __future__ import annotations
 
-import random
 from typing import Any, Sequence
 
 import torch
@@ -32,7 +31,8 @@ MEAN_COLOUR = tuple(round(255 * m) for m in IMAGENET_MEAN)  # uint8 padding of t
 class RandomRescale(v2.Transform):
     """Resize image and mask together by one factor drawn uniformly from ``[low, high]`` of
     their own size (bilinear with antialias for images, nearest for masks; at least 1 px a
-    side)."""
+    side). The factor comes from torch's generator, as torchvision's random transforms draw
+    theirs, so ``torch.manual_seed`` makes a training run's augmentation repeat."""
 
     def __init__(self, low: float, high: float) -> None:
         super().__init__()
@@ -42,7 +42,7 @@ class RandomRescale(v2.Transform):
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         height, width = v2.query_size(flat_inputs)
-        factor = random.uniform(self.low, self.high)
+        factor = float(torch.empty(()).uniform_(self.low, self.high))
         return {"size": [max(1, round(height * factor)), max(1, round(width * factor))]}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
