@@ -1,7 +1,7 @@
 """`make demo`: the platform's main job on a generated dataset, with local Ray and local MLflow.
 
 Runs exactly the commands a user would type (see README): a synthetic dataset, then the
-adversarial-erasing sweep (`sweeps/erasing.py`: Ray Tune + Optuna + ASHA, every trial a Ray Train
+adversarial-erasing sweep (`sweeps/erasing.py`: Ray Tune + Optuna, every trial a Ray Train
 run recorded in MLflow), then `wsss compare` on the sweep's trials.
 
 The sweep's pseudo-masks score background at a constant map threshold of
@@ -12,9 +12,8 @@ seed 0; 12 % at 0.4, with a higher mIoU).
 
 The demo's trials are a fixed set: Optuna's random sampler (seeded) draws them, and every trial
 runs to its end (``--search random --scheduler fifo``). With TPE and ASHA, which trials run and
-which are stopped depends on the order in which concurrent trials report, so the best trial of
-two identical runs differed by up to 0.06 mIoU; a demo must show the same result on every
-machine. Full sweeps keep TPE and ASHA (the sweep scripts' defaults).
+which are stopped depends on the order in which concurrent trials report (two runs of the same
+demo ended 0.06 mIoU apart); full sweeps keep TPE and ASHA (the sweep scripts' defaults).
 """
 
 from __future__ import annotations
