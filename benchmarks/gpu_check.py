@@ -20,7 +20,9 @@ training, at fp32 / bf16 / bf16 + channels-last, with the peak GPU memory of eac
 iterations, ``torch.cuda.synchronize`` around ``time.perf_counter``).
 
 Imports torch, torchvision, numpy and wsss modules that need no Ray, MLflow, Optuna or
-pydensecrf. Prints a short table last; writes ``gpu_check.json`` and ``gpu_check.md`` under
+pydensecrf; ``wsss.config`` and ``wsss.storage`` still import PyYAML and pyarrow, so a machine
+with torch alone needs their wheels carried and installed first (``pip download pyyaml pyarrow
+grad-cam -d .whl`` here, ``pip install --no-index --find-links .whl ...`` there). Prints a short table last; writes ``gpu_check.json`` and ``gpu_check.md`` under
 ``$OUT`` when that variable is set, and the markdown to ``--write-results`` when given.
 
     python benchmarks/gpu_check.py                                  # cuda if available
