@@ -125,3 +125,27 @@ def test_train_affinity_command(ray_session, synth_root, saved_maps, untrained_c
                  str(tmp_path / "masks"), "--affinity", str(checkpoint), "--no-crf",
                  "--tracking-uri", uri])
     assert code == 0 and len(_masks(tmp_path / "masks")) == len(seeds)
+
+
+def test_the_walk_objective_during_training_equals_refine_with_the_walk(
+        synth_root, saved_maps, affinity_checkpoint, tmp_path):
+    """What an affinity sweep trial reports after each epoch (``walk_mask_scores`` on the
+    network in training) is the mIoU `wsss refine --affinity` gives the same maps."""
+    from wsss.data.dataset import VOCDataset
+    from wsss.train.mask_eval import walk_mask_scores
+
+    walk = RefineConfig(crf=False, affinity=str(affinity_checkpoint), rw_beta=4.0,
+                        rw_iterations=8, bg_threshold=0.3)
+    ids = sorted(p.stem for p in saved_maps.glob("*.npz"))
+    report = run_refine(saved_maps, synth_root, "train", tmp_path / "walked", walk,
+                        TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    model, state = load_affinity(affinity_checkpoint)
+    model.train()  # as in training: scoring switches to eval mode and back
+    scorer = walk_mask_scores(model, VOCDataset(synth_root, ids=ids), saved_maps, ids, walk,
+                              int(state["radius"]))
+    assert model.training
+    assert scorer.images == len(ids) == report.done
+    assert scorer.scores().miou == pytest.approx(report.extra["miou"], abs=1e-9)
+    plain = walk_mask_scores(model, VOCDataset(synth_root, ids=ids), saved_maps, ids,
+                             dataclasses.replace(walk, rw_iterations=1, rw_beta=1.0), 3)
+    assert plain.scores().miou != pytest.approx(scorer.scores().miou)  # the walk matters

@@ -139,6 +139,31 @@ def test_affinity_sweep_walks_the_maps_of_one_checkpoint(tmp_path, synth_root, r
         assert 1 <= int(child.data.params["refine.rw_iterations"]) <= 8  # the smoke range
 
 
+def test_seed_sweep_trains_one_affinity_network_per_trial(tmp_path, synth_root, ray_session,
+                                                         untrained_checkpoint):
+    """The seed sweep: every trial writes its own seeds (its thresholds), trains its own
+    affinity network (its radius) and reports the walked pseudo-mask mIoU of every epoch."""
+    import mlflow
+
+    best, uri = run_script("affinity_seeds", tmp_path, synth_root, "--checkpoint",
+                           str(untrained_checkpoint), "--epochs", "2",
+                           "--set", "affinity.crop_size=48")
+    children = check_store(uri, "test-affinity-seeds", 2, best, "affinity.radius")
+    client = mlflow.MlflowClient(uri)
+    trials = tmp_path / "runs/test-affinity-seeds/trials"
+    for child in children:
+        trial = trials / child.data.tags["wsss.trial_id"]
+        assert len(list((trial / "seeds").glob("*.png"))) == 8  # the scored images' seeds
+        history = client.get_metric_history(child.info.run_id, "pseudo_miou")
+        stopped = child.data.tags["wsss.status"] != "completed"
+        assert len(history) == (1 if stopped else 2)  # one walked score per epoch
+        assert 3 <= int(child.data.params["affinity.radius"]) <= 8
+    radii = {c.data.params["affinity.radius"] for c in children}
+    thresholds = {c.data.params["affinity.fg_threshold"] for c in children}
+    assert len(thresholds) == 2 or len(radii) == 2  # two different networks' settings
+    assert not (tmp_path / "runs/test-affinity-seeds/affinity").exists()  # none shared
+
+
 def run_command(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """A sweep script run as a user runs it, from folder ``cwd`` (its own local Ray)."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "WSSS_STORAGE_PATH")}

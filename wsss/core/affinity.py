@@ -10,7 +10,8 @@ the propagated maps by their maximum.
 2. ``pair_offsets`` and ``pair_labels``: the neighbour pairs within a radius at feature
    resolution and their labels (same foreground, same background, different; Sec. 3.3);
 3. ``pixel_affinities`` and ``affinity_loss``: eq. 1 and eq. 5-7;
-4. ``random_walk`` and ``propagate``: the walk of Sec. 3.4 (eq. 10-11), banded.
+4. ``random_walk`` and ``propagate``: the walk of Sec. 3.4 (eq. 10-11), banded;
+   ``walk_maps`` runs the network and the walk on a batch of images.
 
 Affinities are stored per half-plane offset: ``affinities[b, p, y, x]`` is the affinity of
 cell ``(y, x)`` and cell ``(y + dy_p, x + dx_p)``; it serves both directions of the pair.
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from wsss.config import RefineConfig
 from wsss.core.masks import dense_crf, label_probs
 from wsss.data.palette import IGNORE_INDEX
+from wsss.data.transforms import resize_by
 from wsss.errors import ConfigError
 from wsss.models.affinity import STRIDE
 
@@ -434,3 +436,32 @@ def propagate(maps: torch.Tensor, affinities: torch.Tensor, offsets: torch.Tenso
     else:
         up = F.interpolate(walked, size=(height, width), mode="bilinear", align_corners=False)[0]
     return up / (up.max() + NORM_EPS)
+
+
+@torch.no_grad()
+def walk_maps(model: torch.nn.Module, images: torch.Tensor, maps: Sequence[torch.Tensor],
+              offsets: torch.Tensor, beta: float, iterations: int,
+              image_scale: float = 1.0) -> list[torch.Tensor]:
+    """The random walk of a batch of same-size images: one forward pass of the affinity
+    network, then :func:`propagate` of each image's maps (AffinityNet Sec. 3.4).
+
+    Args:
+        model: the affinity network (features at stride 8), in eval mode.
+        images: normalised float [B, 3, H, W] on the model's device (pixels).
+        maps: B float tensors [K_b, H, W] in [0, 1], each image's present classes.
+        offsets: [P, 2] pair offsets of the network's radius (``pair_offsets``).
+        beta, iterations: the walk's ``refine.rw_beta`` and ``refine.rw_iterations``.
+        image_scale: the network's training resolution (``data.image_scale``): the images
+            are resized by it before the forward pass.
+
+    Returns:
+        B float tensors [K_b, H, W] in [0, 1] on the images' device.
+
+    Raises:
+        ValueError: see :func:`propagate`; also not one maps tensor per image.
+    """
+    if len(maps) != images.shape[0]:
+        raise ValueError(f"got {len(maps)} maps tensors for {images.shape[0]} images")
+    affinities = pixel_affinities(model(resize_by(images, image_scale)), offsets)
+    return [propagate(image_maps.to(images.device), image_affinities, offsets, beta, iterations)
+            for image_maps, image_affinities in zip(maps, affinities)]

@@ -64,11 +64,10 @@ def seed_steps(job: Job, affinity: AffinityConfig, crf: RefineConfig) -> list[St
 
 
 def write_seeds(cfg: ExperimentConfig, cams_dir: str | Path, seeds: Location,
-                picture: Location, ids: Sequence[str] | None = None) -> StageReport:
+                picture: Location | None, ids: Sequence[str] | None = None) -> StageReport:
     """Write ``seeds/<id>.png`` for the ids of ``cfg.data.train_split`` (or only ``ids``)
-    without one yet, its
-    ``report.json``, and ``picture/samples.png`` (images, maps, seeds); logs them to the
-    active MLflow run."""
+    without one yet and its ``report.json``; with ``picture``, also ``picture/samples.png``
+    (images, maps, seeds) and the report logged to the active MLflow run."""
     reader = DatasetReader.open(cfg.data.root, cfg.data.max_image_side)
     job = maps_job(cams_dir, reader, RefineConfig(crf=False), seeds, evaluate=False)
     refs = reader.index(cfg.data.train_split, ids)
@@ -76,6 +75,9 @@ def write_seeds(cfg: ExperimentConfig, cams_dir: str | Path, seeds: Location,
     todo = pending(refs, seeds, ".png", report)
     steps = seed_steps(job, cfg.affinity, cfg.refine)
     collect(LocalExecutor(cfg.cams.batch_size, "seeds").run(todo, steps), report)
+    if picture is None:
+        report.write(seeds)
+        return report
     grid = step_picture(refs, steps[:-1], reader.info.class_names, picture)
     publish(report, seeds, "seeds", grid)
     return report

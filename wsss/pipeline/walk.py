@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from wsss.config import RefineConfig
-from wsss.core.affinity import pair_offsets, pixel_affinities, propagate
-from wsss.data.transforms import normalize, resize_by
+from wsss.core.affinity import pair_offsets, walk_maps
+from wsss.data.transforms import normalize
 from wsss.pipeline.columns import objects, same_size_groups
 from wsss.train.affinity import load_affinity
 
@@ -68,16 +68,10 @@ class RandomWalkStep:
         return {**batch, "error": np.asarray(errors, dtype=object), "walked": objects(walked),
                 "walk_seconds": np.full(len(errors), seconds / max(len(errors), 1))}
 
-    @torch.no_grad()
     def _walk(self, batch: dict[str, Any], rows: list[int]) -> list[np.ndarray]:
         images = torch.from_numpy(np.stack([batch["image"][r] for r in rows]))
         images = normalize(images.permute(0, 3, 1, 2).to(self.device))
-        affinities = pixel_affinities(self.model(resize_by(images, self.image_scale)),
-                                      self.offsets)
-        out = []
-        for row, row_affinities in zip(rows, affinities):
-            maps = torch.from_numpy(np.asarray(batch["maps"][row], dtype=np.float32))
-            walked = propagate(maps.to(self.device), row_affinities, self.offsets,
-                               self.refine.rw_beta, self.refine.rw_iterations)
-            out.append(walked.cpu().numpy().astype(np.float16))
-        return out
+        maps = [torch.from_numpy(np.asarray(batch["maps"][r], dtype=np.float32)) for r in rows]
+        walked = walk_maps(self.model, images, maps, self.offsets, self.refine.rw_beta,
+                           self.refine.rw_iterations, self.image_scale)
+        return [w.cpu().numpy().astype(np.float16) for w in walked]

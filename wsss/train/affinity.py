@@ -13,6 +13,7 @@ group resumes from the last one.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from wsss.config import ExperimentConfig, from_dict
 from wsss.core.affinity import affinity_loss, pair_labels, pair_offsets, pixel_affinities
-from wsss.data.dataset import SplitScan
+from wsss.data.dataset import SplitScan, VOCDataset
 from wsss.data.palette import IGNORE_INDEX
 from wsss.data.reader import read_info
 from wsss.data.transforms import normalize
@@ -36,11 +37,21 @@ from wsss.train.checkpoint import (CheckpointError, classifier_backbone, load_we
                                    read_state, restore_training_state, write_state)
 from wsss.train.classifier import ClassifierResult as TrainResult
 from wsss.train.classifier import TrainingData, all_reduce_mean, all_reduce_sum, data_key
+from wsss.train.mask_eval import walk_mask_scores
 from wsss.train.optim import optimizer_and_schedule
 from wsss.train.reporting import MODEL_FILE, report_epoch
 from wsss.train.segmenter import PseudoMaskDataset, fit_on_workers, mask_loader
 
 FORMAT = "wsss.affinity/1"
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskEval:
+    """What an affinity run scores after every epoch: the saved maps of ``ids`` (training
+    images with ground truth) in ``maps_dir``, walked on the network being trained."""
+
+    maps_dir: str
+    ids: tuple[str, ...]
 
 
 def save_affinity(path: str | Path, *, model: nn.Module, cfg: ExperimentConfig, backbone: str,
@@ -97,7 +108,9 @@ def scan_affinity_data(cfg: ExperimentConfig, seeds_dir: str | Path,
 def train_affinity(cfg: ExperimentConfig, seeds_dir: str | Path, init_from: str | Path,
                    out_dir: str | Path, run_name: str, mlflow_run_id: str | None = None,
                    tracking_uri: str | None = None, storage_path: str | None = None,
-                   data: TrainingData | None = None) -> TrainResult:
+                   data: TrainingData | None = None, mask_eval: MaskEval | None = None,
+                   callbacks: Sequence[Any] = (),
+                   resources_per_worker: dict[str, float] | None = None) -> TrainResult:
     """Train ``cfg.affinity``'s network on the seeds with Ray Train; link the final model.
 
     Args:
@@ -109,6 +122,10 @@ def train_affinity(cfg: ExperimentConfig, seeds_dir: str | Path, init_from: str 
         mlflow_run_id / tracking_uri: the MLflow run that records each epoch (optional).
         storage_path: Ray Train storage (local folder or s3://...); default ``out_dir/ray``.
         data: ``scan_affinity_data(cfg, seeds_dir)`` when the caller scanned already.
+        mask_eval: saved maps and training ids whose walked pseudo-masks rank 0 scores after
+            every epoch (``pseudo_miou``, ``degenerate_share``; ``cfg.refine``'s walk and
+            background, no CRF; ``wsss.train.mask_eval.walk_mask_scores``); None skips it.
+        callbacks / resources_per_worker: see ``wsss.train.segmenter.fit_on_workers``.
 
     Raises:
         DatasetError: see :func:`scan_affinity_data`; CheckpointError: ``init_from`` is not a
@@ -122,10 +139,12 @@ def train_affinity(cfg: ExperimentConfig, seeds_dir: str | Path, init_from: str 
     loop_config = {"cfg": cfg.to_dict(), "train_ids": data.train.ids, "seeds_dir": data.key[4],
                    "init_from": str(Path(init_from).resolve()),
                    "class_names": list(data.info.class_names),
-                   "has_background": data.info.has_background}
+                   "has_background": data.info.has_background,
+                   "mask_eval": dataclasses.asdict(mask_eval) if mask_eval else None}
     return fit_on_workers(_train_loop_per_worker, loop_config, cfg.affinity,
                           (FORMAT, "affinity network"), run_name, out_dir, data.skipped,
-                          storage_path, mlflow_run_id, tracking_uri)
+                          storage_path, mlflow_run_id, tracking_uri, callbacks,
+                          resources_per_worker)
 
 
 def batch_losses(model: nn.Module, images: torch.Tensor, seeds: torch.Tensor,
@@ -169,6 +188,8 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = {"epoch": epoch + 1,
                    **_train_one_epoch(model, loader, optimizer, scheduler, offsets, background),
                    "lr": scheduler.get_last_lr()[0]}
+        if config["mask_eval"] and rank == 0:
+            metrics.update(_walk_metrics(model, cfg, MaskEval(**config["mask_eval"])))
         history.append(metrics)
 
         def write(path: Path) -> None:
@@ -179,6 +200,17 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
         report_epoch(history, rank, write)
         if metrics["optimizer_steps"] == 0:
             break  # no seed pair to learn from: the driver reports it (check_optimizer_steps)
+
+
+def _walk_metrics(model: nn.Module, cfg: ExperimentConfig, mask_eval: MaskEval) -> dict[str, float]:
+    """``pseudo_miou`` and ``degenerate_share`` of the walked pseudo-masks of
+    ``mask_eval.ids``."""
+    dataset = VOCDataset(cfg.data.root, ids=list(mask_eval.ids),
+                         max_image_side=cfg.data.max_image_side)
+    scorer = walk_mask_scores(model, dataset, mask_eval.maps_dir, mask_eval.ids, cfg.refine,
+                              cfg.affinity.radius, cfg.data.image_scale)
+    return {"pseudo_miou": float(scorer.scores().miou),
+            "degenerate_share": float(scorer.degenerate_share)}
 
 
 def _train_loader(cfg: ExperimentConfig, config: dict[str, Any]) -> DataLoader:

@@ -65,8 +65,9 @@ def write_state(path: str | Path, state: dict[str, Any]) -> Path:
     return path
 
 
-def read_state(path: str | Path, fmt: str, kind: str) -> dict[str, Any]:
-    """Load a checkpoint dict with ``weights_only=True`` and check that its format is ``fmt``.
+def read_state(path: str | Path, fmt: str | tuple[str, ...], kind: str) -> dict[str, Any]:
+    """Load a checkpoint dict with ``weights_only=True`` and check that its format is ``fmt``
+    (or one of them).
 
     ``kind`` names the expected checkpoint in errors (e.g. "classifier").
     """
@@ -82,8 +83,10 @@ def read_state(path: str | Path, fmt: str, kind: str) -> dict[str, Any]:
     except Exception as err:  # torch raises RuntimeError, EOFError... for damaged files
         raise CheckpointError(f"cannot load checkpoint {path} safely (weights_only=True): "
                               f"{str(err).splitlines()[0]}") from err
-    if not isinstance(state, dict) or state.get("format") != fmt:
-        raise CheckpointError(f"{path} is not a wsss {kind} checkpoint (format {fmt})")
+    formats = (fmt,) if isinstance(fmt, str) else fmt
+    if not isinstance(state, dict) or state.get("format") not in formats:
+        raise CheckpointError(f"{path} is not a wsss {kind} checkpoint (format "
+                              f"{' or '.join(formats)})")
     return state
 
 

@@ -22,7 +22,7 @@ import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import ray.train
@@ -190,7 +190,8 @@ def fit_on_workers(loop: Callable[[dict[str, Any]], None], loop_config: dict[str
                    section: Any, checkpoint_format: tuple[str, str], run_name: str,
                    out_dir: str | Path, skipped: list[tuple[str, str]],
                    storage_path: str | None = None, mlflow_run_id: str | None = None,
-                   tracking_uri: str | None = None) -> TrainResult:
+                   tracking_uri: str | None = None, callbacks: Sequence[Any] = (),
+                   resources_per_worker: dict[str, float] | None = None) -> TrainResult:
     """Run ``loop`` on ``section.num_workers`` Ray Train workers (GPUs per ``section.use_gpu``,
     None: when the cluster has them; ``section.max_failures`` restarts; the last checkpoint
     kept) and link its final ``model.pt`` to ``out_dir``: the driver side of the segmenter and
@@ -201,6 +202,8 @@ def fit_on_workers(loop: Callable[[dict[str, Any]], None], loop_config: dict[str
             (``wsss.train.checkpoint.read_state``) for its ``history``.
         skipped: the ids the scan left out, passed on to the result.
         storage_path / mlflow_run_id / tracking_uri: see :func:`train_segmenter`.
+        callbacks: more Ray Train ``UserCallback``s (a sweep trial forwards reports to Tune).
+        resources_per_worker: Ray resources of each worker (default: Ray Train's).
 
     Raises:
         TrainingError: no worker took an optimizer step.
@@ -210,12 +213,13 @@ def fit_on_workers(loop: Callable[[dict[str, Any]], None], loop_config: dict[str
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer = TorchTrainer(
         loop, train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(num_workers=section.num_workers, use_gpu=use_gpu),
+        scaling_config=ray.train.ScalingConfig(num_workers=section.num_workers, use_gpu=use_gpu,
+                                               resources_per_worker=resources_per_worker),
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=storage_path or str(out_dir / "ray"),
             failure_config=ray.train.FailureConfig(max_failures=section.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-            callbacks=epoch_callbacks(mlflow_run_id, tracking_uri),
+            callbacks=[*epoch_callbacks(mlflow_run_id, tracking_uri), *callbacks],
             logging_config=train_logging()))
     start = time.perf_counter()
     result = trainer.fit()

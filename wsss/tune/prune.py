@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from wsss.storage import is_uri
-from wsss.train.checkpoint import link_or_copy, load_checkpoint_state, write_state
+from wsss.train.affinity import FORMAT as AFFINITY_FORMAT
+from wsss.train.checkpoint import FORMAT, link_or_copy, read_state, write_state
 
 PRUNED_STATUSES = ("completed", "stopped early")  # trials whose checkpoints can go
+SWEPT_FORMATS = (FORMAT, AFFINITY_FORMAT)  # what sweep trials train: classifiers, affinity nets
 
 
 @dataclass
@@ -92,7 +94,7 @@ def _holds(folder: Path, keep: Path, trial_id: str) -> bool:
 def _drop_optimizer(path: Path, trial_dir: Path) -> int:
     """Rewrite checkpoint ``path`` without its optimizer state (atomically) and re-link the
     trial's copy of it (``trial_dir/round<k>/model.pt``); returns the bytes saved."""
-    state = load_checkpoint_state(path)
+    state = read_state(path, SWEPT_FORMATS, "classifier or affinity network")
     if state.get("optimizer") is None:
         return 0
     before = path.stat().st_size

@@ -156,7 +156,7 @@ def train_trial(config: dict[str, Any], ctx: SweepContext) -> None:
             cfg, final.parent, f"{trial_id}-round{k + 1}",
             storage_path=f"{ctx.storage_path.rstrip('/')}/{ctx.experiment}-train",
             round_index=k, init_model=previous, mask_eval_ids=ctx.eval_ids,
-            callbacks=[forward, forward.recorder], resources_per_worker=_worker_resources(ctx),
+            callbacks=[forward, forward.recorder], resources_per_worker=worker_resources(ctx),
             data=ctx.training_data)
         previous = result.checkpoint
 
@@ -180,7 +180,9 @@ def scaled(cfg: ExperimentConfig, workers: int, gpus: float) -> ExperimentConfig
     return dataclasses.replace(cfg, train=train)
 
 
-def _worker_resources(ctx: SweepContext) -> dict[str, float]:
+def worker_resources(ctx: SweepContext) -> dict[str, float]:
+    """Ray resources of each Ray Train worker of a trial: one CPU, and its share of
+    ``--gpus-per-trial``."""
     resources = {"CPU": 1.0}
     if ctx.gpus_per_trial > 0:
         resources["GPU"] = ctx.gpus_per_trial / ctx.workers_per_trial
