@@ -148,9 +148,9 @@ def test_seed_sweep_trains_one_affinity_network_per_trial(tmp_path, synth_root, 
     best, uri = run_script("affinity_seeds", tmp_path, synth_root, "--checkpoint",
                            str(untrained_checkpoint), "--epochs", "2",
                            "--set", "affinity.crop_size=48")
-    children = check_store(uri, "test-affinity-seeds", 2, best, "affinity.radius")
+    children = check_store(uri, "test-affinity_seeds", 2, best, "affinity.radius")
     client = mlflow.MlflowClient(uri)
-    trials = tmp_path / "runs/test-affinity-seeds/trials"
+    trials = tmp_path / "runs/test-affinity_seeds/trials"
     for child in children:
         trial = trials / child.data.tags["wsss.trial_id"]
         assert len(list((trial / "seeds").glob("*.png"))) == 8  # the scored images' seeds
@@ -161,7 +161,7 @@ def test_seed_sweep_trains_one_affinity_network_per_trial(tmp_path, synth_root, 
     radii = {c.data.params["affinity.radius"] for c in children}
     thresholds = {c.data.params["affinity.fg_threshold"] for c in children}
     assert len(thresholds) == 2 or len(radii) == 2  # two different networks' settings
-    assert not (tmp_path / "runs/test-affinity-seeds/affinity").exists()  # none shared
+    assert not (tmp_path / "runs/test-affinity_seeds/affinity").exists()  # none shared
 
 
 def run_command(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
