@@ -63,15 +63,7 @@ def seed_mask(maps: np.ndarray | torch.Tensor, class_ids: Sequence[int], has_bac
             [0, 1)).
         ValueError: maps not [K, H, W], or not one valid class id per map.
     """
-    _check_thresholds(fg_threshold, bg_threshold, margin)
-    arr = maps.detach().cpu().numpy() if isinstance(maps, torch.Tensor) else np.asarray(maps)
-    ids = np.asarray(class_ids, dtype=np.int64).reshape(-1)
-    if arr.ndim != 3 or arr.shape[0] != ids.size:
-        raise ValueError(f"maps must be [K, H, W] with one class id each, got shape {arr.shape} "
-                         f"and {ids.size} class ids")
-    low = 1 if has_background else 0
-    if ((ids < low) | (ids >= IGNORE_INDEX)).any():
-        raise ValueError(f"class ids {ids.tolist()} must lie in {low}..{IGNORE_INDEX - 1}")
+    arr, ids = _seed_inputs(maps, class_ids, has_background, fg_threshold, bg_threshold, margin)
     if ids.size == 0:
         return np.full(arr.shape[1:], BACKGROUND if has_background else IGNORE_INDEX, np.uint8)
     best = arr.argmax(axis=0)
@@ -120,12 +112,10 @@ def crf_seed_mask(image: np.ndarray, maps: np.ndarray | torch.Tensor,
             size.
         NativeCrash: pydensecrf crashed.
     """
-    hard = seed_mask(maps, class_ids, has_background, fg_threshold, bg_threshold, margin)
-    arr = maps.detach().cpu().numpy() if isinstance(maps, torch.Tensor) else np.asarray(maps)
+    arr, ids = _seed_inputs(maps, class_ids, has_background, fg_threshold, bg_threshold, margin)
+    if ids.size == 0:  # nothing to refine: the plain seeds (all background, or all ignored)
+        return seed_mask(arr, ids, has_background, fg_threshold, bg_threshold, margin)
     arr = arr.astype(np.float32, copy=False)
-    ids = np.asarray(class_ids, dtype=np.int64).reshape(-1)
-    if ids.size == 0:
-        return hard
     if has_background:
         fg = _crf_probs(image, arr, fg_threshold, crf).argmax(axis=0)
         bg = _crf_probs(image, arr, bg_threshold, crf).argmax(axis=0)
@@ -152,6 +142,23 @@ def _crf_probs(image: np.ndarray, maps: np.ndarray, background: float | None,
         maps = np.concatenate([maps, np.full((1, *maps.shape[1:]), background, maps.dtype)])
     probs = label_probs(maps.argmax(axis=0), maps.shape[0], crf.crf_label_confidence)
     return dense_crf(image, probs, crf) if maps.shape[0] > 1 else np.ones_like(probs)
+
+
+def _seed_inputs(maps: np.ndarray | torch.Tensor, class_ids: Sequence[int],
+                 has_background: bool, fg_threshold: float, bg_threshold: float,
+                 margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """The checked inputs of the seed functions: maps as an array [K, H, W] and class ids
+    int64 [K]; raises what :func:`seed_mask` documents."""
+    _check_thresholds(fg_threshold, bg_threshold, margin)
+    arr = maps.detach().cpu().numpy() if isinstance(maps, torch.Tensor) else np.asarray(maps)
+    ids = np.asarray(class_ids, dtype=np.int64).reshape(-1)
+    if arr.ndim != 3 or arr.shape[0] != ids.size:
+        raise ValueError(f"maps must be [K, H, W] with one class id each, got shape {arr.shape} "
+                         f"and {ids.size} class ids")
+    low = 1 if has_background else 0
+    if ((ids < low) | (ids >= IGNORE_INDEX)).any():
+        raise ValueError(f"class ids {ids.tolist()} must lie in {low}..{IGNORE_INDEX - 1}")
+    return arr, ids
 
 
 def _check_thresholds(fg_threshold: float, bg_threshold: float, margin: float) -> None:
