@@ -27,6 +27,12 @@ then takes nearly all the CPU from them (beside 4 busy processes on 2 cores a ni
 worker gets about 2 % of a core) and a training run crawls. A local instance started here runs
 its workers at normal priority, as a plain PyTorch script runs (``RAY_worker_niceness=0``
 unless the variable is already set).
+
+This module is the worker setup hook's, imported by every Ray worker process before its first
+task, so it must not import torch: torch fixes its thread count from ``$OMP_NUM_THREADS`` when
+first imported, and Ray sets that variable to the CPUs it assigned only when the task starts.
+Imported earlier, torch ran a 1-CPU training worker on every core of the machine, and two
+trials side by side on 2 cores took 5-10 times longer per epoch than one alone.
 """
 
 from __future__ import annotations
@@ -40,7 +46,6 @@ from typing import Any
 
 import ray
 import ray.train
-import torch
 
 # Ray's temp root for sessions and logs, as it was before this process pointed $RAY_TMPDIR at a
 # lookup folder of its own (children inherit it, so nested starts keep the same root).
@@ -166,5 +171,6 @@ def gpus_available() -> bool:
     """Whether the Ray cluster (or, without Ray, this machine) has at least one GPU."""
     if ray.is_initialized():
         return ray.cluster_resources().get("GPU", 0) >= 1
+    import torch  # not at module level: see the module docstring
 
     return torch.cuda.is_available()
