@@ -168,9 +168,9 @@ def _default_ray_temp_dir() -> str:
 
 
 def gpus_available() -> bool:
-    """Whether the Ray cluster (or, without Ray, this machine) has at least one GPU."""
-    if ray.is_initialized():
-        return ray.cluster_resources().get("GPU", 0) >= 1
-    import torch  # not at module level: see the module docstring
+    """Whether the Ray cluster this process joined (:func:`init_ray`) has at least one GPU.
 
-    return torch.cuda.is_available()
+    Raises:
+        ray.exceptions.RaySystemError: Ray is not initialised.
+    """
+    return ray.cluster_resources().get("GPU", 0) >= 1
