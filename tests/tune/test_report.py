@@ -176,6 +176,24 @@ def test_knob_plot_names_its_axes_marks_the_best_trial_and_keeps_integer_knobs_i
     assert "5 trials (1 not scored" in fig.get_suptitle()
 
 
+def test_an_lr_range_within_one_decade_gets_labelled_ticks():
+    """The demo's lr values (0.0011-0.0085) lie within one decade, where a log axis has no
+    labelled tick of its own (at most 10^-3 at the edge): the panel labels 1, 2 and 5 of the
+    decade."""
+    from wsss.tune.report import knobs_figure
+
+    rows = [{"trial_id": t, "objective": o, "epoch_total": 4, "full": 4, "status": "completed",
+             "history": [], "knobs": {"train.lr": lr}}
+            for t, o, lr in (("a", 0.4, 0.0011), ("b", 0.5, 0.0016), ("c", 0.3, 0.0085))]
+    fig = knobs_figure(rows, ["train.lr"], "pseudo_miou")
+    fig.canvas.draw()
+    lr = fig.axes[0]
+    low, high = lr.get_xlim()
+    texts = [label.get_text() for tick, label in zip(lr.get_xticks(), lr.get_xticklabels())
+             if low <= tick <= high and label.get_text()]
+    assert len(texts) >= 2 and {"0.002", "0.005"} <= set(texts)  # plain numbers, not 10^-3
+
+
 def test_history_plot_draws_each_trial_per_epoch_and_tells_stopped_from_completed():
     """Left: one line per trial over the time attribute (its reported history): completed solid,
     stopped early dashed grey with an x where it stopped, the best trial thick with a star at
