@@ -40,10 +40,16 @@ RANDOM_WALK_KNOBS: tuple[Knob, ...] = (
     Knob("refine.rw_iterations", 1, 64, log=True, integer=True),
     Knob("refine.bg_threshold", 0.1, 0.6),
 )
+# Whether the seeds follow the dense CRF (IRNet) or the maps' thresholds alone is searched too:
+# the CRF puts seed boundaries on image edges, which helps photos (MSRC-21, walk + CRF on one
+# classifier's maps: 51.1 with CRF seeds, 50.1 with plain ones) and hurts objects textured with
+# edges of their own (the synthetic set: 60.6 vs 63.1). benchmarks/results/
+# random_walk_affinity_epochs.md and quality_random_walk_msrc21*.md; docs/quality.md.
 SEED_KNOBS: tuple[Knob, ...] = (
     Knob("affinity.fg_threshold", 0.2, 0.6),
     Knob("affinity.bg_threshold", 0.01, 0.15, log=True),
     Knob("affinity.radius", 3, 8, integer=True),
+    Knob("affinity.seed_crf", choices=(True, False)),
 )
 AFFINITY_RUN = "affinity-sweep-network"
 
