@@ -21,7 +21,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, StrMethodFormatter
 
 from wsss.tracking import is_server, keep_unsent, send_or_keep
 from wsss.tune.tracking import find_trial_run, mlflow_client, trial_runs
@@ -393,7 +393,7 @@ def knobs_figure(rows: list[dict[str, Any]], keys: Sequence[str],
             # ticks at 1, 2 and 5 of each decade, written plainly: a search range within one
             # decade (the usual lr range) still gets labelled ticks
             ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            ax.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
             ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(literal(f"{objective} vs {key}"), fontsize=9)
         ax.set_xlabel(literal(key), fontsize=8)
