@@ -43,6 +43,7 @@ def test_unknown_method_param_lists_valid_params():
     ("cams.scales=[]", "cams.scales"),
     ("cams.kind=heatmap", "cams.kind"),
     ("model.backbone=vgg16", "model.backbone"),
+    ("affinity.head=edges", "affinity.head"),
     ("refine.bg_threshold=1.5", "refine.bg_threshold"),
     ("refine.crf_iterations=0", "refine.crf_iterations"),
     ("method.params.layer=fc", "gradcam layer"),

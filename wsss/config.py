@@ -211,6 +211,7 @@ class TrackingConfig:
 BG_MODES = ("threshold", "power")
 CRF_UNARIES = ("scores", "labels")
 SEGMENTER_ARCHS = ("deeplabv3_resnet18", "deeplabv3_resnet50")
+AFFINITY_HEADS = ("feature", "boundary")  # AffinityNet's features, IRNet's boundary map
 SEGMENTER_MODES = ("ce", "sec")
 
 
@@ -301,7 +302,9 @@ class AffinityConfig:
     the ``refine.crf_*`` kernels moves the seeds' boundaries onto the image's edges
     (``wsss.core.affinity.crf_seed_mask``, IRNet Sec. 4.1). Pixel pairs within ``radius`` feature-map cells
     (stride 8) are labelled same / different from the seeds, and the network (the classifier's
-    backbone plus a light head; ``wsss.models.affinity``) learns their affinity with Ray Train,
+    backbone plus a light head; ``wsss.models.affinity``) learns their affinity with Ray Train:
+    from the L1 distance of its features (``head="feature"``, AffinityNet) or from the
+    strongest boundary between the two cells (``head="boundary"``, IRNet Sec. 3.3),
     on ``crop_size`` px crops, with the recipe fields as in ``train`` (``wsss.train.optim``;
     ``head_lr_mult``: the new head learns faster than the trained backbone).
     """
@@ -311,6 +314,7 @@ class AffinityConfig:
     bg_threshold: float = 0.05
     margin: float = 0.1
     seed_crf: bool = True
+    head: str = "feature"
     feature_dim: int = 448
     epochs: int = 8
     batch_size: int = 8
@@ -334,6 +338,7 @@ class AffinityConfig:
         check_value(0.0 <= self.bg_threshold <= self.fg_threshold, "affinity.bg_threshold",
                     self.bg_threshold, "in [0, affinity.fg_threshold]")
         check_value(0.0 <= self.margin < 1.0, "affinity.margin", self.margin, "in [0, 1)")
+        _check_choice("affinity.head", self.head, AFFINITY_HEADS)
         check_value(self.feature_dim >= 8, "affinity.feature_dim", self.feature_dim, ">= 8")
         check_value(self.batch_size >= 1, "affinity.batch_size", self.batch_size, ">= 1")
         check_value(self.crop_size >= 32, "affinity.crop_size", self.crop_size, ">= 32")

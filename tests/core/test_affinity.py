@@ -7,11 +7,13 @@ import pytest
 import torch
 
 from wsss.core.affinity import (DIFFERENT, SAME_BG, SAME_FG, affinity_loss, pair_labels,
-                                pair_offsets, pixel_affinities, propagate, random_walk, seed_mask,
+                                boundary_affinities, network_affinities, pair_offsets,
+                                pixel_affinities, propagate, random_walk, seed_mask,
+                                segment_cells,
                                 crf_seed_mask)
 from wsss.config import RefineConfig
 from wsss.errors import ConfigError
-from wsss.models.affinity import STRIDE, AffinityNet, build_affinity_net
+from wsss.models.affinity import HEADS, STRIDE, AffinityNet, build_affinity_net
 from wsss.models.backbones import build_backbone
 from wsss.train.optim import parameter_groups
 
@@ -188,6 +190,41 @@ def test_affinity_loss_terms_without_pairs_are_zero_and_keep_the_graph() -> None
     assert (affinities.grad < 0).all()  # raising a same-class affinity lowers the loss
 
 
+def test_segment_cells_run_straight_from_i_to_j() -> None:
+    assert segment_cells(0, 3) == [(0, 0), (0, 1), (0, 2), (0, 3)]
+    assert segment_cells(2, -2) == [(0, 0), (1, -1), (2, -2)]
+    assert segment_cells(1, 4) == [(0, 0), (0, 1), (1, 2), (1, 3), (1, 4)]
+    assert segment_cells(4, 0) == [(0, 0), (1, 0), (2, 0), (3, 0), (4, 0)]
+
+
+def test_boundary_affinities_cut_exactly_the_pairs_whose_segment_meets_the_boundary() -> None:
+    # A vertical boundary line at x = 3 of a 6 x 7 map: a pair of cells has affinity 1 when
+    # its segment stays on one side, 0 when the segment touches the line (IRNet Sec. 3.3).
+    boundary = torch.zeros(1, 1, 6, 7)
+    boundary[..., 3] = 1.0
+    offsets = pair_offsets(4)
+    affinities = boundary_affinities(boundary, offsets)[0]
+    for p, (dy, dx) in enumerate(offsets.tolist()):
+        for y in range(6):
+            for x in range(7):
+                cells = [(y + cy, x + cx) for cy, cx in segment_cells(dy, dx)]
+                if not (0 <= y + dy < 6 and 0 <= x + dx < 7):
+                    expected = 0.0  # j off the map
+                else:
+                    expected = 0.0 if any(cx == 3 for _, cx in cells) else 1.0
+                assert affinities[p, y, x] == expected, (dy, dx, y, x)
+    # a soft boundary: the strongest cell on the segment decides, and gradients reach it
+    soft = torch.full((1, 1, 1, 5), 0.1)
+    soft[..., 2] = 0.6
+    soft.requires_grad_(True)
+    across = boundary_affinities(soft, torch.tensor([[0, 3]]))[0, 0, 0]
+    assert torch.allclose(across, torch.tensor([0.4, 0.4, 0.0, 0.0, 0.0]))
+    across[0].backward()
+    assert soft.grad[0, 0, 0].tolist() == [0.0, 0.0, -1.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match=r"\[B, 1, h, w\]"):
+        boundary_affinities(torch.zeros(1, 2, 4, 4), offsets)
+
+
 # ---------------------------------------------------------------- random walk
 
 
@@ -354,16 +391,17 @@ def region_gap(net: AffinityNet, images: torch.Tensor, offsets: torch.Tensor,
                seeds: torch.Tensor) -> float:
     """Mean within-region affinity minus mean cross-region affinity."""
     with torch.no_grad():
-        affinities = pixel_affinities(net(images), offsets)
+        affinities = network_affinities(net, images, offsets)
     labels = pair_labels(seeds, offsets, background=0)
     within = affinities[(labels == SAME_FG) | (labels == SAME_BG)].mean()
     return float(within - affinities[labels == DIFFERENT].mean())
 
 
-def test_training_the_head_teaches_affinity_on_two_region_images() -> None:
+@pytest.mark.parametrize("head", HEADS)
+def test_training_the_head_teaches_affinity_on_two_region_images(head: str) -> None:
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
-    net = build_affinity_net("resnet18").eval()  # batch norm in eval mode: tiny batches
+    net = build_affinity_net("resnet18", head=head).eval()  # batch norm in eval: tiny batches
     for param in net.backbone.parameters():
         param.requires_grad_(False)
     offsets = pair_offsets(3)
@@ -372,7 +410,7 @@ def test_training_the_head_teaches_affinity_on_two_region_images() -> None:
     optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-2)
     for _ in range(30):
         images, seeds = two_region_batch(gen, 4)
-        loss = affinity_loss(pixel_affinities(net(images), offsets),
+        loss = affinity_loss(network_affinities(net, images, offsets),
                              pair_labels(seeds, offsets, background=0))["loss"]
         optimizer.zero_grad()
         loss.backward()

@@ -54,6 +54,22 @@ def _masks(folder: Path) -> dict[str, np.ndarray]:
             if p.stem != "samples"}
 
 
+def test_a_boundary_network_comes_back_as_one(tmp_path):
+    torch.manual_seed(0)
+    cfg = ExperimentConfig()
+    cfg = dataclasses.replace(cfg, affinity=dataclasses.replace(cfg.affinity, head="boundary"))
+    net = build_affinity_net("resnet18", head="boundary").eval()
+    save_affinity(tmp_path / "model.pt", model=net, cfg=cfg, backbone="resnet18",
+                  has_background=False, history=[{"epoch": 1, "loss": 1.0}])
+    model, state = load_affinity(tmp_path / "model.pt")
+    images = torch.randn(1, 3, 40, 56)
+    with torch.no_grad():
+        boundary = model(images)
+        assert torch.equal(boundary, net(images))
+    assert model.head == state["head"] == "boundary" and boundary.shape == (1, 1, 5, 7)
+    assert ((boundary > 0) & (boundary < 1)).all()
+
+
 def test_checkpoint_round_trip_and_refusal(affinity_checkpoint, untrained_checkpoint):
     model, state = load_affinity(affinity_checkpoint)
     assert state["radius"] == 3 and not model.training

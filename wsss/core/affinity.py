@@ -9,7 +9,8 @@ the propagated maps by their maximum.
    ``crf_seed_mask`` the same with boundaries on the image's edges (a dense CRF, IRNet Sec. 4.1);
 2. ``pair_offsets`` and ``pair_labels``: the neighbour pairs within a radius at feature
    resolution and their labels (same foreground, same background, different; Sec. 3.3);
-3. ``pixel_affinities`` and ``affinity_loss``: eq. 1 and eq. 5-7;
+3. ``pixel_affinities`` (eq. 1) or IRNet's ``boundary_affinities`` (IRNet Sec. 3.3), chosen by
+   the network's head in ``network_affinities``, and ``affinity_loss`` (eq. 5-7);
 4. ``random_walk`` and ``propagate``: the walk of Sec. 3.4 (eq. 10-11), banded;
    ``walk_maps`` runs the network and the walk on a batch of images.
 
@@ -19,6 +20,7 @@ cell ``(y, x)`` and cell ``(y + dy_p, x + dx_p)``; it serves both directions of 
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -30,7 +32,7 @@ from wsss.core.masks import dense_crf, label_probs
 from wsss.data.palette import IGNORE_INDEX
 from wsss.data.transforms import resize_by
 from wsss.errors import ConfigError
-from wsss.models.affinity import STRIDE
+from wsss.models.affinity import BOUNDARY, STRIDE
 
 BACKGROUND = 0  # dataset index of background where the dataset has one
 SAME_FG, SAME_BG, DIFFERENT = 0, 1, 2  # pair labels; -1 = no label
@@ -269,6 +271,63 @@ def pixel_affinities(features: torch.Tensor, offsets: torch.Tensor) -> torch.Ten
     return torch.stack(planes, dim=1)
 
 
+def segment_cells(dy: int, dx: int) -> list[tuple[int, int]]:
+    """The cells (rows (cy, cx), in feature-map cells from i) of the straight segment from i to
+    j = i + (dy, dx), both ends included: ``max(|dy|, |dx|) + 1`` evenly spaced points rounded
+    to the nearest cell (halves away from i's side), in order from i, without repeats."""
+    steps = max(abs(dy), abs(dx))
+    cells: list[tuple[int, int]] = []
+    for k in range(steps + 1):
+        cell = ((math.floor(k * dy / steps + 0.5), math.floor(k * dx / steps + 0.5))
+                if steps else (0, 0))
+        if cell not in cells:
+            cells.append(cell)
+    return cells
+
+
+def boundary_affinities(boundary: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Affinities [B, P, h, w] in [0, 1] of a boundary map [B, 1, h, w] in [0, 1]; 0 where j is
+    off the map.
+
+    IRNet (Ahn et al., CVPR 2019) Sec. 3.3: ``a_ij = 1 - max_k B_k`` over the cells k of the
+    segment from i to j (:func:`segment_cells`, both ends included), so two cells have a high
+    affinity exactly when no boundary lies between them. Differentiable in ``boundary`` (the
+    gradient reaches the strongest cell of each segment).
+
+    Raises:
+        ValueError: boundary not [B, 1, h, w] or offsets not [P, 2].
+    """
+    if boundary.ndim != 4 or boundary.shape[1] != 1:
+        raise ValueError(f"boundary must be [B, 1, h, w], got shape {tuple(boundary.shape)}")
+    batch, _, height, width = boundary.shape
+    planes = []
+    for dy, dx in _offset_list(offsets):
+        plane = boundary.new_zeros(batch, height, width)
+        window = _windows(height, width, dy, dx)
+        if window is not None:
+            rows, cols = window[0]
+            strongest = torch.stack([
+                boundary[:, 0, rows.start + cy:rows.stop + cy, cols.start + cx:cols.stop + cx]
+                for cy, cx in segment_cells(dy, dx)]).amax(dim=0)
+            plane = F.pad(1.0 - strongest, _padding(window[0], height, width))
+        planes.append(plane)
+    if not planes:
+        return boundary.new_zeros(batch, 0, height, width)
+    return torch.stack(planes, dim=1)
+
+
+def network_affinities(model: torch.nn.Module, images: torch.Tensor,
+                       offsets: torch.Tensor) -> torch.Tensor:
+    """Affinities [B, P, h, w] of normalised images [B, 3, H, W] by an affinity network
+    (``wsss.models.affinity.AffinityNet``, DDP-wrapped or not) for the half-plane ``offsets``
+    [P, 2]: :func:`pixel_affinities` of its features (``head="feature"``, AffinityNet) or
+    :func:`boundary_affinities` of its boundary map (``head="boundary"``, IRNet)."""
+    output = model(images)
+    if getattr(model, "module", model).head == BOUNDARY:
+        return boundary_affinities(output, offsets.to(output.device))
+    return pixel_affinities(output, offsets.to(output.device))
+
+
 def _padding(window: tuple[slice, slice], height: int, width: int) -> tuple[int, int, int, int]:
     """``F.pad`` widths (left, right, top, bottom) putting ``window`` back into h x w."""
     rows, cols = window
@@ -278,8 +337,13 @@ def _padding(window: tuple[slice, slice], height: int, width: int) -> tuple[int,
 def affinity_loss(affinities: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
     """AffinityNet eq. 5-7: ``loss = fg_pos / 4 + bg_pos / 4 + neg / 2``.
 
+    Without a background class no pair is ``SAME_BG``, so the negatives weigh two thirds of
+    the loss. Weighing them by 1/4, 1/2 (positives and negatives alike) or 3/4 instead moved
+    MSRC-21's walk + CRF pseudo-masks to 47.7, 49.5 and 50.2 mIoU against 50.0
+    (``benchmarks/results/random_walk_heads.md``), so eq. 7 stands as written.
+
     Args:
-        affinities: [B, P, h, w] in [0, 1] (``pixel_affinities``).
+        affinities: [B, P, h, w] in [0, 1] (``pixel_affinities`` or ``boundary_affinities``).
         labels: int8 [B, P, h, w] (``pair_labels``; -1 pairs are left out).
 
     Returns:
@@ -453,7 +517,7 @@ def walk_maps(model: torch.nn.Module, images: torch.Tensor, maps: Sequence[torch
     network, then :func:`propagate` of each image's maps (AffinityNet Sec. 3.4).
 
     Args:
-        model: the affinity network (features at stride 8), in eval mode.
+        model: the affinity network (features or boundaries at stride 8), in eval mode.
         images: normalised float [B, 3, H, W] on the model's device (pixels).
         maps: B float tensors [K_b, H, W] in [0, 1], each image's present classes.
         offsets: [P, 2] pair offsets of the network's radius (``pair_offsets``).
@@ -469,6 +533,6 @@ def walk_maps(model: torch.nn.Module, images: torch.Tensor, maps: Sequence[torch
     """
     if len(maps) != images.shape[0]:
         raise ValueError(f"got {len(maps)} maps tensors for {images.shape[0]} images")
-    affinities = pixel_affinities(model(resize_by(images, image_scale)), offsets)
+    affinities = network_affinities(model, resize_by(images, image_scale), offsets)
     return [propagate(image_maps.to(images.device), image_affinities, offsets, beta, iterations)
             for image_maps, image_affinities in zip(maps, affinities)]

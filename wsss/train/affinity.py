@@ -26,12 +26,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from wsss.config import ExperimentConfig, from_dict
-from wsss.core.affinity import affinity_loss, pair_labels, pair_offsets, pixel_affinities
+from wsss.core.affinity import affinity_loss, network_affinities, pair_labels, pair_offsets
 from wsss.data.dataset import SplitScan, VOCDataset
 from wsss.data.palette import IGNORE_INDEX
 from wsss.data.reader import read_info
 from wsss.data.transforms import normalize
-from wsss.models.affinity import AffinityNet, build_affinity_net
+from wsss.models.affinity import FEATURE, AffinityNet, build_affinity_net
 from wsss.ray_utils import init_ray
 from wsss.train.checkpoint import (CheckpointError, classifier_backbone, load_weights,
                                    read_state, restore_training_state, write_state)
@@ -54,7 +54,7 @@ class MaskEval:
     ids: tuple[str, ...]
 
 
-def save_affinity(path: str | Path, *, model: nn.Module, cfg: ExperimentConfig, backbone: str,
+def save_affinity(path: str | Path, *, model: AffinityNet, cfg: ExperimentConfig, backbone: str,
                   has_background: bool, history: list[dict[str, Any]],
                   optimizer: torch.optim.Optimizer | None = None) -> Path:
     """Write an affinity-network checkpoint (loads with ``weights_only=True``) atomically;
@@ -62,7 +62,7 @@ def save_affinity(path: str | Path, *, model: nn.Module, cfg: ExperimentConfig, 
     history = [{k: v if isinstance(v, int) else float(v) for k, v in h.items()} for h in history]
     return write_state(path, {
         "format": FORMAT, "backbone": backbone, "feature_dim": cfg.affinity.feature_dim,
-        "radius": cfg.affinity.radius, "has_background": bool(has_background),
+        "head": model.head, "radius": cfg.affinity.radius, "has_background": bool(has_background),
         "image_scale": cfg.data.image_scale, "config": cfg.to_dict(), "epoch": len(history),
         "history": history, "state_dict": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None})
@@ -79,7 +79,8 @@ def load_affinity(path: str | Path,
     """
     state = read_state(path, FORMAT, "affinity network")
     try:
-        model = build_affinity_net(state["backbone"], feature_dim=state["feature_dim"])
+        model = build_affinity_net(state["backbone"], feature_dim=state["feature_dim"],
+                                   head=state.get("head", FEATURE))
     except (KeyError, ValueError) as err:
         raise CheckpointError(f"{path}: cannot rebuild its affinity network: {err}") from err
     load_weights(model, state["state_dict"], path)
@@ -152,17 +153,17 @@ def batch_losses(model: nn.Module, images: torch.Tensor, seeds: torch.Tensor,
     """The affinity loss terms of one batch (``wsss.core.affinity.affinity_loss``).
 
     Args:
-        model: the affinity network (features at stride 8).
+        model: the affinity network (features or boundaries at stride 8).
         images: RGB uint8 [B, 3, H, W] on the model's device.
         seeds: long [B, H, W] dataset ids, 255 = no seed, brought to the features' size by
             nearest-neighbour sampling.
         offsets: int64 [P, 2] pair offsets (``pair_offsets``).
         background: the background id, or None for datasets without one.
     """
-    features = model(normalize(images))
-    small = F.interpolate(seeds[:, None].float(), size=features.shape[-2:], mode="nearest")
+    affinities = network_affinities(model, normalize(images), offsets)
+    small = F.interpolate(seeds[:, None].float(), size=affinities.shape[-2:], mode="nearest")
     labels = pair_labels(small[:, 0].long(), offsets.to(seeds.device), background)
-    return affinity_loss(pixel_affinities(features, offsets.to(features.device)), labels)
+    return affinity_loss(affinities, labels)
 
 
 def _train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -174,7 +175,8 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     np.random.seed(aff.seed + rank)
     backbone, weights = classifier_backbone(config["init_from"])
     checkpoint = ray.train.get_checkpoint()
-    model = build_affinity_net(backbone, None if checkpoint else weights, aff.feature_dim)
+    model = build_affinity_net(backbone, None if checkpoint else weights, aff.feature_dim,
+                               aff.head)
     loader = _train_loader(cfg, config)
     history, saved_optimizer = _resume(checkpoint, model)
     optimizer, scheduler = optimizer_and_schedule(model, aff, len(loader), saved_optimizer,
