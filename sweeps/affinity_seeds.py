@@ -1,6 +1,7 @@
 """Sweep what the affinity network learns from: the seeds' foreground and background thresholds
 (affinity.fg_threshold, affinity.bg_threshold), whether a dense CRF places them
-(affinity.seed_crf) and the pair radius (affinity.radius), with the
+(affinity.seed_crf), the pair radius (affinity.radius) and the kind of affinity (affinity.head:
+AffinityNet's features or IRNet's boundaries), with the
 random walk's beta, t and background threshold, on the maps of one fixed classifier (trained
 first when not given). Every trial writes its own seeds, trains its own affinity network with
 Ray Train for --epochs epochs and reports, after each epoch, the pseudo-mask mIoU of the scored

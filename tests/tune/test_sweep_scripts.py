@@ -159,6 +159,7 @@ def test_seed_sweep_trains_one_affinity_network_per_trial(tmp_path, synth_root, 
         assert len(history) == (1 if stopped else 2)  # one walked score per epoch
         assert 3 <= int(child.data.params["affinity.radius"]) <= 8
         assert child.data.params["affinity.seed_crf"] in ("True", "False")
+        assert child.data.params["affinity.head"] in ("feature", "boundary")
     radii = {c.data.params["affinity.radius"] for c in children}
     thresholds = {c.data.params["affinity.fg_threshold"] for c in children}
     assert len(thresholds) == 2 or len(radii) == 2  # two different networks' settings

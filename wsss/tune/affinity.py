@@ -45,11 +45,15 @@ RANDOM_WALK_KNOBS: tuple[Knob, ...] = (
 # classifier's maps: 51.1 with CRF seeds, 50.1 with plain ones) and hurts objects textured with
 # edges of their own (the synthetic set: 60.6 vs 63.1). benchmarks/results/
 # random_walk_affinity_epochs.md and quality_random_walk_msrc21*.md; docs/quality.md.
+# So is the kind of affinity: AffinityNet's feature distance or IRNet's boundary map (with
+# from-scratch trunks the features won on both datasets, benchmarks/results/
+# random_walk_heads.md; IRNet's gains come with pretrained trunks).
 SEED_KNOBS: tuple[Knob, ...] = (
     Knob("affinity.fg_threshold", 0.2, 0.6),
     Knob("affinity.bg_threshold", 0.01, 0.15, log=True),
     Knob("affinity.radius", 3, 8, integer=True),
     Knob("affinity.seed_crf", choices=(True, False)),
+    Knob("affinity.head", choices=("feature", "boundary")),
 )
 AFFINITY_RUN = "affinity-sweep-network"
 
