@@ -21,7 +21,7 @@ cell ``(y, x)`` and cell ``(y + dy_p, x + dx_p)``; it serves both directions of 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -255,26 +255,37 @@ def pixel_affinities(features: torch.Tensor, offsets: torch.Tensor) -> torch.Ten
     """
     if features.ndim != 4:
         raise ValueError(f"features must be [B, D, h, w], got shape {tuple(features.shape)}")
-    batch, _, height, width = features.shape
+
+    def distance(window: tuple[tuple[slice, slice], tuple[slice, slice]], *_: int) -> torch.Tensor:
+        first = features[(slice(None), slice(None), *window[0])]
+        second = features[(slice(None), slice(None), *window[1])]
+        return torch.exp(-(first - second).abs().mean(dim=1))
+
+    return _pair_planes(features, offsets, distance)
+
+
+def _pair_planes(source: torch.Tensor, offsets: torch.Tensor,
+                 affinity: Callable[..., torch.Tensor]) -> torch.Tensor:
+    """[B, P, h, w] from ``source`` [B, C, h, w]: for offset p = (dy, dx),
+    ``affinity(windows, dy, dx)`` [B, rows, cols] on the cells i whose j = i + (dy, dx) is on
+    the map (``windows`` as :func:`_windows` gives them), 0 elsewhere."""
+    batch, _, height, width = source.shape
     planes = []
     for dy, dx in _offset_list(offsets):
-        plane = features.new_zeros(batch, height, width)
+        plane = source.new_zeros(batch, height, width)
         window = _windows(height, width, dy, dx)
         if window is not None:
-            first = features[(slice(None), slice(None), *window[0])]
-            second = features[(slice(None), slice(None), *window[1])]
-            plane = F.pad(torch.exp(-(first - second).abs().mean(dim=1)),
-                          _padding(window[0], height, width))
+            plane = F.pad(affinity(window, dy, dx), _padding(window[0], height, width))
         planes.append(plane)
     if not planes:
-        return features.new_zeros(batch, 0, height, width)
+        return source.new_zeros(batch, 0, height, width)
     return torch.stack(planes, dim=1)
 
 
 def segment_cells(dy: int, dx: int) -> list[tuple[int, int]]:
     """The cells (rows (cy, cx), in feature-map cells from i) of the straight segment from i to
     j = i + (dy, dx), both ends included: ``max(|dy|, |dx|) + 1`` evenly spaced points rounded
-    to the nearest cell (halves away from i's side), in order from i, without repeats."""
+    to the nearest cell (halves rounded up), in order from i, without repeats."""
     steps = max(abs(dy), abs(dx))
     cells: list[tuple[int, int]] = []
     for k in range(steps + 1):
@@ -299,21 +310,15 @@ def boundary_affinities(boundary: torch.Tensor, offsets: torch.Tensor) -> torch.
     """
     if boundary.ndim != 4 or boundary.shape[1] != 1:
         raise ValueError(f"boundary must be [B, 1, h, w], got shape {tuple(boundary.shape)}")
-    batch, _, height, width = boundary.shape
-    planes = []
-    for dy, dx in _offset_list(offsets):
-        plane = boundary.new_zeros(batch, height, width)
-        window = _windows(height, width, dy, dx)
-        if window is not None:
-            rows, cols = window[0]
-            strongest = torch.stack([
-                boundary[:, 0, rows.start + cy:rows.stop + cy, cols.start + cx:cols.stop + cx]
-                for cy, cx in segment_cells(dy, dx)]).amax(dim=0)
-            plane = F.pad(1.0 - strongest, _padding(window[0], height, width))
-        planes.append(plane)
-    if not planes:
-        return boundary.new_zeros(batch, 0, height, width)
-    return torch.stack(planes, dim=1)
+
+    def no_boundary(window: tuple[tuple[slice, slice], tuple[slice, slice]], dy: int,
+                    dx: int) -> torch.Tensor:
+        rows, cols = window[0]
+        return 1.0 - torch.stack([
+            boundary[:, 0, rows.start + cy:rows.stop + cy, cols.start + cx:cols.stop + cx]
+            for cy, cx in segment_cells(dy, dx)]).amax(dim=0)
+
+    return _pair_planes(boundary, offsets, no_boundary)
 
 
 def network_affinities(model: torch.nn.Module, images: torch.Tensor,

@@ -107,8 +107,8 @@ def build_affinity_net(backbone: str = "resnet18",
         head: ``"feature"`` (AffinityNet) or ``"boundary"`` (IRNet); see :class:`AffinityNet`.
 
     Raises:
-        ValueError: an unknown backbone name or head, or ``backbone_state`` is not a state dict of that
-            backbone (missing or unexpected keys, other shapes).
+        ValueError: an unknown backbone name or head, or ``backbone_state`` is not a state dict
+            of that backbone (missing or unexpected keys, other shapes).
     """
     trunk = build_backbone(backbone, pretrained=None)
     if backbone_state is not None:
