@@ -254,12 +254,12 @@ def cmd_train_affinity(args: argparse.Namespace) -> int:
                                 run_name=args.run_name)
     last = result.history[-1] if result.history else {}
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in last.items() if isinstance(v, float))
-    print(f"\ntrained the affinity network for {cfg.affinity.epochs} epochs in "
-          f"{result.seconds:.0f}s: {metrics}")
+    print(f"\ntrained the affinity network ({cfg.affinity.head} head) for "
+          f"{cfg.affinity.epochs} epochs in {result.seconds:.0f}s: {metrics}")
     _print_skipped(result.skipped)
-    print(f"checkpoint: {result.checkpoint}\nnext: wsss refine --cams {args.cams} --affinity "
-          f"{result.checkpoint} --out MASKS (or wsss pseudo-label ... --affinity "
-          f"{result.checkpoint})")
+    print(f"checkpoint: {result.checkpoint}\nnext: wsss refine --cams {args.cams} --data "
+          f"{cfg.data.root} --affinity {result.checkpoint} --out MASKS (or wsss pseudo-label "
+          f"... --affinity {result.checkpoint})")
     return 0
 
 

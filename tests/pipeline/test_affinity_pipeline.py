@@ -122,21 +122,26 @@ def test_refine_rejects_a_bad_walk_setting(synth_root, saved_maps, affinity_chec
 def test_train_affinity_command(ray_session, synth_root, saved_maps, untrained_checkpoint,
                                 tmp_path, capsys):
     """Seeds written from the maps (labelled where the maps are confident, 255 elsewhere),
-    one Ray Train epoch, a checkpoint that the refine step then uses."""
+    one Ray Train epoch of IRNet's boundary head, a checkpoint that the refine step then uses
+    (the feature head trains in the sweeps' tests)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     code = wsss(["train-affinity", "--cams", str(saved_maps), "--checkpoint",
                  str(untrained_checkpoint), "--data", str(synth_root), "--out",
                  str(tmp_path / "aff"), "--run-name", "aff", "--epochs", "1", "--workers", "1",
-                 "--crop-size", "48", "--batch-size", "4", "--tracking-uri", uri])
+                 "--crop-size", "48", "--batch-size", "4", "--tracking-uri", uri,
+                 "--set", "affinity.head=boundary"])
     assert code == 0, capsys.readouterr().err
     checkpoint = tmp_path / "aff" / "aff" / "model.pt"
     model, state = load_affinity(checkpoint)
     assert state["epoch"] == 1 and np.isfinite(state["history"][-1]["loss"])
+    assert model.head == "boundary"
     seeds = _masks(tmp_path / "aff" / "aff" / "seeds")
     assert sorted(seeds) == DatasetReader.open(synth_root).split_ids("train")
     values = np.unique(np.concatenate([s.ravel() for s in seeds.values()]))
     assert IGNORE_INDEX in values and len(values) > 2  # seeds and ignored pixels
-    assert f"--affinity {checkpoint}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "(boundary head)" in out
+    assert f"--data {synth_root} --affinity {checkpoint}" in out  # the next command, whole
     code = wsss(["refine", "--cams", str(saved_maps), "--data", str(synth_root), "--out",
                  str(tmp_path / "masks"), "--affinity", str(checkpoint), "--no-crf",
                  "--tracking-uri", uri])
