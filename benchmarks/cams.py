@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -24,6 +23,7 @@ from typing import Callable
 
 import torch
 
+from common import machine_lines  # benchmarks/common.py (on sys.path)
 from wsss.core import maps as cams
 from wsss.config import ModelConfig
 from wsss.methods import get_method
@@ -166,16 +166,6 @@ def run_benchmark(args: argparse.Namespace, threads: int) -> dict[str, list[tupl
     return times
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _ratio_rows(median: dict[str, float], best: dict[str, float],
                 cpu: dict[str, float]) -> list[str]:
     """Target ratios, from median and minimum wall times and from median CPU times."""
@@ -232,15 +222,7 @@ def render(args: argparse.Namespace, results: dict[int, dict[str, list[tuple[flo
     ]
     for threads, times in results.items():
         lines += render_section(threads, times, pairs)
-    lines += [
-        "## Command", "", "```", command, "```", "",
-        "## Machine", "",
-        f"- nproc: {len(os.sched_getaffinity(0))}",
-        f"- CPU: {cpu_model()}",
-        f"- torch {torch.__version__}, Python {platform.python_version()}",
-        f"- load average (1, 5, 15 min) at start: {', '.join(f'{v:.2f}' for v in load[0])}; "
-        f"at end: {', '.join(f'{v:.2f}' for v in load[1])}",
-    ]
+    lines += machine_lines(command, load)
     if max(load[0][0], load[1][0]) > 0.5:
         lines += ["", "Other processes were using the CPU during this run (see the load average): "
                   "wall-clock times are noisy; the CPU-second columns are less sensitive to it."]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -30,13 +29,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cams import cpu_model  # benchmarks/cams.py (this folder is on sys.path as a script)
+from common import DEFAULT_DATA, machine_lines, publish  # benchmarks/common.py (on sys.path)
 from wsss.config import RefineConfig
 from wsss.core.native_crf import CRF_WORKER, mean_field
 from wsss.core.masks import crf_job, normalise_scores
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "crf.md"
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "msrc21"
 Case = tuple[np.ndarray, np.ndarray, np.ndarray]  # image [H,W,3], maps [K,H,W], ids [K]
 
 
@@ -224,15 +222,6 @@ def containment_lines(cases: list[Case], results: tuple[dict, dict, bool]) -> li
                     f"- results identical: {identical}", ""]
 
 
-def machine_lines(command: str, load: tuple[tuple[float, ...], tuple[float, ...]]) -> list[str]:
-    """Markdown 'Command' and 'Machine' sections (shared by the other benchmarks)."""
-    return ["## Command", "", "```", command, "```", "", "## Machine", "",
-            f"- nproc: {len(os.sched_getaffinity(0))}", f"- CPU: {cpu_model()}",
-            f"- torch {torch.__version__}, Python {platform.python_version()}",
-            f"- load average (1, 5, 15 min) at start: {', '.join(f'{v:.2f}' for v in load[0])};"
-            f" at end: {', '.join(f'{v:.2f}' for v in load[1])}"]
-
-
 def render(description: str, cases: list[Case], num_classes: int, results: tuple,
            containment: tuple, command: str, load: tuple) -> str:
     wall, cpu, (same_pixels, total, same_images) = results
@@ -274,16 +263,6 @@ def main(argv: list[str] | None = None) -> None:
     containment = run_containment(cases, args.repeats)
     publish(render(description, cases, num_classes, results, containment, command,
                    (load_start, os.getloadavg())), args.out)
-
-
-def publish(report: str, out: Path | None) -> None:
-    """Print the markdown ``report``; also write it to ``out`` unless that is None."""
-    print(report)
-    if out is None:
-        return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report)
-    print(f"wrote {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from crf import DEFAULT_DATA, machine_lines, publish  # benchmarks/crf.py
+from common import DEFAULT_DATA, machine_lines, publish  # noqa: E402  (benchmarks/common.py)
 
 from wsss.config import CamConfig, ExperimentConfig, RefineConfig, TrackingConfig
 from wsss.data.reader import DatasetReader

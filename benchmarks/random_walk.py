@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from crf import machine_lines, publish  # benchmarks/crf.py (this folder is on sys.path)
+from common import machine_lines, publish  # noqa: E402  (benchmarks/common.py)
 from wsss.core.affinity import pair_offsets, pixel_affinities, propagate, random_walk
 from wsss.models import CamClassifier, build_backbone
 from wsss.models.affinity import STRIDE, build_affinity_net

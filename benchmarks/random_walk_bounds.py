@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from crf import DEFAULT_DATA, machine_lines, publish  # benchmarks/crf.py (on sys.path)
+from common import DEFAULT_DATA, machine_lines, publish  # noqa: E402  (benchmarks/common.py)
 from wsss.core.affinity import network_affinities, pair_labels, pair_offsets, propagate
 from wsss.core.affinity import DIFFERENT, SAME_FG
 from wsss.core.maps import load_maps

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from crf import machine_lines, publish  # benchmarks/crf.py (this folder is on sys.path)
+from common import machine_lines, publish  # noqa: E402  (benchmarks/common.py)
 
 NICENESS = {"Ray's default": "15", "wsss (normal priority)": "0"}
 
