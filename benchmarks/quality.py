@@ -1,4 +1,4 @@
-"""Segmentation quality on real data, stage by stage, with one recipe.
+"""Segmentation quality on real data, stage by stage, with one recipe, over several seeds.
 
 Rows (mIoU in %, against the dataset's ground truth, used for scoring only):
 
@@ -8,19 +8,22 @@ Rows (mIoU in %, against the dataset's ground truth, used for scoring only):
 3. the first method's maps + dense CRF with the recipe's ``refine`` settings; the same maps
    propagated by the random walk on an affinity network trained on their seeds
    (``affinity`` section; AffinityNet), without and with that CRF;
-4. DeepLab segmenters trained on those CRF masks, from random weights and from the first
-   method's classifier (``segmenter.init_from``): the val mIoU of the saved model's
-   predictions (``wsss predict``), the latter also refined by the same CRF (``--crf``);
+4. DeepLab segmenters trained on the CRF (or ``--segmenter-masks "walk + CRF"``) masks, from
+   random weights and from the first method's classifier (``segmenter.init_from``): the val
+   mIoU of the saved model's predictions (``wsss predict``);
 5. the fully supervised reference: the same segmenter recipe trained on the ground-truth masks
    of the train split, and the ratio WSSS / full supervision.
 
-    python benchmarks/quality.py                 # MSRC-21 with configs/msrc21_scratch.yaml
+Each seed of ``--seeds`` runs the whole chain with ``train.seed``, ``affinity.seed`` and
+``segmenter.seed`` set to it; the table gives each row's mean ± std, min..max and per-seed
+values, and names the commit and the recipe file (with its hash) it was made with.
+
+    python benchmarks/quality.py --seeds 0 1 2   # MSRC-21 with configs/msrc21_scratch.yaml
     python benchmarks/quality.py --data PATH --config configs/X.yaml --methods cam acol
 
 Each finished stage is recorded in ``<work>/stages.json``; a re-run reuses it, and a training
 run interrupted mid-way resumes from its last Ray Train checkpoint (same run name).
 """
-
 from __future__ import annotations
 
 import argparse
@@ -41,17 +44,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from crf import DEFAULT_DATA, machine_lines, publish  # noqa: E402  (benchmarks/crf.py)
+from common import DEFAULT_DATA, machine_lines, publish  # noqa: E402  (benchmarks/common.py)
 from methods import parse_spec  # noqa: E402  (benchmarks/methods.py)
 from wsss.config import ExperimentConfig, load_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "msrc21_scratch.yaml"
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "quality.md"
-# Hide-and-Seek and MDC with the knobs that suit small feature maps (8x8 cells at 128 px);
-# adversarial erasing (three classifiers) is left to --methods for time.
-DEFAULT_METHODS = ("cam", "hide_and_seek:hide_prob=0.25", "acol", "mdc:dilations=[1,2,3]",
-                   "mixup_cam")
+SEGMENTERS = ("random", "classifier", "full")
+# The recipe's chain; other methods' maps rows with --methods (e.g. Hide-and-Seek and MDC with
+# the knobs that suit small feature maps: "hide_and_seek:hide_prob=0.25" "mdc:dilations=[1,2,3]").
+DEFAULT_METHODS = ("cam",)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,14 +65,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the recipe (default: configs/msrc21_scratch.yaml)")
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
                    help="NAME or NAME:KEY=VALUE[;KEY=VALUE] (method knobs); the first one's "
-                        "maps feed the CRF and the segmenters")
+                        "maps feed the CRF and the segmenters (default: cam)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override on top of the recipe")
-    p.add_argument("--no-segmenter", action="store_true", help="stop after the masks")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0],
+                   help="training seeds: each runs the whole chain (default: 0)")
+    p.add_argument("--segmenters", nargs="*", choices=SEGMENTERS, default=list(SEGMENTERS),
+                   help="segmenter rows: from random weights, from the classifier, fully "
+                        "supervised (default: all; none: stop after the masks)")
+    p.add_argument("--segmenter-masks", choices=("CRF", "walk + CRF"), default="CRF",
+                   help="the pseudo-masks the segmenters train on (default: CRF)")
+    p.add_argument("--predict-crf", action="store_true",
+                   help="also score the segmenter from the classifier with `wsss predict --crf`")
     p.add_argument("--no-random-walk", action="store_true",
                    help="skip the affinity network and the random-walk rows")
     p.add_argument("--work", type=Path, default=Path("runs/bench-quality"))
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                   help="markdown table (and a .png beside it)")
+    p.add_argument("--json", type=Path, default=None,
+                   help="also write each row's per-seed mIoU (fractions) to this JSON file")
     return p.parse_args(argv)
 
 
@@ -114,20 +128,15 @@ CLASSIFIER = ("data", "model", "method", "train")
 
 
 class Row(NamedTuple):
-    """One line of the table; ``result`` is the stage's record (its ``false_positive`` /
-    ``false_negative`` when the masks were scored on train)."""
+    """One line of the table for one seed; ``result`` is the stage's record (its
+    ``false_positive`` / ``false_negative`` when the masks were scored on train, ``val_mAP``
+    of a classifier, ``best_epoch_miou`` of a segmenter)."""
 
     what: str
     miou: float
     notes: str
     minutes: float
     result: dict[str, Any] = {}
-
-    def errors(self) -> str:
-        if "false_positive" not in self.result:
-            return "-"
-        return (f"{100 * self.result['false_positive']:.1f} / "
-                f"{100 * self.result['false_negative']:.1f}")
 
 
 def label_prior_miou(cfg: ExperimentConfig, seed: int = 0) -> dict[str, Any]:
@@ -324,44 +333,105 @@ def knob_text(spec: str, cfg: ExperimentConfig) -> str:
     return ", ".join(f"{k}={v}" for k, v in values.items()) or "-"
 
 
-def render(rows: list[Row], cfg: ExperimentConfig, args, ratio,
+def spread(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    """``mean ± std`` of ``values`` x ``scale`` (sample std, ddof 1; no ± for one value)."""
+    mean = scale * float(np.mean(values))
+    if len(values) < 2:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {scale * float(np.std(values, ddof=1)):.{digits}f}"
+
+
+class Line(NamedTuple):
+    """One line of the table: the same row of every seed's chain."""
+
+    what: str
+    rows: list[Row]
+
+    def values(self, key: str) -> list[float]:
+        return [row.result[key] for row in self.rows if key in row.result]
+
+    def cells(self) -> list[str]:
+        mious = [row.miou for row in self.rows]
+        fp, fn = self.values("false_positive"), self.values("false_negative")
+        errors = f"{100 * np.mean(fp):.1f} / {100 * np.mean(fn):.1f}" if fp else "-"
+        notes = self.rows[0].notes
+        if self.values("val_mAP"):
+            notes += f"; val mAP {spread(self.values('val_mAP'), 1.0, 2)}"
+        if self.values("best_epoch_miou"):
+            notes += f"; best epoch {spread(self.values('best_epoch_miou'))}"
+        return [self.what, f"**{spread(mious)}**",
+                f"{100 * min(mious):.1f}..{100 * max(mious):.1f}",
+                " / ".join(f"{100 * v:.1f}" for v in mious), errors, notes,
+                f"{np.mean([row.minutes for row in self.rows]):.1f}"]
+
+
+def lines_of(chains: list[list[Row]]) -> list[Line]:
+    """The seeds' chains (one list of rows per seed, in the same order) as table lines."""
+    names = [row.what for row in chains[0]]
+    by_name = {name: [row for chain in chains for row in chain if row.what == name]
+               for name in names}
+    return [Line(name, by_name[name]) for name in names]
+
+
+def shown_path(path: Path) -> str:
+    """``path`` relative to the repository when inside it, else as given."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def render(lines: list[Line], ratios: list[float], cfg: ExperimentConfig, args,
            command: str, load: tuple) -> str:
     train, seg = cfg.train, cfg.segmenter
-    lines = [
+    config_text = args.config.read_bytes()
+    overrides = f" with `{' '.join(args.overrides)}`" if args.overrides else ""
+    out = [
         f"# Segmentation quality: {Path(cfg.data.root).name}", "",
-        f"Recipe `{args.config.name}`: classifier {cfg.model.backbone} "
-        f"({cfg.model.pretrained or 'random init'}), {train.epochs} epochs, {train.optimizer} "
-        f"{train.schedule} lr {train.lr:g}, batch {train.batch_size} x {train.num_workers} Ray "
-        f"Train workers, crop {cfg.data.crop_size} at image scale {cfg.data.image_scale:g} "
-        f"(x {cfg.data.scale_range[0]:g}-{cfg.data.scale_range[1]:g}); maps at scales "
-        f"{list(cfg.cams.scales)}{' + flip' if cfg.cams.flip else ''}; segmenter {seg.arch}, "
-        f"{seg.epochs} epochs, {seg.optimizer} {seg.schedule} lr {seg.lr:g}, crop "
-        f"{seg.crop_size}. Masks are scored on the train split, segmenters on val (the saved "
-        f"model's `wsss predict` masks). mIoU in %. FP / FN: false positives and false negatives in % of each "
-        f"class's union, mean over classes (IoU + FP + FN = 100; AdvCAM's analysis): FN > FP "
-        f"marks masks narrower than their objects, the fault expanding methods address.", "",
+        f"Recipe `{shown_path(args.config)}` (sha1 "
+        f"{hashlib.sha1(config_text).hexdigest()[:10]}){overrides}: classifier "
+        f"{cfg.model.backbone} ({cfg.model.pretrained or 'random init'}), {train.epochs} "
+        f"epochs, {train.optimizer} {train.schedule} lr {train.lr:g}, batch {train.batch_size} x "
+        f"{train.num_workers} Ray Train workers, crop {cfg.data.crop_size} at image scale "
+        f"{cfg.data.image_scale:g} (x {cfg.data.scale_range[0]:g}-{cfg.data.scale_range[1]:g}); "
+        f"maps at scales {list(cfg.cams.scales)}{' + flip' if cfg.cams.flip else ''}; "
+        f"segmenter {seg.arch}, {seg.epochs} epochs, {seg.optimizer} {seg.schedule} lr "
+        f"{seg.lr:g}, crop {seg.crop_size}, trained on the {args.segmenter_masks} masks. Masks "
+        f"are scored on the train split, segmenters on val (the saved model's `wsss predict` "
+        f"masks). mIoU in %.", "",
+        f"Seeds {', '.join(map(str, args.seeds))}: each seed runs the whole chain (`train.seed`, "
+        f"`affinity.seed` and `segmenter.seed` set to it; the data are the same). The mIoU "
+        f"column is the mean ± sample std over the seeds, then min..max and each seed's "
+        f"value; FP / FN, val mAP, best epoch and minutes are means over the seeds. FP / FN: "
+        f"false positives and false negatives in % of each class's union, mean over classes "
+        f"(IoU + FP + FN = 100; AdvCAM's analysis): FN > FP marks masks narrower than their "
+        f"objects.", "",
         "How to read it, and what the MSRC-21 numbers say: `docs/quality.md`.", "",
-        "| what | mIoU | FP / FN | knobs / notes | minutes |", "|---|---:|---:|---|---:|"]
-    for row in rows:
-        lines.append(f"| {row.what} | {100 * row.miou:.1f} | {row.errors()} | {row.notes} | "
-                     f"{row.minutes:.1f} |")
-    if ratio is not None:
-        lines += ["", f"- WSSS / full supervision (segmenter from the classifier, val): "
-                      f"**{ratio:.2f}**"]
-    total = sum(row.minutes for row in rows)
-    lines += [f"- total minutes of the stages: {total:.0f}", ""]
-    return "\n".join(lines + machine_lines(command, load)) + "\n"
+        "| what | mIoU | min..max | per seed | FP / FN | knobs / notes | minutes |",
+        "|---|---:|---:|---:|---:|---|---:|"]
+    out += ["| " + " | ".join(line.cells()) + " |" for line in lines]
+    if ratios:
+        out += ["", f"- WSSS / full supervision (segmenter from the classifier, val): "
+                    f"**{spread(ratios, 1.0, 2)}** (per seed: "
+                    f"{', '.join(f'{r:.2f}' for r in ratios)})"]
+    total = sum(row.minutes for line in lines for row in line.rows)
+    out += [f"- total minutes of the stages, all seeds: {total:.0f}", ""]
+    return "\n".join(out + machine_lines(command, load)) + "\n"
 
 
-def plot(rows: list[Row], path: Path, title: str) -> None:
-    fig, ax = plt.subplots(figsize=(8, 0.4 * len(rows) + 1.2))
-    names = [row.what for row in rows][::-1]
-    values = [100 * row.miou for row in rows][::-1]
-    ax.barh(names, values, color=["#7f7f7f" if "prior" in n else "#1f77b4" for n in names])
-    for y, v in enumerate(values):
-        ax.text(v + 0.5, y, f"{v:.1f}", va="center", fontsize=8)
-    ax.axvline(100 * rows[0].miou, color="#7f7f7f", linestyle="--", linewidth=1)
-    ax.set_xlabel("mIoU (%)")
+def plot(lines: list[Line], path: Path, title: str) -> None:
+    """Bars of the mean mIoU per line, each seed's value as a dot."""
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(lines) + 1.2))
+    for y, line in enumerate(reversed(lines)):
+        values = [100 * row.miou for row in line.rows]
+        mean = float(np.mean(values))
+        ax.barh(y, mean, color="#7f7f7f" if "prior" in line.what else "#1f77b4")
+        ax.plot(values, [y] * len(values), "k.", markersize=4)
+        ax.text(max(values) + 0.5, y, f"{mean:.1f}", va="center", fontsize=8)
+    ax.set_yticks(range(len(lines)), [line.what for line in reversed(lines)])
+    ax.axvline(100 * float(np.mean([r.miou for r in lines[0].rows])), color="#7f7f7f",
+               linestyle="--", linewidth=1)
+    ax.set_xlabel("mIoU (%): bar = mean over seeds, dots = seeds")
     ax.set_xlim(0, 100)
     ax.set_title(title)
     fig.tight_layout()
@@ -369,11 +439,81 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def segmenter_rows(stages: Stages, cfg: ExperimentConfig, args, first: dict[str, Any],
+                   masks: Path) -> tuple[list[Row], float | None]:
+    """The segmenter rows of one seed (``args.segmenters``, trained on ``masks``) and the
+    ratio WSSS / full supervision when both were trained."""
+    from wsss.data.voc import MASK_DIR
+
+    plans = {"random": ("segmenter, random init", masks, None),
+             "classifier": ("segmenter, from the classifier", masks, first["checkpoint"]),
+             "full": ("fully supervised, from the classifier", Path(cfg.data.root) / MASK_DIR,
+                      first["checkpoint"])}
+    rows, results = [], {}
+    for name in args.segmenters:
+        key, mask_dir, init = plans[name]
+        trained = segmenter_stage(stages, cfg, key, mask_dir, init, args.work)
+        results[name] = predict_stage(stages, cfg, f"predict {key}", trained["checkpoint"],
+                                      False, args.work)
+        note = ("ground-truth masks of train" if name == "full"
+                else f"trained on the {args.segmenter_masks} masks")
+        rows.append(Row(f"{key} (val)", results[name]["miou"], note,
+                        trained["minutes"] + results[name]["minutes"],
+                        {"best_epoch_miou": trained["best_epoch_miou"]}))
+        if name == "classifier" and args.predict_crf:
+            refined = predict_stage(stages, cfg, f"predict {key} + CRF", trained["checkpoint"],
+                                    True, args.work)
+            rows.append(Row(f"{key} + CRF (val)", refined["miou"],
+                            f"wsss predict --crf: {crf_text(cfg)}", refined["minutes"]))
+    full = results.get("full", {}).get("miou")
+    ratio = results["classifier"]["miou"] / full if full and "classifier" in results else None
+    return rows, ratio
+
+
+def chain(stages: Stages, cfg: ExperimentConfig, args) -> tuple[list[Row], float | None]:
+    """Every row of one seed's chain (``cfg`` carries the seed), and its WSSS / full ratio."""
+    floor = stages.run("label prior", cfg, ("data",), lambda tag: label_prior_miou(cfg))
+    rows = [Row("label prior (uniform present class)", floor["miou"], "-", floor["minutes"],
+                floor)]
+    first = method_stages(stages, cfg, args.methods[0], args.work)
+    crf = crf_stage(stages, cfg, args.methods[0], first["maps"], args.work)
+    walk_rows = ([] if args.no_random_walk else
+                 random_walk_stages(stages, cfg, args.methods[0], first, args.work))
+    ratio, seg_rows = None, []
+    if args.segmenters:  # before the other methods: the pipeline's numbers come first
+        masks = {"CRF": crf, "walk + CRF": walk_rows[-1].result if walk_rows else None}
+        if masks[args.segmenter_masks] is None:
+            raise SystemExit("--segmenter-masks 'walk + CRF' needs the random-walk rows")
+        seg_rows, ratio = segmenter_rows(stages, cfg, args, first,
+                                         Path(masks[args.segmenter_masks]["masks"]))
+    for spec in args.methods:
+        row = first if spec == args.methods[0] else method_stages(stages, cfg, spec, args.work)
+        rows.append(Row(f"maps: {spec}", row["miou"], knob_text(spec, cfg), row["minutes"],
+                        row))
+    rows.append(Row(f"maps + CRF: {args.methods[0]}", crf["miou"], crf_text(cfg), crf["minutes"],
+                    crf))
+    return rows + walk_rows + seg_rows, ratio
+
+
+def write_json(path: Path, lines: list[Line], ratios: list[float], seeds: list[int]) -> None:
+    """``{"seeds": [...], "rows": {what: [mIoU per seed]}, "ratio": [...]}``, atomically."""
+    data = {"seeds": seeds, "rows": {line.what: [row.miou for row in line.rows]
+                                     for line in lines}, "ratio": ratios}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def seeded(cfg: ExperimentConfig, seed: int) -> ExperimentConfig:
+    """``cfg`` with every training seed (classifier, affinity network, segmenter) = ``seed``."""
+    return cfg.with_overrides([f"train.seed={seed}", f"affinity.seed={seed}",
+                               f"segmenter.seed={seed}"])
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     command = shlex.join([Path(sys.executable).name, *sys.argv])
     load_start = os.getloadavg()
-    from wsss.data.voc import MASK_DIR
     from wsss.ray_utils import init_ray
 
     args.work = args.work.resolve()  # Ray workers and later stages run elsewhere
@@ -383,48 +523,18 @@ def main(argv: list[str] | None = None) -> None:
                                     "tracking.experiment=bench-quality", *args.overrides])
     init_ray()
     stages = Stages(args.work)
-    floor = stages.run("label prior", cfg, ("data",), lambda tag: label_prior_miou(cfg))
-    rows = [Row("label prior (uniform present class)", floor["miou"], "-", floor["minutes"],
-                floor)]
-    first = method_stages(stages, cfg, args.methods[0], args.work)
-    crf = crf_stage(stages, cfg, args.methods[0], first["maps"], args.work)
-    walk_rows = ([] if args.no_random_walk else
-                 random_walk_stages(stages, cfg, args.methods[0], first, args.work))
-    ratio, seg_rows = None, []
-    if not args.no_segmenter:  # before the other methods: the pipeline's numbers come first
-        masks = Path(crf["masks"])
-        plans = [("segmenter, random init", masks, None),
-                 ("segmenter, from the classifier", masks, first["checkpoint"]),
-                 ("fully supervised, from the classifier", Path(cfg.data.root) / MASK_DIR,
-                  first["checkpoint"])]
-        results = {}
-        for key, mask_dir, init in plans:
-            trained = segmenter_stage(stages, cfg, key, mask_dir, init, args.work)
-            results[key] = {**predict_stage(stages, cfg, f"predict {key}", trained["checkpoint"],
-                                            False, args.work), "checkpoint": trained["checkpoint"]}
-            note = ("ground-truth masks of train" if "fully" in key
-                    else "trained on the CRF masks")
-            seg_rows.append(Row(f"{key} (val)", results[key]["miou"],
-                                f"{note}; best epoch {100 * trained['best_epoch_miou']:.1f}",
-                                trained["minutes"] + results[key]["minutes"]))
-        key = "segmenter, from the classifier"
-        refined = predict_stage(stages, cfg, f"predict {key} + CRF", results[key]["checkpoint"],
-                                True, args.work)
-        seg_rows.insert(2, Row(f"{key} + CRF (val)", refined["miou"],
-                               f"wsss predict --crf: {crf_text(cfg)}", refined["minutes"]))
-        full = results["fully supervised, from the classifier"]["miou"]
-        ratio = results["segmenter, from the classifier"]["miou"] / full if full else None
-    for spec in args.methods:
-        row = first if spec == args.methods[0] else method_stages(stages, cfg, spec, args.work)
-        rows.append(Row(f"maps: {spec}", row["miou"],
-                        f"{knob_text(spec, cfg)}; val mAP {row['val_mAP']:.2f}", row["minutes"],
-                        row))
-    rows.append(Row(f"maps + CRF: {args.methods[0]}", crf["miou"], crf_text(cfg), crf["minutes"],
-                    crf))
-    rows += walk_rows
-    rows += seg_rows
-    publish(render(rows, cfg, args, ratio, command, (load_start, os.getloadavg())), args.out)
-    plot(rows, args.out.with_suffix(".png"), f"{Path(cfg.data.root).name}: mIoU per stage")
+    chains, ratios = [], []
+    for seed in args.seeds:
+        rows, ratio = chain(stages, seeded(cfg, seed), args)
+        chains.append(rows)
+        ratios += [] if ratio is None else [ratio]
+    lines = lines_of(chains)
+    if args.json is not None:
+        write_json(args.json, lines, ratios, args.seeds)
+    publish(render(lines, ratios, cfg, args, command, (load_start, os.getloadavg())), args.out)
+    if args.out is not None:
+        plot(lines, args.out.with_suffix(".png"), f"{Path(cfg.data.root).name}: mIoU per stage, "
+                                                  f"{len(args.seeds)} seed(s)")
 
 
 if __name__ == "__main__":
