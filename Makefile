@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean quality-reference
 
 venv: $(STAMP)
 
@@ -22,6 +22,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Pin the quality guard's numbers (tests/quality/reference.json) after a change meant to move
+# quality; commit the file with the new figures in the message.
+quality-reference: $(STAMP)
+	$(BIN)/python tests/quality/guard.py --write-reference
 
 clean:
 	rm -rf $(VENV) mlruns mlflow.db data/synth data/demo-synth cams runs/sweeps runs/compare

@@ -10,6 +10,7 @@ https://pytorch.org/docs/stable/amp.html) and its channels-last memory format
 
 from __future__ import annotations
 
+import os
 from typing import TypeVar
 
 import torch
@@ -19,6 +20,9 @@ from wsss.config import PRECISIONS
 from wsss.errors import ConfigError
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# "1": every process of the job computes with kernels whose float results do not depend on the
+# CPU model (see :func:`portable_numerics`); set by the quality guard (tests/quality/guard.py).
+PORTABLE_ENV = "WSSS_PORTABLE_NUMERICS"
 
 Movable = TypeVar("Movable", nn.Module, torch.Tensor)
 
@@ -79,3 +83,24 @@ def to_memory_format(obj: Movable, channels_last: bool) -> Movable:
     if not channels_last or (isinstance(obj, torch.Tensor) and obj.ndim != 4):
         return obj
     return obj.to(memory_format=torch.channels_last)
+
+
+def portable_numerics() -> bool:
+    """With ``$WSSS_PORTABLE_NUMERICS=1``, turn oneDNN (mkldnn) off in this process and return
+    True; else change nothing and return False.
+
+    oneDNN chooses its convolution kernels and their blocking by the CPU's instruction set and
+    cache sizes, so the same training run sums in another order on another CPU model, and
+    training amplifies the rounding difference into different numbers. Without it, torch's own
+    convolutions run on MKL's GEMM, which ``MKL_CBWR`` pins to one code path, and ATen's
+    kernels, which ``ATEN_CPU_CAPABILITY`` pins to one instruction set (PyTorch's
+    reproducibility notes; Intel MKL "Conditional Numerical Reproducibility"). Applied when
+    this module is imported, which every process that computes with torch does.
+    """
+    if os.environ.get(PORTABLE_ENV, "") != "1":
+        return False
+    torch.backends.mkldnn.enabled = False
+    return True
+
+
+portable_numerics()
