@@ -44,7 +44,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common import DEFAULT_DATA, machine_lines, publish  # noqa: E402  (benchmarks/common.py)
+from common import DEFAULT_DATA, code_version, machine_lines, publish  # noqa: E402
 from methods import parse_spec  # noqa: E402  (benchmarks/methods.py)
 from wsss.config import ExperimentConfig, load_config  # noqa: E402
 
@@ -115,7 +115,8 @@ class Stages:
             print(f"[quality] {name}: reused ({tag})", file=sys.stderr, flush=True)
             return self.done[tag]
         start = time.perf_counter()
-        result = {**fn(tag), "minutes": (time.perf_counter() - start) / 60}
+        result = {**fn(tag), "minutes": (time.perf_counter() - start) / 60,
+                  "commit": code_version()}
         self.done[tag] = result
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.done, indent=1))
@@ -415,7 +416,12 @@ def render(lines: list[Line], ratios: list[float], cfg: ExperimentConfig, args,
                     f"**{spread(ratios, 1.0, 2)}** (per seed: "
                     f"{', '.join(f'{r:.2f}' for r in ratios)})"]
     total = sum(row.minutes for line in lines for row in line.rows)
-    out += [f"- total minutes of the stages, all seeds: {total:.0f}", ""]
+    out += [f"- total minutes of the stages, all seeds: {total:.0f}"]
+    commits = sorted({row.result.get("commit", "unknown") for line in lines for row in line.rows})
+    if commits != [code_version()]:  # stages reused from runs at other code
+        out += [f"- the stages ran at commit(s) {', '.join(commits)} (reused from earlier runs of "
+                f"this work folder, `stages.json`); this file was written at {code_version()}"]
+    out += [""]
     return "\n".join(out + machine_lines(command, load)) + "\n"
 
 
@@ -459,12 +465,13 @@ def segmenter_rows(stages: Stages, cfg: ExperimentConfig, args, first: dict[str,
                 else f"trained on the {args.segmenter_masks} masks")
         rows.append(Row(f"{key} (val)", results[name]["miou"], note,
                         trained["minutes"] + results[name]["minutes"],
-                        {"best_epoch_miou": trained["best_epoch_miou"]}))
+                        {"best_epoch_miou": trained["best_epoch_miou"],
+                         "commit": trained["commit"]}))
         if name == "classifier" and args.predict_crf:
             refined = predict_stage(stages, cfg, f"predict {key} + CRF", trained["checkpoint"],
                                     True, args.work)
             rows.append(Row(f"{key} + CRF (val)", refined["miou"],
-                            f"wsss predict --crf: {crf_text(cfg)}", refined["minutes"]))
+                            f"wsss predict --crf: {crf_text(cfg)}", refined["minutes"], refined))
     full = results.get("full", {}).get("miou")
     ratio = results["classifier"]["miou"] / full if full and "classifier" in results else None
     return rows, ratio
