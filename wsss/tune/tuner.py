@@ -30,6 +30,7 @@ from wsss.names import InvalidNameError, check_name, sweep_experiment_problem
 from wsss.ray_utils import init_ray, verbose
 from wsss.storage import OutputError, check_writable
 from wsss.tracking import TrackingError, check_tracking_uri, env_restored, unsent_records
+from wsss.train.checkpoint import CheckpointError
 from wsss.train.classifier import scan_training_data
 from wsss.tune.report import (close_trial_run, degenerate_warning, end_sweep_run, next_steps,
                               objective_line, run_status, runs_view, summarize_sweep, trial_row)
@@ -54,8 +55,8 @@ def main(sweep: Sweep, argv: Sequence[str] | None = None, description: str | Non
     args = parse_options(sweep, argv, description)
     try:
         best = run_sweep(sweep, args)
-    except (ConfigError, DatasetError, InvalidNameError, OutputError, ResumeError,
-            TrackingError) as err:
+    except (CheckpointError, ConfigError, DatasetError, InvalidNameError, OutputError,
+            ResumeError, TrackingError) as err:
         print(f"{sweep.name} sweep: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ray may raise a KeyboardInterrupt of its own on the way out
