@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from wsss import names
 from wsss.cli_data import add_data_commands
+from wsss.commands import command_line
 from wsss.config import (BACKBONES, BG_MODES, MAP_KINDS, SEGMENTER_ARCHS, SEGMENTER_MODES,
                          ConfigError, ExperimentConfig, load_config, override)
 from wsss.data.errors import DatasetError
@@ -46,7 +48,7 @@ from wsss.train.classifier import scan_training_data
 from wsss.train.reporting import TrainingError
 from wsss.train.segmenter import scan_segmenter_data
 from wsss.tune.compare import compare
-from wsss.tune.report import runs_view
+from wsss.tune.view import runs_view, stored_view_key
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -269,9 +271,12 @@ def cmd_train_affinity(args: argparse.Namespace) -> int:
     print(f"\ntrained the affinity network ({cfg.affinity.head} head) for "
           f"{cfg.affinity.epochs} epochs in {result.seconds:.0f}s: {metrics}")
     _print_skipped(result.skipped)
-    print(f"checkpoint: {result.checkpoint}\nnext: wsss refine --cams {args.cams} --data "
-          f"{cfg.data.root} --affinity {result.checkpoint} --out MASKS (or wsss pseudo-label "
-          f"... --affinity {result.checkpoint})")
+    walk = ("--data", cfg.data.root, "--affinity", result.checkpoint)
+    print(f"checkpoint: {result.checkpoint}\nnext: the random walk's pseudo-masks:\n  "
+          + command_line("wsss", "refine", "--cams", args.cams, *walk, "--out",
+                         f"{Path(result.checkpoint).parent}/masks")
+          + f"\n(or {command_line('wsss', 'pseudo-label')} ... --affinity "
+          f"{shlex.quote(str(result.checkpoint))})")
     return 0
 
 
@@ -282,8 +287,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
                          device=args.device, max_image_side=cfg.data.max_image_side,
                          crf=cfg.refine if args.crf else None, overwrite=args.overwrite)
     _print_report(report, "predicted")
-    print(f"masks in {args.out}; score them with: wsss eval --masks {args.out} --data "
-          f"{cfg.data.root} --split {split}")
+    print(f"masks in {args.out}; score them with:\n  "
+          + command_line("wsss", "eval", "--masks", args.out, "--data", cfg.data.root,
+                         "--split", split))
     return 0
 
 
@@ -291,13 +297,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     uri = resolve_tracking_uri(args.tracking_uri)
     out = args.out or f"runs/compare/{args.experiment}"  # a folder name: see check_names
     try:
-        table, paths, experiment_id = compare(uri, args.experiment, out)
+        table, paths, experiment_id, parent = compare(uri, args.experiment, out)
     except LookupError as err:
         print(f"wsss compare: error: {err}", file=sys.stderr)
         return 2
     print(table)
     print("wrote " + ", ".join(str(p) for p in paths))
-    print("browse:\n" + runs_view(uri, experiment_id))
+    print("browse:\n" + runs_view(uri, experiment_id,
+                                   stored_view_key(uri, experiment_id, parent)))
     return 0
 
 

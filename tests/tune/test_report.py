@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from wsss.commands import command_line
 from wsss.tune.report import (DEGENERATE, DEGENERATE_PENALTY, MIOU, best_trial, format_table,
                               objective_line, penalised_objective, with_objective,
                               write_outputs)
@@ -86,20 +87,47 @@ def test_the_best_checkpoint_is_the_model_in_the_trials_last_ray_checkpoint(tmp_
     assert (checkpoint_file("bucket/sweeps/x-train/t1-round2/checkpoint_1", "s3://bucket/sweeps")
             == "s3://bucket/sweeps/x-train/t1-round2/checkpoint_1/model.pt")
     assert checkpoint_file(None, "s3://bucket") is None
-    text = next_steps(f"{local}/model.pt", "data/my set")
+    text = next_steps(f"{local}/model.pt", "data/my set", "sweep-x")
     assert f"best checkpoint: {local}/model.pt" in text
-    assert f"wsss cam --checkpoint {local}/model.pt --data 'data/my set' --split train" in text
+    wsss = command_line("wsss")
+    assert (f"{wsss} cam --checkpoint {local}/model.pt --data 'data/my set' --split train "
+            f"--out runs/sweep-x/cams") in text
+    assert wsss != "wsss" and "/" in wsss  # a path a fresh shell runs, not a PATH lookup
     assert next_steps(None, "data") == ""
 
 
 def test_the_runs_view_opens_the_experiments_runs_table():
-    from wsss.tune.report import runs_view
+    from wsss.tune.view import runs_view
 
     page = "#/experiments/7/runs?workflowType=machine_learning"
     local = runs_view("sqlite:////w/mlflow.db", "7")
-    assert "mlflow ui --backend-store-uri sqlite:////w/mlflow.db" in local
+    assert f"{command_line('mlflow')} ui --backend-store-uri sqlite:////w/mlflow.db" in local
     assert f"http://127.0.0.1:5000/{page}" in local
     assert runs_view("http://mlflow.lab:5000/", "7") == f"  runs: http://mlflow.lab:5000/{page}"
+    shared = runs_view("http://mlflow.lab:5000/", "7", "wsss-abc")
+    assert shared.endswith("#/experiments/7/runs?viewStateShareKey=wsss-abc&"
+                           "workflowType=machine_learning")
+
+
+def test_the_trials_view_is_stored_on_the_experiment(tmp_path):
+    """The link's view: the sweep's trials sorted by objective, objective and knobs shown."""
+    import json
+
+    import mlflow
+
+    from wsss.tune.view import SHARED_VIEW_TAG, share_trials_view, stored_view_key
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    experiment = client.create_experiment("sw")
+    assert stored_view_key(uri, experiment, "p1") is None
+    key = share_trials_view(uri, experiment, "p1", ["train.lr"])
+    assert stored_view_key(uri, experiment, "p1") == key
+    state = json.loads(client.get_experiment(experiment).tags[SHARED_VIEW_TAG + key])
+    assert state["orderByKey"] == "metrics.`objective`" and state["orderByAsc"] is False
+    assert state["searchFilter"] == "tags.`mlflow.parentRunId` = 'p1'"
+    assert {"metrics.`objective`", "params.`train.lr`"} <= set(state["selectedColumns"])
+    assert client.search_runs([experiment], state["searchFilter"]) == []  # a valid filter
 
 
 def test_the_share_of_degenerate_masks_is_shown_and_a_flooded_best_trial_flagged():
@@ -289,7 +317,7 @@ def test_compare_reads_each_trials_steps_and_names_the_time_attribute(tmp_path):
     assert time_attr == "epoch_total"
     assert {r["trial_id"]: r["history"] for r in rows} == {"t1": [(1, 0.1), (2, 0.3)],
                                                           "t2": [(1, 0.2)]}
-    table, paths, _ = compare(uri, "sw", tmp_path / "out")
+    table, paths, _, _ = compare(uri, "sw", tmp_path / "out")
     assert table.splitlines()[1].split()[:4] == ["trial_id", "objective", "epoch_total", "status"]
     assert {p.name for p in paths} >= {"history.png", "objective_vs_knobs.png"}
 

@@ -12,7 +12,6 @@ import csv
 import json
 import math
 import re
-import shlex
 from functools import cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -23,7 +22,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, StrMethodFormatter
 
-from wsss.tracking import is_server, keep_unsent, send_or_keep
+from wsss.commands import command_line
+from wsss.tracking import keep_unsent, send_or_keep
 from wsss.tune.tracking import find_trial_run, mlflow_client, trial_runs
 from wsss.viz import literal, save_figure
 
@@ -136,6 +136,15 @@ def degenerate_warning(row: dict[str, Any]) -> str:
             f"before using it\n")
 
 
+def smoke_note(smoke_test: bool) -> str:
+    """A line saying what a ``--smoke-test`` result means (empty for a real sweep)."""
+    if not smoke_test:
+        return ""
+    return ("note: this was a --smoke-test, a check of the setup: 1 epoch per round on 64 px "
+            "crops learns almost nothing, so a low or negative objective and mostly degenerate "
+            "pseudo-masks are expected by design; run without --smoke-test for real results\n")
+
+
 def objective_line(row: dict[str, Any], penalty: float) -> str:
     """A line spelling out what the trial's objective is made of: its true ``pseudo_miou``,
     its share of degenerate masks and the penalty (empty without a scored mIoU)."""
@@ -147,29 +156,20 @@ def objective_line(row: dict[str, Any], penalty: float) -> str:
             f"(--degenerate-penalty {penalty:g})\n")
 
 
-def next_steps(checkpoint: str | None, data: str) -> str:
-    """Lines naming the best trial's checkpoint and the commands to run on it (empty without
-    one: a sweep that trains nothing, or a best trial stopped inside its first round)."""
+def next_steps(checkpoint: str | None, data: str, experiment: str = "sweep") -> str:
+    """Lines naming the best trial's checkpoint and the commands to run on it, each as it runs
+    pasted into a fresh shell (``wsss.commands``), writing into folders of ``experiment``'s
+    own (``runs/<experiment>/...``): two sweeps never suggest the same folder. Empty without a
+    checkpoint (a sweep that trains nothing, or a best trial stopped inside its first round)."""
     if not checkpoint:
         return ""
-    ckpt = shlex.quote(checkpoint)
+    runs = f"runs/{experiment}"
+    common = ("--checkpoint", checkpoint, "--data", data, "--split", "train")
     return (f"best checkpoint: {checkpoint}\n"
             f"next: its maps and pseudo-masks on the train split:\n"
-            f"  wsss cam --checkpoint {ckpt} --data {shlex.quote(data)} --split train "
-            f"--out runs/cams\n"
-            f"  wsss pseudo-label --checkpoint {ckpt} --data {shlex.quote(data)} --split train "
-            f"--out runs/pseudo-masks --eval\n")
-
-
-def runs_view(uri: str, experiment_id: str) -> str:
-    """Lines telling how to browse the experiment's runs: the MLflow UI command for a local
-    store (its default address) or the server's own address, each opened on the runs table
-    (the UI's "Model training" view, not its GenAI overview)."""
-    page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-    if is_server(uri):
-        return f"  runs: {uri.rstrip('/')}/{page}"
-    return (f"  mlflow ui --backend-store-uri {uri}\n"
-            f"  then open http://127.0.0.1:5000/{page}")
+            f"  {command_line('wsss', 'cam', *common, '--out', f'{runs}/cams')}\n"
+            f"  {command_line('wsss', 'pseudo-label', *common, '--out', f'{runs}/pseudo-masks')}"
+            f" --eval\n")
 
 
 def run_status(row: dict[str, Any]) -> str:
