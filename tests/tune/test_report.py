@@ -223,10 +223,11 @@ def test_an_lr_range_within_one_decade_gets_labelled_ticks():
 
 
 def test_history_plot_draws_each_trial_per_epoch_and_tells_stopped_from_completed():
-    """Left: one line per trial over the time attribute (its reported history): completed solid,
-    stopped early dashed grey with an x where it stopped, the best trial thick with a star at
-    its last point; right: trials in start order with the best so far. Titled, axes named."""
-    from wsss.tune.report import STATUS_STYLES, history_figure
+    """Left: one line per trial over the time attribute (its reported history), each trial in
+    a colour of its own, completed solid, stopped early dashed with an x where it stopped, the
+    best trial thick with a star at its last point; right: trials in start order with the
+    best so far. Every trial has a legend entry with its id and knobs. Titled, axes named."""
+    from wsss.tune.report import history_figure
 
     rows = _sweep()
     fig = history_figure(rows, "epoch_total", "pseudo_miou")
@@ -238,19 +239,23 @@ def test_history_plot_draws_each_trial_per_epoch_and_tells_stopped_from_complete
     lines = {line.get_gid(): line for line in curves.lines if line.get_gid()}
     assert set(lines) == {"a", "b", "c", "d"}  # e has no point
     assert list(lines["c"].get_xdata()) == [1, 2, 3, 4]
-    stopped, completed = STATUS_STYLES["stopped early"], STATUS_STYLES["completed"]
-    assert lines["d"].get_linestyle() == "--" and lines["d"].get_color() == stopped["color"]
-    assert lines["a"].get_linestyle() == "-" and lines["a"].get_color() == completed["color"]
+    assert len({tuple(line.get_color()) for line in lines.values()}) == 4  # one colour each
+    assert lines["d"].get_linestyle() == "--" and lines["a"].get_linestyle() == "-"
     assert lines["c"].get_linewidth() > lines["a"].get_linewidth()  # the best
     ends = {(float(m.get_xdata()[0]), float(m.get_ydata()[0])): m.get_marker()
             for m in curves.lines if not m.get_gid()}
     assert ends[(2, 0.25)] == "x" and ends[(1, 0.60)] == "x" and ends[(4, 0.45)] == "*"
     assert _star(order) == (3, 0.45)
-    (so_far,) = [line for line in order.lines if line.get_marker() != "*"]
+    (so_far,) = [line for line in order.lines if line.get_marker() not in ("*", "o", "x")]
     assert list(so_far.get_ydata())[2:] == [0.45, 0.45, 0.45]  # among the completed trials
     texts = _legend_texts(fig)
-    assert "stopped early (x: where it stopped)" in texts
-    assert "best: trial c (0.45, completed)" in texts
+    assert len([t for t in texts if "trial " in t]) == len(rows)  # every trial, by id
+    assert texts[0].startswith("best: trial c (completed, 0.45): ")
+    for row in rows:
+        (entry,) = [t for t in texts if f"trial {row['trial_id']} (" in t]
+        for key, value in row["knobs"].items():
+            assert f"{key.rsplit('.', 1)[-1]}=" in entry  # its knobs
+    assert any("(stopped early (x: where it stopped)" in t for t in texts)
     fig.canvas.draw()
     ticks = [t for t in curves.get_xticks() if curves.get_xlim()[0] <= t <= curves.get_xlim()[1]]
     assert all(float(t).is_integer() for t in ticks)

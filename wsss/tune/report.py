@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -419,15 +420,19 @@ def plot_history(rows: list[dict[str, Any]], path: Path, time_attr: str = "progr
 def history_figure(rows: list[dict[str, Any]], time_attr: str = "progress",
                    objective: str = "objective") -> Figure:
     """Two panels. Left: each trial's objective against ``time_attr`` (its ``history``, else
-    its final objective at the ``time_attr`` it reached), drawn in the style of its status
-    (:data:`STATUS_STYLES`: a trial stopped early dashed and grey, an ``x`` where it stopped).
-    Right: each trial's final objective in start order and the best so far (among the
-    completed trials when any completed, as :func:`best_trial` ranks). The best trial is
-    drawn thick with a star, and named in the legend."""
-    fig = Figure(figsize=(11, 4.4), dpi=100, layout="constrained")
+    its final objective at the ``time_attr`` it reached), in a colour of its own
+    (:func:`trial_colors`) and the line style of its status (:data:`STATUS_STYLES`: a trial
+    stopped early dashed, an ``x`` where it stopped). Right: each trial's final objective in
+    start order, in the same colours, and the best so far (among the completed trials when
+    any completed, as :func:`best_trial` ranks). The legend names every trial by id, status,
+    objective and the knobs that vary; the best trial is drawn thick with a star and named
+    first."""
+    best = best_trial(rows)
+    colors = trial_colors(rows)
+    entries = math.ceil((len(rows) + 2) / 2)  # legend rows below the panels (2 columns)
+    fig = Figure(figsize=(11, 4.2 + 0.22 * entries), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     curves, order = fig.subplots(1, 2)
-    best = best_trial(rows)
     times: list[float] = []
     lines = False  # whether any trial has more than one point
     for row in sorted(rows, key=lambda r: r is best):  # the best one drawn last, on top
@@ -437,10 +442,9 @@ def history_figure(rows: list[dict[str, Any]], time_attr: str = "progress",
         ts, values = zip(*points)
         times += ts
         lines = lines or len(points) > 1
-        style = BEST_STYLE if row is best else _status_style(row["status"])
-        width = style.get("linewidth", 1.2)
+        style = _trial_style(row, row is best, colors)
         curves.plot(ts, values, color=style["color"], linestyle=style["linestyle"],
-                    linewidth=width, alpha=1.0 if row is best else 0.8,
+                    linewidth=style["linewidth"], alpha=1.0 if row is best else 0.85,
                     zorder=3 if row is best else 2, gid=str(row["trial_id"]))
         curves.plot(ts[-1:], values[-1:], linestyle="none", zorder=3 if row is best else 2,
                     **_marker_only(style))
@@ -454,23 +458,19 @@ def history_figure(rows: list[dict[str, Any]], time_attr: str = "progress",
                     ha="center", va="center", fontsize=8, transform=curves.transAxes)
     curves.set_xlabel(literal(time_attr), fontsize=8)
     curves.set_ylabel(literal(objective), fontsize=8)
-
     x = np.arange(1, len(rows) + 1)
-    for status, group in _by_status(rows, list(x)):
-        style = _status_style(status)
-        order.scatter([t for t, _ in group], [r["objective"] for _, r in group], s=28,
-                      color=style["color"], marker=style["marker"], zorder=2, gid=status)
+    for number, row in zip(x, rows):
+        if not math.isnan(row["objective"]):
+            style = _trial_style(row, row is best, colors)
+            order.plot([number], [row["objective"]], linestyle="none", zorder=3 if row is best
+                       else 2, gid=str(row["trial_id"]), **_marker_only(style))
     if rows:
         pool = {"completed"} if any(r["status"] == "completed" for r in rows) else None
         values = np.array([r["objective"] if pool is None or r["status"] in pool else math.nan
                            for r in rows], dtype=float)
         so_far = np.fmax.accumulate(np.nan_to_num(values, nan=-np.inf))
         order.step(x, np.where(np.isfinite(so_far), so_far, np.nan), where="post",
-                   color="C2", linewidth=1.2, zorder=1)
-    for number, row in zip(x, rows):
-        if row is best:
-            order.plot([number], [row["objective"]], linestyle="none", zorder=3,
-                       **_marker_only(BEST_STYLE))
+                   color="0.3", linewidth=1.0, zorder=1)
     order.xaxis.set_major_locator(MaxNLocator(integer=True))
     order.set_title(literal(f"final {objective} of each trial, in start order"), fontsize=9)
     order.set_xlabel("trial (start order)", fontsize=8)
@@ -480,12 +480,60 @@ def history_figure(rows: list[dict[str, Any]], time_attr: str = "progress",
         ax.grid(alpha=0.3)
     fig.suptitle(literal(f"Sweep history: {objective} of {len(rows)} trials ({_counts(rows)})"),
                  fontsize=10)
-    extra = [Line2D([], [], color="C2", linewidth=1.2,
-                    label="best so far" + (" (completed trials)"
-                                           if any(r["status"] == "completed" for r in rows)
-                                           else ""))] if rows else []
-    _legend(fig, rows, best, lines=True, extra=extra)
+    _trials_legend(fig, rows, best, colors, lines)
     return fig
+
+
+def trial_colors(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A colour per trial id, in start order (matplotlib's tab10, tab20 beyond 10 trials;
+    beyond 20 the colours repeat and the legend's ids tell the trials apart)."""
+    cmap = colormaps["tab10" if len(rows) <= 10 else "tab20"]
+    return {str(r["trial_id"]): cmap(i % cmap.N) for i, r in enumerate(rows)}
+
+
+def _trial_style(row: dict[str, Any], is_best: bool, colors: dict[str, Any]) -> dict[str, Any]:
+    """A trial's line and end marker: its colour, its status's line style and marker (the
+    best trial: thick, a star)."""
+    status = _status_style(row["status"])
+    base = BEST_STYLE if is_best else {"marker": status["marker"], "linewidth": 1.2}
+    return {**base, "linestyle": status["linestyle"], "color": colors[str(row["trial_id"])]}
+
+
+def knob_text(knobs: dict[str, Any], varying: Sequence[str]) -> str:
+    """``name=value, ...`` of the ``varying`` knobs, each named by its last dotted part
+    (``method.params.steps`` -> ``steps``), numbers to 3 significant digits."""
+    parts = []
+    for key in (k for k in varying if k in knobs):
+        value = knobs[key]
+        parts.append(f"{key.rsplit('.', 1)[-1]}="
+                     + (f"{value:.3g}" if isinstance(value, float) else str(value)))
+    return ", ".join(parts)
+
+
+def _trials_legend(fig: Figure, rows: Sequence[dict[str, Any]], best: dict[str, Any] | None,
+                   colors: dict[str, Any], lines: bool) -> None:
+    """A legend entry per trial (best first, then in start order): its line and marker,
+    ``id (status, objective): knobs that vary``; then the best-so-far line."""
+    keys = sorted({k for r in rows for k in r["knobs"]})
+    varying = [k for k in keys if len({str(r["knobs"].get(k)) for r in rows}) > 1] or keys
+    handles = []
+    for row in sorted(rows, key=lambda r: r is not best):
+        style = _trial_style(row, row is best, colors)
+        value = ("not scored" if math.isnan(row["objective"])
+                 else f"{row['objective']:.3g}")
+        stopped = " (x: where it stopped)" if row["status"] == "stopped early" else ""
+        label = (f"{'best: ' if row is best else ''}trial {row['trial_id']} ({row['status']}"
+                 f"{stopped}, {value}): {knob_text(row['knobs'], varying)}")
+        handles.append(Line2D([], [], linestyle=style["linestyle"] if lines else "none",
+                              linewidth=style["linewidth"], **_marker_only(style),
+                              label=literal(label)))
+    if rows:
+        completed = any(r["status"] == "completed" for r in rows)
+        handles.append(Line2D([], [], color="0.3", linewidth=1.0, label="best so far" + (
+            " (completed trials)" if completed else "")))
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(2, len(handles)),
+                   fontsize=7.5, frameon=False)
 
 
 def _knob_kind(values: Sequence[Any]) -> str:
