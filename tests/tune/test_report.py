@@ -349,3 +349,15 @@ def test_the_objective_penalises_degenerate_masks_and_changes_the_best_trial():
     assert first.split()[0] == "clean" and first.split()[4] == "0.44"
     line = objective_line(rows[1], DEGENERATE_PENALTY)
     assert "pseudo_miou 0.4400 - 0.5 x degenerate share 9%" in line
+
+
+def test_the_parent_runs_description_holds_the_best_trial():
+    from wsss.tune.report import best_description
+
+    best = {"trial_id": "c", "status": "completed", "objective": 0.45, MIOU: 0.5,
+            "knobs": {"train.lr": 0.05, "method.params.steps": 2},
+            "checkpoint": "/runs/c/model.pt"}
+    text = best_description(best)
+    assert text.startswith("**Best trial c** (completed): objective 0.4500, pseudo_miou 0.5000")
+    assert "- `train.lr` = 0.05" in text and "- `method.params.steps` = 2" in text
+    assert "Checkpoint: `/runs/c/model.pt`" in text

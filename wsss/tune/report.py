@@ -31,6 +31,7 @@ from wsss.viz import literal, save_figure
 KNOBS_TAG = "wsss.knobs"
 BEST_TRIAL_TAG = "wsss.best_trial_id"  # on the parent run: the best trial's id
 BEST_CHECKPOINT_TAG = "wsss.best_checkpoint"  # on the parent run: the best trial's model.pt
+NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI
 # the share of a trial's scored pseudo-masks that are flooded (``wsss.core.scoring.is_degenerate``)
 DEGENERATE, DEGENERATE_METRIC = "degenerate", "degenerate_share"
 DEGENERATE_WARNING = 0.25  # the share of degenerate masks from which a trial is flagged
@@ -311,6 +312,18 @@ def _log_best(client: Any, run_id: str, best: dict[str, Any]) -> None:
             client.log_param(run_id, f"best.{key}", str(value))
     client.log_dict(run_id, {"trial_id": best["trial_id"], "objective": best["objective"],
                              "config": best["knobs"]}, "best_config.json")
+    client.set_tag(run_id, NOTE_TAG, best_description(best))
+
+
+def best_description(best: dict[str, Any]) -> str:
+    """The parent run's description (Markdown, on its page in the MLflow UI): the best trial's
+    objective, knobs and checkpoint."""
+    miou = best.get(MIOU, math.nan)
+    knobs = "\n".join(f"- `{k}` = {v}" for k, v in sorted(best["knobs"].items()))
+    return (f"**Best trial {best['trial_id']}** ({best['status']}): objective "
+            f"{best['objective']:.4f}" + ("" if math.isnan(miou) else f", {MIOU} {miou:.4f}")
+            + f"\n\nKnobs:\n\n{knobs}\n\n"
+            f"Checkpoint: `{best.get('checkpoint') or 'none kept'}`\n")
 
 
 def _trial_id_from_path(path: str) -> str:
