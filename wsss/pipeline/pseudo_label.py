@@ -88,10 +88,10 @@ def run_pseudo_label(checkpoint: str | Path, data: str | Path, split: str, out: 
               "refine": refine_cfg, "options": options, "workers": plan}
     report, scorer = StageReport(), Scorer(reader.info)
     maps = maps_manifest(ckpt.sha256, reader, cam_cfg)
-    if job.maps is not None:  # OUT/maps: the maps of `wsss cam` with the same job
-        claim(job.maps, maps, ".npz", options.overwrite)
     manifest = Manifest.of("pseudo-label", {**maps.job, "refine": refine_job(refine_cfg)})
     todo = pending(refs, out_loc, ".png", report, manifest, options.overwrite)
+    if job.maps is not None:  # OUT/maps: the maps of `wsss cam` with the same job
+        claim(job.maps, maps, ".npz", options.overwrite)
     with tracked_stage(f"pseudo-label-{split}", "pseudo-label", tracking_cfg, params,
                        out_loc) as stage:
         if todo:  # Ray Data shows its own progress bars per stage
