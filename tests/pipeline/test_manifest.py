@@ -16,24 +16,11 @@ import torch
 
 from wsss.cli import main
 from wsss.config import ExperimentConfig
-from wsss.methods import get_method
 from wsss.pipeline.manifest import MANIFEST_FILE, JobConflict, Manifest, claim
 from wsss.storage import Location
-from wsss.train.checkpoint import open_checkpoint, save_checkpoint
+from wsss.train.checkpoint import open_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def other_checkpoint(tmp_path_factory) -> Path:
-    """Another untrained CAM classifier for the synthetic classes (other weights)."""
-    path = tmp_path_factory.mktemp("other") / "model.pt"
-    torch.manual_seed(1)
-    method = get_method("cam")(5)
-    save_checkpoint(path, model=method.build_model(ExperimentConfig().model), method=method,
-                    cfg=ExperimentConfig(), class_names=["background", "a", "b", "c", "d", "e"],
-                    has_background=True, epoch=1)
-    return path
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:

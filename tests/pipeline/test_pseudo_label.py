@@ -295,22 +295,15 @@ def test_rescoring_inside_a_placement_group_uses_its_cpus(ray_session, synth_roo
 
 @pytest.mark.slow
 def test_another_checkpoint_into_the_same_out_is_refused(ray_session, synth_root, checkpoint,
-                                                         tmp_path):
+                                                         other_checkpoint, tmp_path):
     """OUT/manifest.json: another classifier's masks never join this one's; --overwrite
     recomputes them all. The checkpoints are read from fsspec's memory:// and a file:// URI."""
     import fsspec
-    import torch
 
-    from wsss.config import ExperimentConfig
-    from wsss.methods import get_method
     from wsss.pipeline.manifest import JobConflict
-    from wsss.train.checkpoint import open_checkpoint, save_checkpoint
+    from wsss.train.checkpoint import open_checkpoint
 
-    torch.manual_seed(1)
-    method = get_method("cam")(5)
-    other = save_checkpoint(tmp_path / "other.pt", model=method.build_model(
-        ExperimentConfig().model), method=method, cfg=ExperimentConfig(),
-        class_names=["background", "a", "b", "c", "d", "e"], has_background=True, epoch=1)
+    other = other_checkpoint
     first = "memory:///pseudo-label-test/model.pt"
     fsspec.filesystem("memory").pipe(first[len("memory://"):], checkpoint.read_bytes())
     ids, out = _ids(synth_root)[:4], tmp_path / "out"
