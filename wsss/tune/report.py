@@ -420,7 +420,7 @@ def knobs_figure(rows: list[dict[str, Any]], keys: Sequence[str],
     fig.suptitle(literal(f"{objective} against each knob: {len(rows)} trials"
                          + (f" ({unscored} not scored, not shown)" if unscored else "")),
                  fontsize=10)
-    _legend(fig, rows, best, lines=False)
+    _legend(fig, rows, best)
     return fig
 
 
@@ -603,24 +603,18 @@ def _counts(rows: Sequence[dict[str, Any]]) -> str:
                      for status in _statuses(rows))
 
 
-def _legend(fig: Figure, rows: Sequence[dict[str, Any]], best: dict[str, Any] | None,
-            lines: bool, extra: Sequence[Line2D] = ()) -> None:
-    """A figure legend below the panels: one entry per status present (line and marker when
-    ``lines``), ``extra`` entries, and the best trial by id and objective."""
+def _legend(fig: Figure, rows: Sequence[dict[str, Any]], best: dict[str, Any] | None) -> None:
+    """The knob plot's legend below the panels: one marker per status present, and the best
+    trial by id and objective."""
     handles = []
     for status in _statuses(rows):
         style = _status_style(status)
-        drawn = any(not math.isnan(r["objective"]) or (lines and r.get("history"))
-                    for r in rows if r["status"] == status)
-        note = (" (x: where it stopped)" if lines and status == "stopped early" and drawn
-                else "" if drawn else " (not scored, not drawn)")
+        drawn = any(not math.isnan(r["objective"]) for r in rows if r["status"] == status)
         handles.append(Line2D([], [], color=style["color"], marker=style["marker"],
-                              linestyle=style["linestyle"] if lines else "none",
-                              label=literal(status + note)))
-    handles += list(extra)
+                              linestyle="none", label=literal(
+                                  status + ("" if drawn else " (not scored, not drawn)"))))
     if best is not None:
-        handles.append(Line2D([], [], linestyle=BEST_STYLE["linestyle"] if lines else "none",
-                              linewidth=BEST_STYLE["linewidth"], **_marker_only(BEST_STYLE),
+        handles.append(Line2D([], [], linestyle="none", **_marker_only(BEST_STYLE),
                               label=literal(f"best: trial {best['trial_id']} "
                                             f"({best['objective']:.4g}, {best['status']})")))
     if handles:
