@@ -24,20 +24,31 @@ def synth_root(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def untrained_checkpoint(tmp_path_factory) -> Path:
-    """A seeded, untrained ResNet-18 CAM classifier for the synthetic classes."""
+def _untrained_classifier(path: Path, seed: int) -> Path:
+    """An untrained ResNet-18 CAM classifier for the synthetic classes, weights of ``seed``."""
     from wsss.config import ExperimentConfig
     from wsss.methods import get_method
     from wsss.train.checkpoint import save_checkpoint
 
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     method = get_method("cam")(5)
     save_checkpoint(path, model=method.build_model(ExperimentConfig().model), method=method,
                     cfg=ExperimentConfig(), class_names=["background", "a", "b", "c", "d", "e"],
                     has_background=True, epoch=1)
     return path
+
+
+@pytest.fixture(scope="session")
+def untrained_checkpoint(tmp_path_factory) -> Path:
+    """A seeded, untrained ResNet-18 CAM classifier for the synthetic classes."""
+    return _untrained_classifier(tmp_path_factory.mktemp("ckpt") / "model.pt", seed=0)
+
+
+@pytest.fixture(scope="session")
+def other_checkpoint(tmp_path_factory) -> Path:
+    """Another untrained CAM classifier for the synthetic classes (other weights): a second
+    job for the same output folder."""
+    return _untrained_classifier(tmp_path_factory.mktemp("other") / "model.pt", seed=1)
 
 
 @pytest.fixture(scope="session")

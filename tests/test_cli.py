@@ -139,9 +139,12 @@ def test_pipeline_end_to_end(ray_session, tmp_path, monkeypatch, capsys):
     # flip are averaged (so a peak may fall below 1 where they disagree, and a class with no
     # positive evidence after 1 epoch stays 0)
     assert maps.min() >= 0 and 0.25 - 1e-3 <= maps.max() <= 1.0 + 1e-3  # 4 maps averaged
-    # a re-run reuses every map already written
+    # a re-run of the same job reuses every map already written; other settings are refused
     capsys.readouterr()
-    assert main(["cam", "--checkpoint", str(ckpt), "--data", "synth", "--out", "cams"]) == 0
+    assert main(["cam", "--checkpoint", str(ckpt), "--data", "synth", "--out", "cams"]) == 2
+    assert "cams.scales: [1.0, 0.5] -> [1.0]" in capsys.readouterr().err
+    assert main(["cam", "--checkpoint", str(ckpt), "--data", "synth", "--out", "cams",
+                 "--kind", "gradcam", "--scales", "1", "0.5", "--flip"]) == 0
     assert "0 done" in capsys.readouterr().out
     assert main(["eval", "--cams", "cams", "--data", "synth", "--masks-out", "masks"]) == 0
     out = capsys.readouterr().out

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from wsss import names
 from wsss.cli_data import add_data_commands
+from wsss.commands import command_line
 from wsss.config import (BACKBONES, BG_MODES, MAP_KINDS, SEGMENTER_ARCHS, SEGMENTER_MODES,
                          ConfigError, ExperimentConfig, load_config, override)
 from wsss.data.errors import DatasetError
@@ -46,7 +48,7 @@ from wsss.train.classifier import scan_training_data
 from wsss.train.reporting import TrainingError
 from wsss.train.segmenter import scan_segmenter_data
 from wsss.tune.compare import compare
-from wsss.tune.report import runs_view
+from wsss.tune.view import runs_view, stored_view_key
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -126,6 +128,15 @@ def _cam_overrides(args: argparse.Namespace) -> list[str]:
     return extra
 
 
+def _add_overwrite(p: argparse.ArgumentParser, what: str) -> None:
+    """``--overwrite`` of a command whose output folder records its job (manifest.json)."""
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"recompute every one of the {what} in --out; without it a re-run of "
+                        f"the same job resumes (ids already written are kept) and a run of "
+                        f"another job (checkpoint, data or settings) into the folder stops "
+                        f"with exit 2")
+
+
 def _add_refine_options(p: argparse.ArgumentParser) -> None:
     """Maps -> masks options (``refine`` and ``pseudo-label``); CRF kernels via --set."""
     p.add_argument("--no-crf", action="store_true", help="skip the dense CRF")
@@ -135,7 +146,8 @@ def _add_refine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fg-confidence", type=float, help="foreground below this map value -> 255")
     p.add_argument("--bg-confidence", type=float, help="background above this map value -> 255")
     p.add_argument("--affinity", metavar="AFF_CKPT", help="propagate the maps by a random walk "
-                   "on this affinity network's affinities first (`wsss train-affinity`; "
+                   "on this affinity network's affinities first (path or URI; `wsss "
+                   "train-affinity`; "
                    "knobs refine.rw_beta, refine.rw_iterations via --set)")
 
 
@@ -179,7 +191,8 @@ def _print_skipped(skipped: list[tuple[str, str]]) -> None:
 def cmd_cam(args: argparse.Namespace) -> int:
     cfg = _data_config(args, _cam_overrides(args))
     report = run_cams(args.checkpoint, cfg.data.root, _split(cfg, args), args.out, cfg.cams,
-                      cfg.tracking, device=args.device, max_image_side=cfg.data.max_image_side)
+                      cfg.tracking, device=args.device, max_image_side=cfg.data.max_image_side,
+                      overwrite=args.overwrite)
     _print_report(report, "maps")
     print(f"maps in {args.out} (report: {args.out}/report.json)")
     return 0
@@ -202,7 +215,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_refine(args: argparse.Namespace) -> int:
     cfg = _data_config(args, _refine_overrides(args))
     report = run_refine(args.cams, cfg.data.root, _split(cfg, args), args.out, cfg.refine,
-                        cfg.tracking, max_image_side=cfg.data.max_image_side)
+                        cfg.tracking, max_image_side=cfg.data.max_image_side,
+                        overwrite=args.overwrite)
     _print_report(report, "masks")
     print(f"pseudo-masks in {args.out} (report: {args.out}/report.json)")
     return 0
@@ -212,7 +226,7 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
     cfg = _data_config(args, _cam_overrides(args) + _refine_overrides(args))
     options = PipelineOptions(cam_workers=args.cam_workers, gpus_per_worker=args.gpus_per_worker,
                               save_maps=args.save_maps, evaluate=args.eval,
-                              max_image_side=cfg.data.max_image_side)
+                              max_image_side=cfg.data.max_image_side, overwrite=args.overwrite)
     init_ray(args.address)
     report = run_pseudo_label(args.checkpoint, cfg.data.root, _split(cfg, args), args.out,
                               cfg.cams, cfg.refine, cfg.tracking, options)
@@ -257,9 +271,12 @@ def cmd_train_affinity(args: argparse.Namespace) -> int:
     print(f"\ntrained the affinity network ({cfg.affinity.head} head) for "
           f"{cfg.affinity.epochs} epochs in {result.seconds:.0f}s: {metrics}")
     _print_skipped(result.skipped)
-    print(f"checkpoint: {result.checkpoint}\nnext: wsss refine --cams {args.cams} --data "
-          f"{cfg.data.root} --affinity {result.checkpoint} --out MASKS (or wsss pseudo-label "
-          f"... --affinity {result.checkpoint})")
+    walk = ("--data", cfg.data.root, "--affinity", result.checkpoint)
+    print(f"checkpoint: {result.checkpoint}\nnext: the random walk's pseudo-masks:\n  "
+          + command_line("wsss", "refine", "--cams", args.cams, *walk, "--out",
+                         f"{Path(result.checkpoint).parent}/masks")
+          + f"\n(or {command_line('wsss', 'pseudo-label')} ... --affinity "
+          f"{shlex.quote(str(result.checkpoint))})")
     return 0
 
 
@@ -268,10 +285,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     split = _split(cfg, args)
     report = run_predict(args.checkpoint, cfg.data.root, split, args.out, cfg.tracking,
                          device=args.device, max_image_side=cfg.data.max_image_side,
-                         crf=cfg.refine if args.crf else None)
+                         crf=cfg.refine if args.crf else None, overwrite=args.overwrite)
     _print_report(report, "predicted")
-    print(f"masks in {args.out}; score them with: wsss eval --masks {args.out} --data "
-          f"{cfg.data.root} --split {split}")
+    print(f"masks in {args.out}; score them with:\n  "
+          + command_line("wsss", "eval", "--masks", args.out, "--data", cfg.data.root,
+                         "--split", split))
     return 0
 
 
@@ -279,13 +297,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     uri = resolve_tracking_uri(args.tracking_uri)
     out = args.out or f"runs/compare/{args.experiment}"  # a folder name: see check_names
     try:
-        table, paths, experiment_id = compare(uri, args.experiment, out)
+        table, paths, experiment_id, parent = compare(uri, args.experiment, out)
     except LookupError as err:
         print(f"wsss compare: error: {err}", file=sys.stderr)
         return 2
     print(table)
     print("wrote " + ", ".join(str(p) for p in paths))
-    print("browse:\n" + runs_view(uri, experiment_id))
+    print("browse:\n" + runs_view(uri, experiment_id,
+                                   stored_view_key(uri, experiment_id, parent)))
     return 0
 
 
@@ -377,9 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_cls)
 
     p = sub.add_parser("cam", help="localization maps (CAM / Grad-CAM) for a split")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="classifier checkpoint (path or URI)")
     _add_split(p, "train")
     p.add_argument("--out", required=True)
+    _add_overwrite(p, "maps")
     _add_cam_options(p)
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     _add_common(p)
@@ -400,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cams", required=True, help="folder written by `wsss cam`")
     _add_split(p, "train")
     p.add_argument("--out", required=True, help="folder for the palette PNG masks")
+    _add_overwrite(p, "masks")
     _add_refine_options(p)
     _add_common(p)
     p.set_defaults(func=cmd_refine)
@@ -416,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPUs per map actor when the cluster has GPUs (0: CPU only)")
     p.add_argument("--save-maps", action="store_true", help="also write OUT/maps/<id>.npz")
     p.add_argument("--eval", action="store_true", help="score the masks against ground truth")
+    _add_overwrite(p, "masks (and maps)")
     _add_cam_options(p)
     _add_refine_options(p)
     _add_common(p)
@@ -443,15 +465,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", choices=SEGMENTER_ARCHS)
     p.add_argument("--mode", choices=SEGMENTER_MODES, help="ce (default) or sec losses")
     p.add_argument("--init-from", metavar="CLS_CKPT",
-                   help="start the trunk from this classifier's backbone (same ResNet)")
+                   help="start the trunk from this classifier's backbone (same ResNet; path "
+                        "or URI)")
     _add_training(p, "runs/segmenter")
     _add_common(p)
     p.set_defaults(func=cmd_train_seg)
 
     p = sub.add_parser("predict", help="segmenter masks for a split")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="segmenter checkpoint (path or URI)")
     _add_split(p, "val")
     p.add_argument("--out", required=True)
+    _add_overwrite(p, "masks")
     p.add_argument("--crf", action="store_true",
                    help="refine each prediction with the dense CRF of the config's refine "
                         "section (its crf_* keys; set them with --config / --set)")

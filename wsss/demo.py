@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from wsss.cli import main as wsss
+from wsss.commands import command_line, python_line
 
 SWEEP_SCRIPT = Path(__file__).resolve().parents[1] / "sweeps" / "erasing.py"
 EXPERIMENT = "demo-erasing"
@@ -57,17 +58,27 @@ def run(workdir: Path, n: int, image_size: int, epochs: int, trials: int,
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     start = time.perf_counter()
     for argv in commands(workdir, n, image_size, epochs, trials, concurrent, eval_images, seed):
-        shown = ["python sweeps/erasing.py", *argv[2:]] if argv[0] == sys.executable else argv
-        print(f"\n$ {' '.join(shown)}", flush=True)
+        shown = (python_line(_shown_script(argv[1]), *argv[2:]) if argv[0] == sys.executable
+                 else command_line(*argv))
+        print(f"\n$ {shown}", flush=True)
         code = (wsss(argv[1:]) if argv[0] == "wsss"
                 else subprocess.call(argv, cwd=workdir))
         if code != 0:
             return code
     print(f"\ndemo finished in {time.perf_counter() - start:.0f}s. Trials, best config and "
-          f"pictures: MLflow experiment '{EXPERIMENT}' -> `.venv/bin/mlflow ui "
-          f"--backend-store-uri {uri}`; tables and plots in "
+          f"pictures: MLflow experiment '{EXPERIMENT}' -> "
+          f"`{command_line('mlflow', 'ui', '--backend-store-uri', uri)}`; tables and plots in "
           f"{workdir / 'runs/compare' / EXPERIMENT}")
     return 0
+
+
+def _shown_script(path: str) -> str:
+    """The sweep script as a user in the working directory types it (``sweeps/erasing.py``
+    from the checkout), else its absolute path."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
 
 
 def main(argv: list[str] | None = None) -> int:

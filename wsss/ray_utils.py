@@ -61,8 +61,11 @@ VERBOSE_ENV = "WSSS_VERBOSE"  # "1": Ray Train's and Tune's own progress lines a
 START_ATTEMPTS = 3
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None = None, num_cpus: int | None = None,
+             log_to_driver: bool = True) -> None:
     """Join the cluster at ``address`` (``auto`` under ``ray submit``), else start a local Ray.
+    ``log_to_driver``: print the worker processes' output here (else it stays in Ray's
+    session logs).
 
     A no-op when Ray is already initialised (a sweep trial, a test fixture). Quiet by default:
     every Ray worker of the job logs warnings and errors only (Ray's ``LoggingConfig``);
@@ -79,9 +82,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if not verbose():
         env["logging_config"] = ray.LoggingConfig(log_level="WARNING")  # every worker's logs
     if address:
-        ray.init(address=address, log_to_driver=True, **env)
+        ray.init(address=address, log_to_driver=log_to_driver, **env)
     else:
-        start_local_ray(num_cpus=num_cpus, log_to_driver=True, **env)
+        start_local_ray(num_cpus=num_cpus, log_to_driver=log_to_driver, **env)
 
 
 def setup_worker() -> None:

@@ -24,7 +24,7 @@ from wsss.pipeline.report import StageReport, collect
 from wsss.pipeline.steps import Job, Step, make_masks, map_steps, write_outputs
 from wsss.storage import Location
 from wsss.train.affinity import load_affinity, save_affinity
-from wsss.train.checkpoint import CheckpointError, load_checkpoint_state
+from wsss.train.checkpoint import CheckpointError, load_checkpoint_state, open_checkpoint
 
 CAM = CamConfig(batch_size=4)
 
@@ -82,11 +82,22 @@ def test_refine_with_the_walk_equals_the_ray_data_stream(ray_session, synth_root
                                                          untrained_checkpoint,
                                                          affinity_checkpoint, tmp_path):
     """`wsss refine --affinity` (local, saved maps) and decode -> maps + walk -> masks on Ray
-    Data (`wsss pseudo-label`) write identical masks; without the walk the masks differ."""
+    Data (`wsss pseudo-label`) write identical masks; without the walk the masks differ. The
+    network is read by URI: fsspec's memory:// in this process, file:// in the Ray actors."""
+    import json
+
+    import fsspec
+
     tracking = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    walk = RefineConfig(crf=False, affinity=str(affinity_checkpoint), rw_beta=4.0,
+    walk = RefineConfig(crf=False, affinity=affinity_checkpoint.as_uri(), rw_beta=4.0,
                         rw_iterations=8)
-    run_refine(saved_maps, synth_root, "train", tmp_path / "local", walk, tracking)
+    in_memory = f"memory:///walk-test/{tmp_path.name}/model.pt"
+    fsspec.filesystem("memory").pipe(in_memory[len("memory://"):],
+                                     affinity_checkpoint.read_bytes())
+    run_refine(saved_maps, synth_root, "train", tmp_path / "local",
+               dataclasses.replace(walk, affinity=in_memory), tracking)
+    job_keys = json.loads((tmp_path / "local/manifest.json").read_text())["job"]
+    assert job_keys["refine.affinity"] == open_checkpoint(affinity_checkpoint, "affinity").sha256
     run_refine(saved_maps, synth_root, "train", tmp_path / "plain",
                dataclasses.replace(walk, affinity=None), tracking)
 

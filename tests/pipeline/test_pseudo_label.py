@@ -291,3 +291,34 @@ def test_rescoring_inside_a_placement_group_uses_its_cpus(ray_session, synth_roo
     finally:
         remove_placement_group(group)
     assert miou == pytest.approx(_file_scores(masks_dir, synth_root, ids))
+
+
+@pytest.mark.slow
+def test_another_checkpoint_into_the_same_out_is_refused(ray_session, synth_root, checkpoint,
+                                                         other_checkpoint, tmp_path):
+    """OUT/manifest.json: another classifier's masks never join this one's; --overwrite
+    recomputes them all. The checkpoints are read from fsspec's memory:// and a file:// URI."""
+    import fsspec
+
+    from wsss.pipeline.manifest import JobConflict
+    from wsss.train.checkpoint import open_checkpoint
+
+    other = other_checkpoint
+    first = "memory:///pseudo-label-test/model.pt"
+    fsspec.filesystem("memory").pipe(first[len("memory://"):], checkpoint.read_bytes())
+    ids, out = _ids(synth_root)[:4], tmp_path / "out"
+    options = PipelineOptions(save_maps=True)
+    args = (synth_root, "train", out, CamConfig(batch_size=2), RefineConfig(crf=False),
+            _tracking(tmp_path))
+    assert run_pseudo_label(first, *args, options, ids=ids).done == len(ids)
+    written = {p.name: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    with pytest.raises(JobConflict, match=f"{out} holds the outputs of another"):
+        run_pseudo_label(other.as_uri(), *args, options, ids=ids)
+    assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*.png")} == written
+    report = run_pseudo_label(other.as_uri(), *args,
+                              PipelineOptions(save_maps=True, overwrite=True), ids=ids)
+    assert report.done == len(ids) and report.reused == 0
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["job"]["job"]["checkpoint"] == open_checkpoint(other, "classifier").sha256
+    maps = json.loads((out / "maps/manifest.json").read_text())
+    assert maps["job"]["checkpoint"] == saved["job"]["job"]["checkpoint"]

@@ -42,6 +42,25 @@ def test_trunk_is_an_exact_copy_of_the_classifier_backbone(backbone, arch, tmp_p
         assert torch.equal(a, b), name
 
 
+@pytest.mark.parametrize("kind", ["file", "memory"])
+def test_init_from_takes_a_uri(kind, tmp_path, synth_root):
+    """``train-seg --init-from`` reads a ``file://`` or fsspec ``memory://`` checkpoint through
+    the checkpoint loader, as a path; the scan before Ray checks it the same way."""
+    import fsspec
+
+    classifier = _classifier(tmp_path / "cls.pt")
+    uri = (tmp_path / "cls.pt").as_uri()
+    if kind == "memory":
+        uri = f"memory:///init-from-test/{tmp_path.name}/cls.pt"
+        fsspec.filesystem("memory").pipe(uri[len("memory://"):],
+                                         (tmp_path / "cls.pt").read_bytes())
+    weights = classifier_trunk_weights(uri, "deeplabv3_resnet18")
+    source = classifier.backbone.state_dict()
+    assert all(torch.equal(a, b) for a, b in zip(source.values(), weights.values()))
+    cfg = load_config(None, [f"data.root={synth_root}", f"segmenter.init_from={uri}"])
+    assert cfg.segmenter.init_from == uri  # a URI stays as given
+
+
 def test_a_method_with_several_backbones_gives_its_first(tmp_path):
     classifier = _classifier(tmp_path / "cls.pt", method_name="adversarial_erasing", steps=2)
     weights = classifier_trunk_weights(tmp_path / "cls.pt", "deeplabv3_resnet18")

@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from wsss.commands import command_line
 from wsss.tune.report import (DEGENERATE, DEGENERATE_PENALTY, MIOU, best_trial, format_table,
                               objective_line, penalised_objective, with_objective,
                               write_outputs)
@@ -86,20 +87,47 @@ def test_the_best_checkpoint_is_the_model_in_the_trials_last_ray_checkpoint(tmp_
     assert (checkpoint_file("bucket/sweeps/x-train/t1-round2/checkpoint_1", "s3://bucket/sweeps")
             == "s3://bucket/sweeps/x-train/t1-round2/checkpoint_1/model.pt")
     assert checkpoint_file(None, "s3://bucket") is None
-    text = next_steps(f"{local}/model.pt", "data/my set")
+    text = next_steps(f"{local}/model.pt", "data/my set", "sweep-x")
     assert f"best checkpoint: {local}/model.pt" in text
-    assert f"wsss cam --checkpoint {local}/model.pt --data 'data/my set' --split train" in text
+    wsss = command_line("wsss")
+    assert (f"{wsss} cam --checkpoint {local}/model.pt --data 'data/my set' --split train "
+            f"--out runs/sweep-x/cams") in text
+    assert wsss != "wsss" and "/" in wsss  # a path a fresh shell runs, not a PATH lookup
     assert next_steps(None, "data") == ""
 
 
 def test_the_runs_view_opens_the_experiments_runs_table():
-    from wsss.tune.report import runs_view
+    from wsss.tune.view import runs_view
 
     page = "#/experiments/7/runs?workflowType=machine_learning"
     local = runs_view("sqlite:////w/mlflow.db", "7")
-    assert "mlflow ui --backend-store-uri sqlite:////w/mlflow.db" in local
+    assert f"{command_line('mlflow')} ui --backend-store-uri sqlite:////w/mlflow.db" in local
     assert f"http://127.0.0.1:5000/{page}" in local
     assert runs_view("http://mlflow.lab:5000/", "7") == f"  runs: http://mlflow.lab:5000/{page}"
+    shared = runs_view("http://mlflow.lab:5000/", "7", "wsss-abc")
+    assert shared.endswith("#/experiments/7/runs?viewStateShareKey=wsss-abc&"
+                           "workflowType=machine_learning")
+
+
+def test_the_trials_view_is_stored_on_the_experiment(tmp_path):
+    """The link's view: the sweep's trials sorted by objective, objective and knobs shown."""
+    import json
+
+    import mlflow
+
+    from wsss.tune.view import SHARED_VIEW_TAG, share_trials_view, stored_view_key
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    experiment = client.create_experiment("sw")
+    assert stored_view_key(uri, experiment, "p1") is None
+    key = share_trials_view(uri, experiment, "p1", ["train.lr"])
+    assert stored_view_key(uri, experiment, "p1") == key
+    state = json.loads(client.get_experiment(experiment).tags[SHARED_VIEW_TAG + key])
+    assert state["orderByKey"] == "metrics.`objective`" and state["orderByAsc"] is False
+    assert state["searchFilter"] == "tags.`mlflow.parentRunId` = 'p1'"
+    assert {"metrics.`objective`", "params.`train.lr`"} <= set(state["selectedColumns"])
+    assert client.search_runs([experiment], state["searchFilter"]) == []  # a valid filter
 
 
 def test_the_share_of_degenerate_masks_is_shown_and_a_flooded_best_trial_flagged():
@@ -195,10 +223,11 @@ def test_an_lr_range_within_one_decade_gets_labelled_ticks():
 
 
 def test_history_plot_draws_each_trial_per_epoch_and_tells_stopped_from_completed():
-    """Left: one line per trial over the time attribute (its reported history): completed solid,
-    stopped early dashed grey with an x where it stopped, the best trial thick with a star at
-    its last point; right: trials in start order with the best so far. Titled, axes named."""
-    from wsss.tune.report import STATUS_STYLES, history_figure
+    """Left: one line per trial over the time attribute (its reported history), each trial in
+    a colour of its own, completed solid, stopped early dashed with an x where it stopped, the
+    best trial thick with a star at its last point; right: trials in start order with the
+    best so far. Every trial has a legend entry with its id and knobs. Titled, axes named."""
+    from wsss.tune.report import history_figure
 
     rows = _sweep()
     fig = history_figure(rows, "epoch_total", "pseudo_miou")
@@ -210,19 +239,23 @@ def test_history_plot_draws_each_trial_per_epoch_and_tells_stopped_from_complete
     lines = {line.get_gid(): line for line in curves.lines if line.get_gid()}
     assert set(lines) == {"a", "b", "c", "d"}  # e has no point
     assert list(lines["c"].get_xdata()) == [1, 2, 3, 4]
-    stopped, completed = STATUS_STYLES["stopped early"], STATUS_STYLES["completed"]
-    assert lines["d"].get_linestyle() == "--" and lines["d"].get_color() == stopped["color"]
-    assert lines["a"].get_linestyle() == "-" and lines["a"].get_color() == completed["color"]
+    assert len({tuple(line.get_color()) for line in lines.values()}) == 4  # one colour each
+    assert lines["d"].get_linestyle() == "--" and lines["a"].get_linestyle() == "-"
     assert lines["c"].get_linewidth() > lines["a"].get_linewidth()  # the best
     ends = {(float(m.get_xdata()[0]), float(m.get_ydata()[0])): m.get_marker()
             for m in curves.lines if not m.get_gid()}
     assert ends[(2, 0.25)] == "x" and ends[(1, 0.60)] == "x" and ends[(4, 0.45)] == "*"
     assert _star(order) == (3, 0.45)
-    (so_far,) = [line for line in order.lines if line.get_marker() != "*"]
+    (so_far,) = [line for line in order.lines if line.get_marker() not in ("*", "o", "x")]
     assert list(so_far.get_ydata())[2:] == [0.45, 0.45, 0.45]  # among the completed trials
     texts = _legend_texts(fig)
-    assert "stopped early (x: where it stopped)" in texts
-    assert "best: trial c (0.45, completed)" in texts
+    assert len([t for t in texts if "trial " in t]) == len(rows)  # every trial, by id
+    assert texts[0].startswith("best: trial c (completed, 0.45): ")
+    for row in rows:
+        (entry,) = [t for t in texts if f"trial {row['trial_id']} (" in t]
+        for key, value in row["knobs"].items():
+            assert f"{key.rsplit('.', 1)[-1]}=" in entry  # its knobs
+    assert any("(stopped early (x: where it stopped)" in t for t in texts)
     fig.canvas.draw()
     ticks = [t for t in curves.get_xticks() if curves.get_xlim()[0] <= t <= curves.get_xlim()[1]]
     assert all(float(t).is_integer() for t in ticks)
@@ -289,7 +322,7 @@ def test_compare_reads_each_trials_steps_and_names_the_time_attribute(tmp_path):
     assert time_attr == "epoch_total"
     assert {r["trial_id"]: r["history"] for r in rows} == {"t1": [(1, 0.1), (2, 0.3)],
                                                           "t2": [(1, 0.2)]}
-    table, paths, _ = compare(uri, "sw", tmp_path / "out")
+    table, paths, _, _ = compare(uri, "sw", tmp_path / "out")
     assert table.splitlines()[1].split()[:4] == ["trial_id", "objective", "epoch_total", "status"]
     assert {p.name for p in paths} >= {"history.png", "objective_vs_knobs.png"}
 
@@ -316,3 +349,15 @@ def test_the_objective_penalises_degenerate_masks_and_changes_the_best_trial():
     assert first.split()[0] == "clean" and first.split()[4] == "0.44"
     line = objective_line(rows[1], DEGENERATE_PENALTY)
     assert "pseudo_miou 0.4400 - 0.5 x degenerate share 9%" in line
+
+
+def test_the_parent_runs_description_holds_the_best_trial():
+    from wsss.tune.report import best_description
+
+    best = {"trial_id": "c", "status": "completed", "objective": 0.45, MIOU: 0.5,
+            "knobs": {"train.lr": 0.05, "method.params.steps": 2},
+            "checkpoint": "/runs/c/model.pt"}
+    text = best_description(best)
+    assert text.startswith("**Best trial c** (completed): objective 0.4500, pseudo_miou 0.5000")
+    assert "- `train.lr` = 0.05" in text and "- `method.params.steps` = 2" in text
+    assert "Checkpoint: `/runs/c/model.pt`" in text

@@ -128,7 +128,7 @@ def test_affinity_sweep_walks_the_maps_of_one_checkpoint(tmp_path, synth_root, r
     """The random-walk sweep: the affinity network is trained once on seeds of the scored
     images' maps, and every trial walks those maps with its own beta and t."""
     best, uri = run_script("affinity", tmp_path, synth_root, "--checkpoint",
-                           str(untrained_checkpoint), "--set", "affinity.epochs=1",
+                           untrained_checkpoint.as_uri(), "--set", "affinity.epochs=1",
                            "--set", "affinity.crop_size=48")
     children = check_store(uri, "test-affinity", 2, best, "refine.rw_beta")
     networks = list((tmp_path / "runs/test-affinity/affinity").glob("*/model.pt"))
@@ -146,7 +146,7 @@ def test_seed_sweep_trains_one_affinity_network_per_trial(tmp_path, synth_root, 
     import mlflow
 
     best, uri = run_script("affinity_seeds", tmp_path, synth_root, "--checkpoint",
-                           str(untrained_checkpoint), "--epochs", "2",
+                           untrained_checkpoint.as_uri(), "--epochs", "2",
                            "--set", "affinity.crop_size=48")
     children = check_store(uri, "test-affinity_seeds", 2, best, "affinity.radius")
     client = mlflow.MlflowClient(uri)
@@ -205,12 +205,14 @@ def test_relative_paths_run_and_resume_from_the_same_folder(tmp_path, synth_root
     checkpoint = parent.data.tags["wsss.best_checkpoint"]
     assert Path(checkpoint).is_file() and checkpoint.startswith(str(tune_dir) + "-train")
     assert f"best checkpoint: {checkpoint}" in first.stdout
-    assert f"wsss cam --checkpoint {checkpoint} --data {synth_root.resolve()}" in first.stdout
+    assert (f"bin/wsss cam --checkpoint {checkpoint} --data {synth_root.resolve()} --split "
+            f"train --out runs/rel/cams") in first.stdout
     compared = run_command(["-m", "wsss.cli", "compare", "--experiment", "rel", "--tracking-uri",
                             uri, "--out", str(here / "compare")], here)
     assert compared.returncode == 0, compared.stderr[-3000:]
     assert f"best checkpoint: {checkpoint}" in compared.stdout
-    runs_page = f"#/experiments/{parent.info.experiment_id}/runs?workflowType=machine_learning"
+    runs_page = (f"#/experiments/{parent.info.experiment_id}/runs?viewStateShareKey=wsss-"
+                 f"{parent.info.run_id}&workflowType=machine_learning")  # the trials view
     assert runs_page in first.stdout and runs_page in compared.stdout
     assert parent.data.metrics["objective"] == pytest.approx(only["objective"])
 
@@ -233,3 +235,24 @@ def test_relative_paths_run_and_resume_from_the_same_folder(tmp_path, synth_root
             f"not in {elsewhere / 'rel_storage/ray/rel'}") in moved.stderr
     assert f"--storage-path {here / 'rel_storage/ray'}" in moved.stderr
     assert list(elsewhere.iterdir()) == []  # stopped before any compute
+
+
+def test_the_affinity_option_is_read_by_the_checkpoint_loader(tmp_path, synth_root,
+                                                              untrained_checkpoint):
+    """``--affinity`` takes any URI and is checked before the maps are made: a classifier
+    (here in fsspec's memory://) is refused by name."""
+    import fsspec
+
+    from wsss.train.checkpoint import CheckpointError
+    from wsss.tune.runner import base_config, parse_options
+
+    sweep = runpy.run_path(str(SCRIPTS / "affinity.py"))["SWEEP"]
+    uri = "memory:///sweep-test/classifier.pt"
+    fsspec.filesystem("memory").pipe(uri[len("memory://"):], untrained_checkpoint.read_bytes())
+    args = parse_options(sweep, ["--affinity", uri, "--checkpoint",
+                                 untrained_checkpoint.as_uri(), "--workdir", str(tmp_path)])
+    assert args.affinity == uri  # URIs stay as given
+    with pytest.raises(CheckpointError, match=f"{uri} is not a wsss affinity network "
+                                              f"checkpoint: it holds a classifier"):
+        sweep.prepare(args, base_config(args, synth_root), tmp_path)
+    assert not (tmp_path / "pseudo-labels").exists()  # stopped before any work

@@ -16,6 +16,7 @@ from wsss.config import RefineConfig, TrackingConfig
 from wsss.core.scoring import Scorer, SegmentationScores
 from wsss.data.reader import DatasetReader, SampleRef
 from wsss.pipeline.executors import LocalExecutor
+from wsss.pipeline.manifest import Manifest, data_job, read_manifest, refine_job
 from wsss.pipeline.report import REPORT_FILE, StageReport, collect, pending, publish, tracked_stage
 from wsss.pipeline.samples import step_picture
 from wsss.pipeline.steps import (Job, Step, decode, mask_steps, read_masks_and_gt,
@@ -40,7 +41,7 @@ def maps_job(cams_dir: str | Path, reader: DatasetReader, refine: RefineConfig,
 def run_refine(cams_dir: str | Path, data_root: str | Path, split: str, out_dir: str | Path,
                refine_cfg: RefineConfig = RefineConfig(),
                tracking_cfg: TrackingConfig = TrackingConfig(),
-               max_image_side: int = 1024) -> StageReport:
+               max_image_side: int = 1024, overwrite: bool = False) -> StageReport:
     """Write ``<out_dir>/<id>.png`` pseudo-masks from ``<cams_dir>/<id>.npz`` maps for the ids
     of ``split`` without one yet (resume); records one MLflow run.
 
@@ -48,20 +49,29 @@ def run_refine(cams_dir: str | Path, data_root: str | Path, split: str, out_dir:
     the present classes, confidence marking with 255). The report's ``miou`` scores every
     written mask (this run's and earlier ones) against ground truth, where it exists.
 
+    The folder's ``manifest.json`` records the job (the maps' own job, the data, the refine
+    settings; ``refine.affinity`` as its checkpoint's content hash); ``overwrite`` removes
+    another job's masks and recomputes them all.
+
     Raises:
         ConfigError: ``refine_cfg`` is out of range (``RefineConfig.validate_for``).
         DatasetError / FileNotFoundError: the dataset, split or maps folder is bad.
+        CheckpointError: ``refine_cfg.affinity`` is not an affinity network checkpoint.
+        JobConflict: ``out_dir`` holds masks of another job (and no ``overwrite``).
     """
     refine_cfg.validate_for(max_image_side)
     reader = DatasetReader.open(data_root, max_image_side)
     out = Location.parse(out_dir)
     job = maps_job(cams_dir, reader, refine_cfg, out)
     refs = reader.index(split)
+    maps = read_manifest(job.maps)
+    manifest = Manifest.of("refine", {"maps": maps.job if maps else {"folder": job.maps.uri},
+                                      **data_job(reader), "refine": refine_job(refine_cfg)})
+    report, scorer = StageReport(), Scorer(reader.info)
+    todo = pending(refs, out, ".png", report, manifest, overwrite)
     params = {"cams": str(cams_dir), "data": str(data_root), "split": split,
               "refine": refine_cfg}
-    report, scorer = StageReport(), Scorer(reader.info)
     with tracked_stage(f"refine-{split}", "refine", tracking_cfg, params, out) as stage:
-        todo = pending(refs, out, ".png", report)
         collect(LocalExecutor(desc="refine").run(todo, mask_steps(job)), report, scorer)
         add_reused_scores(reader, refs, todo, out, scorer, report)
         drawn = [*mask_steps(job)[:2], Step(read_written_masks, {"job": job})]

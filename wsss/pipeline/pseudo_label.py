@@ -30,12 +30,13 @@ from wsss.core.precision import check_precision
 from wsss.core.scoring import Scorer, SegmentationScores
 from wsss.data.reader import DatasetReader
 from wsss.pipeline.executors import RayDataExecutor, WorkerPlan, plan_workers
+from wsss.pipeline.manifest import Manifest, claim, maps_manifest, refine_job
 from wsss.pipeline.report import StageReport, collect, pending, publish, tracked_stage
 from wsss.pipeline.samples import sample_grid
 from wsss.pipeline.steps import (Job, Step, decode, make_masks, map_steps, mask_steps,
                                  read_written_masks, write_outputs)
 from wsss.storage import Location
-from wsss.train.checkpoint import load_checkpoint_state
+from wsss.train.checkpoint import open_checkpoint
 
 MAPS_DIR = "maps"
 
@@ -49,6 +50,7 @@ class PipelineOptions:
     save_maps: bool = False
     evaluate: bool = False
     max_image_side: int = 1024
+    overwrite: bool = False  # remove another job's outputs in OUT and recompute them
 
 
 def run_pseudo_label(checkpoint: str | Path, data: str | Path, split: str, out: str | Path,
@@ -64,27 +66,34 @@ def run_pseudo_label(checkpoint: str | Path, data: str | Path, split: str, out: 
     ConfigError before any work when ``refine_cfg`` is out of range for
     ``options.max_image_side`` (``RefineConfig.validate_for``) or ``cam_cfg.precision`` is
     one the map actors' device cannot do (fp16 without GPUs), CheckpointError when the
-    checkpoint does not fit the dataset.
+    checkpoint (a path or URI) does not fit the dataset, JobConflict when ``out`` (or
+    ``out/maps``) holds the outputs of another job (``manifest.json``; ``options.overwrite``
+    removes them and recomputes).
     """
     refine_cfg.validate_for(options.max_image_side)
     reader = DatasetReader.open(data, options.max_image_side)
     out_loc = Location.parse(out)
-    state = _load_checkpoint(checkpoint)
+    ckpt = open_checkpoint(checkpoint, "classifier")
+    state = ckpt.state
     refs = reader.index(split, ids)
     job = Job(reader, state["method"], dict(state["method_params"]), cam_cfg, refine_cfg,
               out=out_loc, maps=out_loc.child(MAPS_DIR) if options.save_maps else None,
               evaluate=options.evaluate)
-    steps = map_steps(job, state, checkpoint, ray.put(state))  # checks it before any work
+    steps = map_steps(job, ckpt, shipped=ray.put(state))  # checks it before any work
     plan = plan_workers(ray.cluster_resources(), options.cam_workers, options.gpus_per_worker)
     check_precision(plan.device, cam_cfg.precision, "cams.precision")
     steps += [Step(make_masks, {"job": job}), Step(write_outputs, {"job": job})]
-    params = {"checkpoint": str(checkpoint), "data": reader.data.uri, "split": split,
-              "out": out_loc.uri, "cams": cam_cfg, "refine": refine_cfg, "options": options,
-              "workers": plan}
+    params = {"checkpoint": str(checkpoint), "checkpoint_sha256": ckpt.sha256,
+              "data": reader.data.uri, "split": split, "out": out_loc.uri, "cams": cam_cfg,
+              "refine": refine_cfg, "options": options, "workers": plan}
     report, scorer = StageReport(), Scorer(reader.info)
+    maps = maps_manifest(ckpt.sha256, reader, cam_cfg)
+    manifest = Manifest.of("pseudo-label", {**maps.job, "refine": refine_job(refine_cfg)})
+    todo = pending(refs, out_loc, ".png", report, manifest, options.overwrite)
+    if job.maps is not None:  # OUT/maps: the maps of `wsss cam` with the same job
+        claim(job.maps, maps, ".npz", options.overwrite)
     with tracked_stage(f"pseudo-label-{split}", "pseudo-label", tracking_cfg, params,
                        out_loc) as stage:
-        todo = pending(refs, out_loc, ".png", report)
         if todo:  # Ray Data shows its own progress bars per stage
             collect(RayDataExecutor(cam_cfg.batch_size, plan).run(todo, steps), report,
                     scorer if options.evaluate else None)
@@ -112,18 +121,6 @@ def _throughput(report: StageReport, plan: WorkerPlan) -> None:
     extra.update(images_per_s=round(report.done / max(report.seconds, 1e-9), 3),
                  workers=plan.workers, nodes=report.nodes,
                  cam_images_per_busy_s=round(report.done / cam_busy, 3) if cam_busy else 0)
-
-
-def _load_checkpoint(checkpoint: str | Path) -> dict[str, Any]:
-    """The checkpoint dict (local file or URI), loaded safely in the driver."""
-    text = str(checkpoint)
-    if "://" not in text or text.startswith("file://"):
-        return load_checkpoint_state(Location.parse(text).root if "://" in text else text)
-    folder, name = text.rsplit("/", 1)
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp) / "model.pt"
-        local.write_bytes(Location.parse(folder).read_bytes(name))
-        return load_checkpoint_state(local)
 
 
 # -- rescoring saved maps (the CRF sweep) ------------------------------------------------------

@@ -21,6 +21,7 @@ from wsss import tracking
 from wsss.config import TrackingConfig, to_dict
 from wsss.core.scoring import Scorer, SegmentationScores
 from wsss.data.reader import SampleRef
+from wsss.pipeline.manifest import Manifest, claim
 from wsss.storage import Location
 
 REPORT_FILE = "report.json"
@@ -131,12 +132,19 @@ def publish(report: StageReport, out: Location | None, what: str,
         tracking.log_artifact(grid)
 
 
-def pending(refs: Sequence[SampleRef], out: Location, suffix: str,
-            report: StageReport) -> list[SampleRef]:
+def pending(refs: Sequence[SampleRef], out: Location, suffix: str, report: StageReport,
+            manifest: Manifest | None = None, overwrite: bool = False) -> list[SampleRef]:
     """The refs without an output ``out/<id><suffix>`` yet (resume); counts the others as
-    ``report.reused``. Temporary files a killed run left in ``out`` are removed first."""
+    ``report.reused``. Temporary files a killed run left in ``out`` are removed first.
+
+    With ``manifest`` (the job, ``wsss.pipeline.manifest``) the folder must hold this job's
+    outputs only (``claim``: JobConflict otherwise; ``overwrite`` removes them all first), and
+    the report records the job under ``job``."""
     out.make_dirs()
     out.remove_temp_files()
+    if manifest is not None:
+        claim(out, manifest, suffix, overwrite)
+        report.extra["job"] = manifest.to_dict()
     written = {n[:-len(suffix)] for n in out.list_files() if n.endswith(suffix)}
     todo = [r for r in refs if r.id not in written]
     report.reused += len(refs) - len(todo)

@@ -42,7 +42,8 @@ from wsss.methods import Method, get_method
 from wsss.pipeline.columns import objects, same_size_groups
 from wsss.pipeline.walk import RandomWalkStep
 from wsss.storage import Location
-from wsss.train.checkpoint import check_classes, classifier_from_state, trained_image_scale
+from wsss.train.checkpoint import (Checkpoint, check_classes, classifier_from_state,
+                                   classifier_method, trained_image_scale)
 
 # one image's failure: a bad input, or its dense CRF crashed in the worker process
 INPUT_ERRORS = (DatasetError, FileNotFoundError, ValueError, OSError, NativeCrash)
@@ -161,7 +162,8 @@ class MapStep:
     also ``walked`` (``wsss.pipeline.walk.RandomWalkStep``, in the same actor).
 
     Args:
-        state: the classifier checkpoint dict (or a Ray object reference to it).
+        state: the classifier checkpoint (its model built once per process), or its dict (or
+            a Ray object reference to it: a Ray Data actor builds its own model).
         job: the job (map settings and dataset classes).
         device: torch device of the model.
         threads: torch threads of this process (None: leave as is).
@@ -177,7 +179,11 @@ class MapStep:
         if threads is not None:
             torch.set_num_threads(threads)
         self.job, self.device = job, device
-        self.method, self.model = classifier_from_state(state, device)
+        if isinstance(state, Checkpoint):
+            self.method, self.model = classifier_method(state.state), state.model(device)
+            state = state.state
+        else:
+            self.method, self.model = classifier_from_state(state, device)
         self.model = to_memory_format(self.model, job.cam.channels_last)
         self.image_scale = trained_image_scale(state)
         self.fg = np.asarray(job.reader.info.fg_classes, dtype=np.int64)
@@ -407,15 +413,19 @@ def require_gt(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 # -- the step lists of the pipeline ----------------------------------------------------------
-def map_steps(job: Job, state: dict[str, Any], source: str | Path,
+def map_steps(job: Job, state: Checkpoint | dict[str, Any], source: str | Path | None = None,
               shipped: Any = None) -> list[Step]:
     """decode -> maps (the model step): the map steps of ``wsss cam`` and ``wsss
-    pseudo-label``. Raises CheckpointError before any work unless ``state`` (the checkpoint
-    dict of file ``source``) fits the dataset's classes and rebuilds into its method's model.
-    ``shipped``: what the model step is built from instead of ``state`` (under Ray, the
-    state's object reference, put in the object store once)."""
-    check_classes(state, job.reader.info.num_fg, source)
-    classifier_from_state(state, "cpu", source=source)
+    pseudo-label``. Raises CheckpointError before any work unless ``state`` (the classifier
+    checkpoint, or the checkpoint dict of file ``source``) fits the dataset's classes and
+    rebuilds into its method's model. ``shipped``: what the model step is built from instead
+    of ``state`` (under Ray, the state's object reference, put in the object store once)."""
+    if isinstance(state, Checkpoint):
+        check_classes(state.state, job.reader.info.num_fg, state.source)
+        state.model()  # built once per process: the local map step reuses it
+    else:
+        check_classes(state, job.reader.info.num_fg, source)
+        classifier_from_state(state, "cpu", source=source or "checkpoint")
     return [Step(decode, {"job": job}),
             Step(MapStep, {"state": state if shipped is None else shipped, "job": job},
                  model=True)]

@@ -33,8 +33,10 @@ from wsss.data.reader import read_info
 from wsss.data.transforms import normalize
 from wsss.models.affinity import FEATURE, AffinityNet, build_affinity_net
 from wsss.ray_utils import init_ray
-from wsss.train.checkpoint import (CheckpointError, classifier_backbone, load_weights,
-                                   read_state, restore_training_state, write_state)
+from wsss.storage import absolute
+from wsss.train.checkpoint import (AFFINITY_FORMAT, CheckpointError, classifier_backbone,
+                                   load_weights, open_checkpoint, read_state, register_builder,
+                                   restore_training_state, write_state)
 from wsss.train.classifier import ClassifierResult as TrainResult
 from wsss.train.classifier import TrainingData, all_reduce_mean, all_reduce_sum, data_key
 from wsss.train.mask_eval import walk_mask_scores
@@ -42,7 +44,7 @@ from wsss.train.optim import optimizer_and_schedule
 from wsss.train.reporting import MODEL_FILE, report_epoch
 from wsss.train.segmenter import PseudoMaskDataset, fit_on_workers, mask_loader
 
-FORMAT = "wsss.affinity/1"
+FORMAT = AFFINITY_FORMAT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,14 +79,19 @@ def load_affinity(path: str | Path,
     Raises:
         CheckpointError: missing, unsafe, not an affinity checkpoint, or its weights do not fit.
     """
-    state = read_state(path, FORMAT, "affinity network")
+    ckpt = open_checkpoint(path, "affinity")
+    return ckpt.model(device), ckpt.state
+
+
+@register_builder("affinity")
+def _build_affinity(state: dict[str, Any], source: str) -> AffinityNet:
     try:
         model = build_affinity_net(state["backbone"], feature_dim=state["feature_dim"],
                                    head=state.get("head", FEATURE))
     except (KeyError, ValueError) as err:
-        raise CheckpointError(f"{path}: cannot rebuild its affinity network: {err}") from err
-    load_weights(model, state["state_dict"], path)
-    return model.to(device).eval(), state
+        raise CheckpointError(f"{source}: cannot rebuild its affinity network: {err}") from err
+    load_weights(model, state["state_dict"], source)
+    return model
 
 
 def scan_affinity_data(cfg: ExperimentConfig, seeds_dir: str | Path,
@@ -138,7 +145,7 @@ def train_affinity(cfg: ExperimentConfig, seeds_dir: str | Path, init_from: str 
     cfg = data.config(cfg)
     init_ray()
     loop_config = {"cfg": cfg.to_dict(), "train_ids": data.train.ids, "seeds_dir": data.key[4],
-                   "init_from": str(Path(init_from).resolve()),
+                   "init_from": absolute(init_from),
                    "class_names": list(data.info.class_names),
                    "has_background": data.info.has_background,
                    "mask_eval": dataclasses.asdict(mask_eval) if mask_eval else None}

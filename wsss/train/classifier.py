@@ -32,7 +32,7 @@ from wsss.data.voc import DatasetInfo
 from wsss.methods import get_method
 from wsss.ray_utils import gpus_available, init_ray, train_logging
 from wsss.storage import is_uri
-from wsss.train.checkpoint import (link_from_ray_checkpoint, load_checkpoint_state,
+from wsss.train.checkpoint import (FORMAT, link_from_ray_checkpoint, read_state,
                                    restore_training_state, save_checkpoint)
 from wsss.train.mask_eval import pseudo_mask_scores
 from wsss.train.optim import optimizer_and_schedule
@@ -208,7 +208,7 @@ def train_classifier(cfg: ExperimentConfig, out_dir: str | Path, run_name: str,
     seconds = time.perf_counter() - start
     check_optimizer_steps(result.metrics, f"classifier run '{run_name}'")
     final = link_from_ray_checkpoint(result.checkpoint, MODEL_FILE, out_dir / MODEL_FILE)
-    history = load_checkpoint_state(final)["history"]
+    history = read_state(final, FORMAT, "classifier")["history"]
     return ClassifierResult(final, dict(history[-1]), history, data.skipped, seconds)
 
 
@@ -224,7 +224,8 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     method = get_method(cfg.method.name)(config["num_fg"], cfg.method.params)
     model = method.build_model(cfg.model)
     if config["init_model"]:
-        model.load_state_dict(load_checkpoint_state(config["init_model"])["state_dict"])
+        previous = read_state(config["init_model"], FORMAT, "classifier")
+        model.load_state_dict(previous["state_dict"])
     method.prepare_round(model, config["round"])
     train_loader, val_loader = _loaders(cfg, config)
     start_epoch, history, saved_optimizer = _resume(ray.train.get_checkpoint(), model)
@@ -329,7 +330,7 @@ def _resume(checkpoint, model) -> tuple[int, list[dict[str, Any]], dict[str, Any
     if checkpoint is None:
         return 0, [], None
     with checkpoint.as_directory() as ckpt_dir:
-        state = load_checkpoint_state(Path(ckpt_dir) / MODEL_FILE)
+        state = read_state(Path(ckpt_dir) / MODEL_FILE, FORMAT, "classifier")
     epoch, saved_optimizer = restore_training_state(state, model)
     return epoch, list(state.get("history", [])), saved_optimizer
 

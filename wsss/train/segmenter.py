@@ -46,9 +46,10 @@ from wsss.data.reader import Sample, read_info
 from wsss.data.transforms import scale_crop_flip
 from wsss.models.segmenter import TRUNK_BACKBONES, Segmenter, build_segmenter, trunk_state
 from wsss.ray_utils import gpus_available, init_ray, train_logging
-from wsss.train.checkpoint import (CheckpointError, classifier_backbone,
-                                   link_from_ray_checkpoint, load_weights, read_state,
-                                   restore_training_state, write_state)
+from wsss.train.checkpoint import (SEGMENTER_FORMAT, CheckpointError, classifier_backbone,
+                                   link_from_ray_checkpoint, load_weights, open_checkpoint,
+                                   read_state, register_builder, restore_training_state,
+                                   write_state)
 from wsss.train.classifier import ClassifierResult as TrainResult
 from wsss.train.classifier import (TrainingData, all_gather, all_reduce_mean, all_reduce_sum,
                                    broadcast_buffers, data_key, scan_split)
@@ -56,7 +57,7 @@ from wsss.train.optim import optimizer_and_schedule
 from wsss.train.reporting import MODEL_FILE, check_optimizer_steps, epoch_callbacks, report_epoch
 from wsss.train.steps import predict_labels, predict_probs, segmenter_step
 
-FORMAT = "wsss.segmenter/1"
+FORMAT = SEGMENTER_FORMAT
 
 
 @dataclass
@@ -143,14 +144,20 @@ def save_segmenter(path: str | Path, *, model: nn.Module, cfg: ExperimentConfig,
 
 def load_segmenter(path: str | Path,
                    device: str | torch.device = "cpu") -> tuple[Segmenter, dict[str, Any]]:
-    """Rebuild ``(model in eval mode, checkpoint state)`` from a segmenter checkpoint."""
-    state = read_state(path, FORMAT, "segmenter")
+    """``(model in eval mode, checkpoint state)`` of a segmenter checkpoint (path or URI;
+    ``wsss.train.checkpoint.open_checkpoint``, the model built once per process)."""
+    ckpt = open_checkpoint(path, "segmenter")
+    return ckpt.model(device), ckpt.state
+
+
+@register_builder("segmenter")
+def _build_segmenter(state: dict[str, Any], source: str) -> Segmenter:
     try:
         model = build_segmenter(state["arch"], state["num_classes"])
     except (KeyError, ValueError) as err:
-        raise CheckpointError(f"{path}: cannot rebuild its segmenter: {err}") from err
-    load_weights(model, state["state_dict"], path)
-    return model.to(device).eval(), state
+        raise CheckpointError(f"{source}: cannot rebuild its segmenter: {err}") from err
+    load_weights(model, state["state_dict"], source)
+    return model
 
 
 def train_segmenter(cfg: ExperimentConfig, pseudo_dir: str | Path, out_dir: str | Path,

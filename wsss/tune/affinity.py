@@ -28,6 +28,7 @@ from wsss.knobs import Knob
 from wsss.pipeline.train_aff import SEEDS_DIR, run_train_affinity, write_seeds
 from wsss.storage import Location
 from wsss.train.affinity import MaskEval, scan_affinity_data, train_affinity
+from wsss.train.checkpoint import open_checkpoint
 from wsss.tune.crf import CrfSweep, trial_config
 from wsss.tune.runner import SAMPLE_IMAGES, Sweep
 from wsss.tune.samples import saved_map_samples
@@ -67,12 +68,15 @@ class AffinitySweep(CrfSweep):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         super().add_arguments(parser)
-        parser.add_argument("--affinity", help="affinity network model.pt (default: train one "
-                                               "on seeds of the scored images' maps)")
+        parser.add_argument("--affinity", help="affinity network model.pt, path or URI "
+                                               "(default: train one on seeds of the scored "
+                                               "images' maps)")
 
     def prepare(self, args: argparse.Namespace, cfg: ExperimentConfig,
                 workdir: Path) -> dict[str, Any]:
         """The CRF sweep's maps, plus the affinity network every trial's walk uses."""
+        if args.affinity is not None:  # a wrong file fails before the maps are made
+            open_checkpoint(args.affinity, "affinity")
         extra = super().prepare(args, cfg, workdir)
         affinity = args.affinity
         if affinity is None:

@@ -11,7 +11,8 @@ from wsss.tracking import missing_local_store
 from wsss.tune.report import (BEST_CHECKPOINT_TAG, BEST_TRIAL_TAG, DEGENERATE, DEGENERATE_METRIC,
                               KNOBS_TAG, MIOU, RANKED, best_trial, degenerate_warning,
                               format_table, history_points, next_steps, write_outputs)
-from wsss.tune.tracking import TRIAL_ID, base_param, latest_sweep, mlflow_client, trial_runs
+from wsss.tune.tracking import (SWEEP, TRIAL_ID, base_param, latest_sweep, mlflow_client,
+                                trial_runs)
 
 PROGRESS = "progress"  # the progress column when no trial says its time attribute
 OBJECTIVE = RANKED  # what a trial reports at each step (epoch_total, chunk) and is ranked by
@@ -50,9 +51,10 @@ def _history(client: Any, run: Any) -> list[tuple[float, float]]:
                                      client.get_metric_history(run.info.run_id, MIOU)))
 
 
-def compare(uri: str, experiment: str, out_dir: str | Path) -> tuple[str, list[Path], str]:
-    """The trials table (best first) as text, the tables and plots written to ``out_dir``, and
-    the experiment's id.
+def compare(uri: str, experiment: str,
+            out_dir: str | Path) -> tuple[str, list[Path], str, str]:
+    """The trials table (best first) as text, the tables and plots written to ``out_dir``, the
+    experiment's id and the sweep's parent run id.
 
     Raises LookupError naming the store when ``uri`` is a local store that does not exist
     (nothing is created), or the experiment when it holds no sweep with trials.
@@ -69,7 +71,7 @@ def compare(uri: str, experiment: str, out_dir: str | Path) -> tuple[str, list[P
     header = (f"sweep '{experiment}' (MLflow parent run {parent.info.run_id}, "
               f"{parent.info.status}): {len(rows)} trials")
     return (header + "\n" + format_table(rows, time_attr) + best_lines(parent, rows), paths,
-            parent.info.experiment_id)
+            parent.info.experiment_id, parent.info.run_id)
 
 
 def best_lines(parent: Any, rows: list[dict[str, Any]]) -> str:
@@ -90,4 +92,4 @@ def best_lines(parent: Any, rows: list[dict[str, Any]]) -> str:
     return (f"\nbest trial {best['trial_id']} ({best['status']}): objective "
             f"{best['objective']:.4f}" + (f" ({', '.join(parts)})" if parts else "") + "\n"
             + degenerate_warning(best)
-            + next_steps(checkpoint, data).rstrip("\n"))
+            + next_steps(checkpoint, data, parent.data.tags.get(SWEEP, "sweep")).rstrip("\n"))

@@ -20,7 +20,7 @@ from wsss.config import ExperimentConfig
 from wsss.pipeline.pseudo_label import PipelineOptions, rescore_maps, run_pseudo_label
 from wsss.pipeline.train_cls import run_train_classifier
 from wsss.tracking import log_metrics
-from wsss.train.checkpoint import load_checkpoint_state
+from wsss.train.checkpoint import open_checkpoint
 from wsss.tune.report import DEGENERATE_METRIC, MIOU, with_objective
 from wsss.tune.runner import SAMPLE_IMAGES, Sweep, select_train_eval_ids
 from wsss.tune.samples import saved_map_samples
@@ -78,8 +78,9 @@ class CrfSweep(Sweep):
             [{"memory": TRIAL_MEMORY}] + [{"CPU": 1.0}] * args.workers_per_trial)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--checkpoint", help="classifier model.pt whose maps are refined "
-                                                 "(default: train a CAM classifier first)")
+        parser.add_argument("--checkpoint", help="classifier model.pt (path or URI: file://, "
+                                                 "s3://...) whose maps are refined (default: "
+                                                 "train a CAM classifier first)")
 
     def prepare(self, args: argparse.Namespace, cfg: ExperimentConfig,
                 workdir: Path) -> dict[str, Any]:
@@ -92,15 +93,18 @@ class CrfSweep(Sweep):
                                            run_name="crf-sweep-classifier")
             checkpoint = trained.checkpoint
         out = workdir / "pseudo-labels"
+        # A new sweep recomputes the maps; --resume resumes those of the same job (and stops
+        # on another job's, wsss.pipeline.manifest)
         options = PipelineOptions(save_maps=True, max_image_side=cfg.data.max_image_side,
-                                  gpus_per_worker=args.gpus_per_trial or 1.0)
+                                  gpus_per_worker=args.gpus_per_trial or 1.0,
+                                  overwrite=not args.resume)
         ids = select_train_eval_ids(cfg, args.eval_images, args.seed)
         report = run_pseudo_label(checkpoint, cfg.data.root, cfg.data.train_split, out,
                                   cfg.cams, cfg.refine, cfg.tracking, options, ids=ids)
         if report.failed:
             raise RuntimeError(f"map extraction failed for {len(report.failed)} image(s), "
                                f"e.g. {report.failed[0]}; see {out / 'report.json'}")
-        state = load_checkpoint_state(checkpoint)
+        state = open_checkpoint(checkpoint, "classifier").state
         return {"maps_dir": str(out / "maps"), "checkpoint": str(checkpoint), "ids": list(ids),
                 "method": state["method"], "method_params": dict(state["method_params"])}
 

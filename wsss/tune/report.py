@@ -12,24 +12,26 @@ import csv
 import json
 import math
 import re
-import shlex
 from functools import cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, StrMethodFormatter
 
-from wsss.tracking import is_server, keep_unsent, send_or_keep
+from wsss.commands import command_line
+from wsss.tracking import keep_unsent, send_or_keep
 from wsss.tune.tracking import find_trial_run, mlflow_client, trial_runs
 from wsss.viz import literal, save_figure
 
 KNOBS_TAG = "wsss.knobs"
 BEST_TRIAL_TAG = "wsss.best_trial_id"  # on the parent run: the best trial's id
 BEST_CHECKPOINT_TAG = "wsss.best_checkpoint"  # on the parent run: the best trial's model.pt
+NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI
 # the share of a trial's scored pseudo-masks that are flooded (``wsss.core.scoring.is_degenerate``)
 DEGENERATE, DEGENERATE_METRIC = "degenerate", "degenerate_share"
 DEGENERATE_WARNING = 0.25  # the share of degenerate masks from which a trial is flagged
@@ -136,6 +138,15 @@ def degenerate_warning(row: dict[str, Any]) -> str:
             f"before using it\n")
 
 
+def smoke_note(smoke_test: bool) -> str:
+    """A line saying what a ``--smoke-test`` result means (empty for a real sweep)."""
+    if not smoke_test:
+        return ""
+    return ("note: this was a --smoke-test, a check of the setup: 1 epoch per round on 64 px "
+            "crops learns almost nothing, so a low or negative objective and mostly degenerate "
+            "pseudo-masks are expected by design; run without --smoke-test for real results\n")
+
+
 def objective_line(row: dict[str, Any], penalty: float) -> str:
     """A line spelling out what the trial's objective is made of: its true ``pseudo_miou``,
     its share of degenerate masks and the penalty (empty without a scored mIoU)."""
@@ -147,29 +158,20 @@ def objective_line(row: dict[str, Any], penalty: float) -> str:
             f"(--degenerate-penalty {penalty:g})\n")
 
 
-def next_steps(checkpoint: str | None, data: str) -> str:
-    """Lines naming the best trial's checkpoint and the commands to run on it (empty without
-    one: a sweep that trains nothing, or a best trial stopped inside its first round)."""
+def next_steps(checkpoint: str | None, data: str, experiment: str = "sweep") -> str:
+    """Lines naming the best trial's checkpoint and the commands to run on it, each as it runs
+    pasted into a fresh shell (``wsss.commands``), writing into folders of ``experiment``'s
+    own (``runs/<experiment>/...``): two sweeps never suggest the same folder. Empty without a
+    checkpoint (a sweep that trains nothing, or a best trial stopped inside its first round)."""
     if not checkpoint:
         return ""
-    ckpt = shlex.quote(checkpoint)
+    runs = f"runs/{experiment}"
+    common = ("--checkpoint", checkpoint, "--data", data, "--split", "train")
     return (f"best checkpoint: {checkpoint}\n"
             f"next: its maps and pseudo-masks on the train split:\n"
-            f"  wsss cam --checkpoint {ckpt} --data {shlex.quote(data)} --split train "
-            f"--out runs/cams\n"
-            f"  wsss pseudo-label --checkpoint {ckpt} --data {shlex.quote(data)} --split train "
-            f"--out runs/pseudo-masks --eval\n")
-
-
-def runs_view(uri: str, experiment_id: str) -> str:
-    """Lines telling how to browse the experiment's runs: the MLflow UI command for a local
-    store (its default address) or the server's own address, each opened on the runs table
-    (the UI's "Model training" view, not its GenAI overview)."""
-    page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-    if is_server(uri):
-        return f"  runs: {uri.rstrip('/')}/{page}"
-    return (f"  mlflow ui --backend-store-uri {uri}\n"
-            f"  then open http://127.0.0.1:5000/{page}")
+            f"  {command_line('wsss', 'cam', *common, '--out', f'{runs}/cams')}\n"
+            f"  {command_line('wsss', 'pseudo-label', *common, '--out', f'{runs}/pseudo-masks')}"
+            f" --eval\n")
 
 
 def run_status(row: dict[str, Any]) -> str:
@@ -310,6 +312,18 @@ def _log_best(client: Any, run_id: str, best: dict[str, Any]) -> None:
             client.log_param(run_id, f"best.{key}", str(value))
     client.log_dict(run_id, {"trial_id": best["trial_id"], "objective": best["objective"],
                              "config": best["knobs"]}, "best_config.json")
+    client.set_tag(run_id, NOTE_TAG, best_description(best))
+
+
+def best_description(best: dict[str, Any]) -> str:
+    """The parent run's description (Markdown, on its page in the MLflow UI): the best trial's
+    objective, knobs and checkpoint."""
+    miou = best.get(MIOU, math.nan)
+    knobs = "\n".join(f"- `{k}` = {v}" for k, v in sorted(best["knobs"].items()))
+    return (f"**Best trial {best['trial_id']}** ({best['status']}): objective "
+            f"{best['objective']:.4f}" + ("" if math.isnan(miou) else f", {MIOU} {miou:.4f}")
+            + f"\n\nKnobs:\n\n{knobs}\n\n"
+            f"Checkpoint: `{best.get('checkpoint') or 'none kept'}`\n")
 
 
 def _trial_id_from_path(path: str) -> str:
@@ -406,7 +420,7 @@ def knobs_figure(rows: list[dict[str, Any]], keys: Sequence[str],
     fig.suptitle(literal(f"{objective} against each knob: {len(rows)} trials"
                          + (f" ({unscored} not scored, not shown)" if unscored else "")),
                  fontsize=10)
-    _legend(fig, rows, best, lines=False)
+    _legend(fig, rows, best)
     return fig
 
 
@@ -419,15 +433,19 @@ def plot_history(rows: list[dict[str, Any]], path: Path, time_attr: str = "progr
 def history_figure(rows: list[dict[str, Any]], time_attr: str = "progress",
                    objective: str = "objective") -> Figure:
     """Two panels. Left: each trial's objective against ``time_attr`` (its ``history``, else
-    its final objective at the ``time_attr`` it reached), drawn in the style of its status
-    (:data:`STATUS_STYLES`: a trial stopped early dashed and grey, an ``x`` where it stopped).
-    Right: each trial's final objective in start order and the best so far (among the
-    completed trials when any completed, as :func:`best_trial` ranks). The best trial is
-    drawn thick with a star, and named in the legend."""
-    fig = Figure(figsize=(11, 4.4), dpi=100, layout="constrained")
+    its final objective at the ``time_attr`` it reached), in a colour of its own
+    (:func:`trial_colors`) and the line style of its status (:data:`STATUS_STYLES`: a trial
+    stopped early dashed, an ``x`` where it stopped). Right: each trial's final objective in
+    start order, in the same colours, and the best so far (among the completed trials when
+    any completed, as :func:`best_trial` ranks). The legend names every trial by id, status,
+    objective and the knobs that vary; the best trial is drawn thick with a star and named
+    first."""
+    best = best_trial(rows)
+    colors = trial_colors(rows)
+    entries = math.ceil((len(rows) + 2) / 2)  # legend rows below the panels (2 columns)
+    fig = Figure(figsize=(11, 4.2 + 0.22 * entries), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     curves, order = fig.subplots(1, 2)
-    best = best_trial(rows)
     times: list[float] = []
     lines = False  # whether any trial has more than one point
     for row in sorted(rows, key=lambda r: r is best):  # the best one drawn last, on top
@@ -437,10 +455,9 @@ def history_figure(rows: list[dict[str, Any]], time_attr: str = "progress",
         ts, values = zip(*points)
         times += ts
         lines = lines or len(points) > 1
-        style = BEST_STYLE if row is best else _status_style(row["status"])
-        width = style.get("linewidth", 1.2)
+        style = _trial_style(row, row is best, colors)
         curves.plot(ts, values, color=style["color"], linestyle=style["linestyle"],
-                    linewidth=width, alpha=1.0 if row is best else 0.8,
+                    linewidth=style["linewidth"], alpha=1.0 if row is best else 0.85,
                     zorder=3 if row is best else 2, gid=str(row["trial_id"]))
         curves.plot(ts[-1:], values[-1:], linestyle="none", zorder=3 if row is best else 2,
                     **_marker_only(style))
@@ -454,23 +471,19 @@ def history_figure(rows: list[dict[str, Any]], time_attr: str = "progress",
                     ha="center", va="center", fontsize=8, transform=curves.transAxes)
     curves.set_xlabel(literal(time_attr), fontsize=8)
     curves.set_ylabel(literal(objective), fontsize=8)
-
     x = np.arange(1, len(rows) + 1)
-    for status, group in _by_status(rows, list(x)):
-        style = _status_style(status)
-        order.scatter([t for t, _ in group], [r["objective"] for _, r in group], s=28,
-                      color=style["color"], marker=style["marker"], zorder=2, gid=status)
+    for number, row in zip(x, rows):
+        if not math.isnan(row["objective"]):
+            style = _trial_style(row, row is best, colors)
+            order.plot([number], [row["objective"]], linestyle="none", zorder=3 if row is best
+                       else 2, gid=str(row["trial_id"]), **_marker_only(style))
     if rows:
         pool = {"completed"} if any(r["status"] == "completed" for r in rows) else None
         values = np.array([r["objective"] if pool is None or r["status"] in pool else math.nan
                            for r in rows], dtype=float)
         so_far = np.fmax.accumulate(np.nan_to_num(values, nan=-np.inf))
         order.step(x, np.where(np.isfinite(so_far), so_far, np.nan), where="post",
-                   color="C2", linewidth=1.2, zorder=1)
-    for number, row in zip(x, rows):
-        if row is best:
-            order.plot([number], [row["objective"]], linestyle="none", zorder=3,
-                       **_marker_only(BEST_STYLE))
+                   color="0.3", linewidth=1.0, zorder=1)
     order.xaxis.set_major_locator(MaxNLocator(integer=True))
     order.set_title(literal(f"final {objective} of each trial, in start order"), fontsize=9)
     order.set_xlabel("trial (start order)", fontsize=8)
@@ -480,12 +493,60 @@ def history_figure(rows: list[dict[str, Any]], time_attr: str = "progress",
         ax.grid(alpha=0.3)
     fig.suptitle(literal(f"Sweep history: {objective} of {len(rows)} trials ({_counts(rows)})"),
                  fontsize=10)
-    extra = [Line2D([], [], color="C2", linewidth=1.2,
-                    label="best so far" + (" (completed trials)"
-                                           if any(r["status"] == "completed" for r in rows)
-                                           else ""))] if rows else []
-    _legend(fig, rows, best, lines=True, extra=extra)
+    _trials_legend(fig, rows, best, colors, lines)
     return fig
+
+
+def trial_colors(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A colour per trial id, in start order (matplotlib's tab10, tab20 beyond 10 trials;
+    beyond 20 the colours repeat and the legend's ids tell the trials apart)."""
+    cmap = colormaps["tab10" if len(rows) <= 10 else "tab20"]
+    return {str(r["trial_id"]): cmap(i % cmap.N) for i, r in enumerate(rows)}
+
+
+def _trial_style(row: dict[str, Any], is_best: bool, colors: dict[str, Any]) -> dict[str, Any]:
+    """A trial's line and end marker: its colour, its status's line style and marker (the
+    best trial: thick, a star)."""
+    status = _status_style(row["status"])
+    base = BEST_STYLE if is_best else {"marker": status["marker"], "linewidth": 1.2}
+    return {**base, "linestyle": status["linestyle"], "color": colors[str(row["trial_id"])]}
+
+
+def knob_text(knobs: dict[str, Any], varying: Sequence[str]) -> str:
+    """``name=value, ...`` of the ``varying`` knobs, each named by its last dotted part
+    (``method.params.steps`` -> ``steps``), numbers to 3 significant digits."""
+    parts = []
+    for key in (k for k in varying if k in knobs):
+        value = knobs[key]
+        parts.append(f"{key.rsplit('.', 1)[-1]}="
+                     + (f"{value:.3g}" if isinstance(value, float) else str(value)))
+    return ", ".join(parts)
+
+
+def _trials_legend(fig: Figure, rows: Sequence[dict[str, Any]], best: dict[str, Any] | None,
+                   colors: dict[str, Any], lines: bool) -> None:
+    """A legend entry per trial (best first, then in start order): its line and marker,
+    ``id (status, objective): knobs that vary``; then the best-so-far line."""
+    keys = sorted({k for r in rows for k in r["knobs"]})
+    varying = [k for k in keys if len({str(r["knobs"].get(k)) for r in rows}) > 1] or keys
+    handles = []
+    for row in sorted(rows, key=lambda r: r is not best):
+        style = _trial_style(row, row is best, colors)
+        value = ("not scored" if math.isnan(row["objective"])
+                 else f"{row['objective']:.3g}")
+        stopped = " (x: where it stopped)" if row["status"] == "stopped early" else ""
+        label = (f"{'best: ' if row is best else ''}trial {row['trial_id']} ({row['status']}"
+                 f"{stopped}, {value}): {knob_text(row['knobs'], varying)}")
+        handles.append(Line2D([], [], linestyle=style["linestyle"] if lines else "none",
+                              linewidth=style["linewidth"], **_marker_only(style),
+                              label=literal(label)))
+    if rows:
+        completed = any(r["status"] == "completed" for r in rows)
+        handles.append(Line2D([], [], color="0.3", linewidth=1.0, label="best so far" + (
+            " (completed trials)" if completed else "")))
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(2, len(handles)),
+                   fontsize=7.5, frameon=False)
 
 
 def _knob_kind(values: Sequence[Any]) -> str:
@@ -542,24 +603,18 @@ def _counts(rows: Sequence[dict[str, Any]]) -> str:
                      for status in _statuses(rows))
 
 
-def _legend(fig: Figure, rows: Sequence[dict[str, Any]], best: dict[str, Any] | None,
-            lines: bool, extra: Sequence[Line2D] = ()) -> None:
-    """A figure legend below the panels: one entry per status present (line and marker when
-    ``lines``), ``extra`` entries, and the best trial by id and objective."""
+def _legend(fig: Figure, rows: Sequence[dict[str, Any]], best: dict[str, Any] | None) -> None:
+    """The knob plot's legend below the panels: one marker per status present, and the best
+    trial by id and objective."""
     handles = []
     for status in _statuses(rows):
         style = _status_style(status)
-        drawn = any(not math.isnan(r["objective"]) or (lines and r.get("history"))
-                    for r in rows if r["status"] == status)
-        note = (" (x: where it stopped)" if lines and status == "stopped early" and drawn
-                else "" if drawn else " (not scored, not drawn)")
+        drawn = any(not math.isnan(r["objective"]) for r in rows if r["status"] == status)
         handles.append(Line2D([], [], color=style["color"], marker=style["marker"],
-                              linestyle=style["linestyle"] if lines else "none",
-                              label=literal(status + note)))
-    handles += list(extra)
+                              linestyle="none", label=literal(
+                                  status + ("" if drawn else " (not scored, not drawn)"))))
     if best is not None:
-        handles.append(Line2D([], [], linestyle=BEST_STYLE["linestyle"] if lines else "none",
-                              linewidth=BEST_STYLE["linewidth"], **_marker_only(BEST_STYLE),
+        handles.append(Line2D([], [], linestyle="none", **_marker_only(BEST_STYLE),
                               label=literal(f"best: trial {best['trial_id']} "
                                             f"({best['objective']:.4g}, {best['status']})")))
     if handles:

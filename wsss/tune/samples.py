@@ -14,7 +14,7 @@ from wsss.data.reader import DatasetReader
 from wsss.pipeline.samples import sample_grid
 from wsss.pipeline.steps import Job, Step, make_masks, map_steps, mask_steps
 from wsss.storage import Location
-from wsss.train.checkpoint import load_checkpoint_state
+from wsss.train.checkpoint import open_checkpoint
 
 GRID_FILE = "cam_overlays.png"
 
@@ -26,11 +26,11 @@ def checkpoint_samples(checkpoint_dir: str, data_root: str, ids: Sequence[str],
     (``checkpoint_dir``, local or remote): maps at one scale on the CPU, masks without CRF."""
     reader = DatasetReader.open(data_root)
     with ray.train.Checkpoint(checkpoint_dir).as_directory() as local:
-        path = Path(local) / "model.pt"
-        state = load_checkpoint_state(path)
+        ckpt = open_checkpoint(Path(local) / "model.pt", "classifier")
+    state = ckpt.state
     job = Job(reader, state["method"], dict(state["method_params"]), CamConfig(),
               dataclasses.replace(refine, crf=False))
-    steps = [*map_steps(job, state, path), Step(make_masks, {"job": job})]
+    steps = [*map_steps(job, ckpt), Step(make_masks, {"job": job})]
     return _draw(reader, ids, steps, out_dir)
 
 

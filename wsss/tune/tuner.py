@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shlex
 import signal
 import sys
 import threading
@@ -24,15 +23,19 @@ from ray.util import placement_group_table
 from ray.util.placement_group import PlacementGroup, remove_placement_group
 
 from wsss import tracking
+from wsss.commands import command_line
 from wsss.config import ConfigError, ExperimentConfig
 from wsss.data.errors import DatasetError
 from wsss.names import InvalidNameError, check_name, sweep_experiment_problem
 from wsss.ray_utils import init_ray, verbose
 from wsss.storage import OutputError, check_writable
 from wsss.tracking import TrackingError, check_tracking_uri, env_restored, unsent_records
+from wsss.train.checkpoint import CheckpointError
 from wsss.train.classifier import scan_training_data
 from wsss.tune.report import (close_trial_run, degenerate_warning, end_sweep_run, next_steps,
-                              objective_line, run_status, runs_view, summarize_sweep, trial_row)
+                              objective_line, run_status, smoke_note, summarize_sweep, trial_row)
+from wsss.tune.view import runs_view, share_trials_view
+from wsss.tune.console import TrialLines, log_to_file
 from wsss.tune.prune import keep_best_model
 from wsss.tune.runner import (CRASH_ENV, Sweep, base_config, dataset_root, parse_options,
                               select_train_eval_ids)
@@ -40,6 +43,7 @@ from wsss.tune.spaces import check_space
 from wsss.tune.tracking import ROLE, SWEEP, find_runs, mlflow_client, sweep_run
 from wsss.tune.trial import OBJECTIVE, PLACEMENT_GROUP, SweepContext, checkpoint_file
 
+LOG_FILE = "sweep.log"  # WORKDIR/<experiment>/sweep.log: the driver's Ray, MLflow, Optuna lines
 STORAGE_TAG = "wsss.storage_path"  # the parent run's Tune experiment folder (or URI)
 TUNE_SIGINT_ENV = "TUNE_DISABLE_SIGINT_HANDLER"
 
@@ -54,8 +58,8 @@ def main(sweep: Sweep, argv: Sequence[str] | None = None, description: str | Non
     args = parse_options(sweep, argv, description)
     try:
         best = run_sweep(sweep, args)
-    except (ConfigError, DatasetError, InvalidNameError, OutputError, ResumeError,
-            TrackingError) as err:
+    except (CheckpointError, ConfigError, DatasetError, InvalidNameError, OutputError,
+            ResumeError, TrackingError) as err:
         print(f"{sweep.name} sweep: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ray may raise a KeyboardInterrupt of its own on the way out
@@ -120,8 +124,11 @@ def run_sweep(sweep: Sweep, args: argparse.Namespace) -> dict[str, Any] | None:
     cfg = base_config(args, dataset_root(args, Path(args.workdir)))
     check_space(sweep.space(args.smoke_test, cfg), cfg)  # every proposal is a valid config
     training_data = scan_training_data(cfg)
-    init_ray(args.address)
     workdir = Path(args.workdir) / args.experiment
+    log = None if verbose() else log_to_file(workdir / LOG_FILE)  # Ray's set-up lines too
+    init_ray(args.address, log_to_driver=verbose())
+    if log is not None:
+        log_to_file(log)  # ray.init gave Ray's logger a console handler again
     unsent = workdir / tracking.UNSENT_FILE
     with _signals_interrupt():  # after ray.init, which sets its own SIGTERM handler
         experiment_id = tracking.ensure_experiment(args.experiment, uri)
@@ -145,9 +152,24 @@ def run_sweep(sweep: Sweep, args: argparse.Namespace) -> dict[str, Any] | None:
             outcomes.update({row["trial_id"]: run_status(row) for row in rows})
             best = record_results(sweep, ctx, cfg, rows)
             pruned = keep_best_model(rows, best, workdir, storage, args.experiment)
+    share = _shared_view(uri, experiment_id, parent, rows)
+    disk = pruned.line() + (f"logs: {log} (Ray's own lines; --verbose prints them)\n"
+                            if log is not None else "")
     _print_summary(args, uri, parent, best, time.perf_counter() - start, unsent,
-                   str(cfg.data.root), experiment_id, pruned.line())
+                   str(cfg.data.root), experiment_id, disk, share)
     return best
+
+
+def _shared_view(uri: str, experiment_id: str, parent: str,
+                 rows: list[dict[str, Any]]) -> str | None:
+    """The key of the UI view of the sweep's trials (``wsss.tune.view``); None when the
+    tracking store did not take it (the link then opens the plain runs table)."""
+    knobs = sorted({k for row in rows for k in row["knobs"]})
+    try:
+        return share_trials_view(uri, experiment_id, parent, knobs, OBJECTIVE)
+    except Exception as err:  # noqa: BLE001 - a link is never worth losing the summary
+        print(f"warning: could not store the trials view in MLflow: {err}", file=sys.stderr)
+        return None
 
 
 def check_before_compute(args: argparse.Namespace) -> tuple[str, str]:
@@ -216,8 +238,10 @@ def make_tuner(sweep: Sweep, args: argparse.Namespace, ctx: SweepContext,
                                   scheduler=_scheduler(sweep, args, cfg))
     run_config = tune.RunConfig(name=args.experiment, storage_path=ctx.storage_path,
                                 failure_config=tune.FailureConfig(max_failures=2),
-                                callbacks=[ReleaseStoppedTrials()],
-                                verbose=2 if verbose() else 1)
+                                callbacks=[ReleaseStoppedTrials(),
+                                           *([] if verbose() else
+                                             [TrialLines(args.num_samples, OBJECTIVE)])],
+                                verbose=2 if verbose() else 0)
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
 
 
@@ -300,7 +324,7 @@ def _sweep_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _print_summary(args: argparse.Namespace, uri: str, parent: str, best: dict | None,
                    seconds: float, unsent: Path, data: str, experiment_id: str,
-                   disk: str = "") -> None:
+                   disk: str = "", share_key: str | None = None) -> None:
     kept = len(unsent_records(unsent))
     if kept:
         print(f"warning: MLflow at {uri} did not answer during sweep '{args.experiment}'; "
@@ -314,9 +338,10 @@ def _print_summary(args: argparse.Namespace, uri: str, parent: str, best: dict |
     print(f"\nsweep '{args.experiment}' finished in {seconds:.0f}s; best trial "
           f"{best['trial_id']} ({best['status']}): {OBJECTIVE}={best['objective']:.4f} "
           f"({knobs})\n" + objective_line(best, args.degenerate_penalty)
-          + degenerate_warning(best) + next_steps(best.get("checkpoint"), data) + disk
+          + degenerate_warning(best) + smoke_note(args.smoke_test)
+          + next_steps(best.get("checkpoint"), data, args.experiment) + disk
           + f"MLflow: parent run {parent} in experiment '{args.experiment}' at {uri}\n"
-          f"  wsss compare --experiment {shlex.quote(args.experiment)}"
-          + (f" --tracking-uri {uri}" if args.tracking_uri else "") + "\n"
-          + runs_view(uri, experiment_id)
+          + "  " + command_line("wsss", "compare", "--experiment", args.experiment,
+                                *(["--tracking-uri", uri] if args.tracking_uri else [])) + "\n"
+          + runs_view(uri, experiment_id, share_key)
           + (f"\nMLflow did not answer: {kept} record(s) kept in {unsent}" if kept else ""))
