@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss.config import ConfigError, ModelConfig
+from wsss.config import ModelConfig
+from wsss.errors import ConfigError
 from wsss.knobs import Knob
 from wsss.methods.base import Method
 from wsss.registry import register_method

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wsss.config import ConfigError
+from wsss.errors import ConfigError
 from wsss.knobs import Knob
 from wsss.methods.base import Method
 from wsss.registry import register_method

@@ -16,7 +16,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from wsss.config import ConfigError, RefineConfig
+from wsss.config import RefineConfig
+from wsss.errors import ConfigError
 from wsss.core.masks import mask_from_scores, saliency_scores
 from wsss.core.saliency import SOURCES
 from wsss.knobs import Knob
