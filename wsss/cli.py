@@ -27,8 +27,9 @@ from typing import Sequence
 from wsss import names
 from wsss.cli_data import add_data_commands
 from wsss.commands import command_line
-from wsss.config import (BACKBONES, BG_MODES, MAP_KINDS, SEGMENTER_ARCHS, SEGMENTER_MODES,
-                         ExperimentConfig, load_config, override)
+from wsss.config import (BACKBONES, BG_MODES, SEGMENTER_ARCHS, SEGMENTER_MODES, ExperimentConfig,
+                         load_config, override)
+from wsss.core.map_kinds import MAP_KINDS
 from wsss.data.voc import MASK_DIR
 from wsss.errors import WsssError
 from wsss.helptext import ArgumentParser
@@ -109,8 +110,9 @@ def _opts(pairs: list[tuple[str, object]]) -> list[str]:
 
 def _add_cam_options(p: argparse.ArgumentParser) -> None:
     """Map-extraction options (``cam`` and ``pseudo-label``)."""
-    p.add_argument("--kind", choices=MAP_KINDS, help="default: the method's own (auto)")
-    p.add_argument("--layer", help="Grad-CAM layer (layer1..layer4)")
+    p.add_argument("--kind", choices=("auto", *MAP_KINDS.names()),
+                   help="map kind (wsss.core.map_kinds); default: the method's own (auto)")
+    p.add_argument("--layer", help="the layer a gradient kind weights (layer1..layer4)")
     p.add_argument("--scales", type=float, nargs="+", help="test-time scales, e.g. 0.5 1 1.5 2")
     p.add_argument("--flip", action="store_true", help="also average the flipped image")
     p.add_argument("--batch-size", type=int)

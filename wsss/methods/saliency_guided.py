@@ -21,8 +21,7 @@ from wsss.errors import ConfigError
 from wsss.core.masks import mask_from_scores, saliency_scores
 from wsss.core.saliency import SOURCES
 from wsss.knobs import Knob
-from wsss.methods.base import Method
-from wsss.registry import register_method
+from wsss.methods.base import Method, register_method
 
 FUSIONS = ("best_seed", "product")
 
