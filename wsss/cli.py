@@ -27,10 +27,11 @@ from typing import Sequence
 from wsss import names
 from wsss.cli_data import add_data_commands
 from wsss.commands import command_line
-from wsss.config import (BACKBONES, BG_MODES, MAP_KINDS, SEGMENTER_ARCHS, SEGMENTER_MODES,
-                         ConfigError, ExperimentConfig, load_config, override)
-from wsss.data.errors import DatasetError
+from wsss.config import (BACKBONES, BG_MODES, SEGMENTER_ARCHS, SEGMENTER_MODES, ExperimentConfig,
+                         load_config, override)
+from wsss.core.map_kinds import MAP_KINDS
 from wsss.data.voc import MASK_DIR
+from wsss.errors import WsssError
 from wsss.helptext import ArgumentParser
 from wsss.methods import METHODS
 from wsss.pipeline.maps import run_cams
@@ -41,11 +42,9 @@ from wsss.pipeline.train_aff import run_train_affinity
 from wsss.pipeline.train_cls import run_train_classifier
 from wsss.pipeline.train_seg import run_train_segmenter
 from wsss.ray_utils import VERBOSE_ENV, init_ray
-from wsss.storage import OutputError, absolute_options, check_writable
-from wsss.tracking import TrackingError, check_tracking_uri, resolve_tracking_uri
-from wsss.train.checkpoint import CheckpointError
+from wsss.storage import absolute_options, check_writable
+from wsss.tracking import check_tracking_uri, resolve_tracking_uri
 from wsss.train.classifier import scan_training_data
-from wsss.train.reporting import TrainingError
 from wsss.train.segmenter import scan_segmenter_data
 from wsss.tune.compare import compare
 from wsss.tune.view import runs_view, stored_view_key
@@ -111,8 +110,9 @@ def _opts(pairs: list[tuple[str, object]]) -> list[str]:
 
 def _add_cam_options(p: argparse.ArgumentParser) -> None:
     """Map-extraction options (``cam`` and ``pseudo-label``)."""
-    p.add_argument("--kind", choices=MAP_KINDS, help="default: the method's own (auto)")
-    p.add_argument("--layer", help="Grad-CAM layer (layer1..layer4)")
+    p.add_argument("--kind", choices=("auto", *MAP_KINDS.names()),
+                   help="map kind (wsss.core.map_kinds); default: the method's own (auto)")
+    p.add_argument("--layer", help="the layer a gradient kind weights (layer1..layer4)")
     p.add_argument("--scales", type=float, nargs="+", help="test-time scales, e.g. 0.5 1 1.5 2")
     p.add_argument("--flip", action="store_true", help="also average the flipped image")
     p.add_argument("--batch-size", type=int)
@@ -508,8 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         preflight(args)
         return args.func(args)
-    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError,
-            names.InvalidNameError, OutputError, TrackingError, TrainingError) as err:
+    except (WsssError, FileNotFoundError) as err:
         print(f"wsss {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -19,12 +19,11 @@ from wsss.crf_limits import crf_violation
 from wsss.errors import ConfigError
 from wsss.names import experiment_name_problem, path_component_problem, shown
 
-T = TypeVar("T")
-from wsss.registry import get_method
 from wsss.storage import absolute
 
+T = TypeVar("T")
+
 BACKBONES = ("resnet18", "resnet34", "resnet50")
-MAP_KINDS = ("auto", "cam", "gradcam")
 # compute precision of training and map extraction (``wsss.core.precision``)
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -75,13 +74,15 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """A registered method name and its own knobs (validated by the method's ``Params``)."""
+    """A registered method name and its own knobs. The methods layer checks both
+    (``wsss.methods.check_method_config``, with the method's ``Params``) where a method is
+    trained; this module imports no method."""
 
     name: str = "cam"
     params: Mapping[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        get_method(self.name).parse_params(self.params)
+        check_value(bool(self.name), "method.name", self.name, "a registered method's name")
 
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -174,9 +175,12 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class CamConfig:
-    """Localization-map extraction: CAM or Grad-CAM, test-time scales and flip.
+    """Localization-map extraction: the map kind, test-time scales and flip.
 
-    ``kind="auto"`` and ``layer=None`` take the method's own choice (``gradcam`` -> Grad-CAM).
+    ``kind``: a registered map kind (``wsss.core.map_kinds``: cam, gradcam, layercam...) or
+    ``"auto"``; ``kind="auto"`` and ``layer=None`` take the method's own choice (``gradcam`` ->
+    Grad-CAM). The core layer checks ``kind`` and ``layer`` against the registry and the
+    checkpoint's method before any map is made (``wsss.core.map_kinds.map_kind_for``).
     ``precision`` and ``channels_last`` as in ``train`` (``wsss.core.precision``); maps are
     float32 whatever the precision.
     """
@@ -190,7 +194,7 @@ class CamConfig:
     channels_last: bool = False
 
     def validate(self) -> None:
-        _check_choice("cams.kind", self.kind, MAP_KINDS)
+        check_value(bool(self.kind), "cams.kind", self.kind, "auto or a registered map kind")
         _check_choice("cams.precision", self.precision, PRECISIONS)
         check_value(len(self.scales) > 0 and all(s > 0 for s in self.scales), "cams.scales",
                     self.scales, "a non-empty list of positive numbers")

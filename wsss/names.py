@@ -60,6 +60,8 @@ import unicodedata
 from collections import Counter
 from typing import Callable, Iterable, Sequence
 
+from wsss.errors import WsssError
+
 NAME_MAX = 255  # bytes per path component on Linux (<linux/limits.h>)
 SUFFIX_RESERVE = 55  # bytes the project appends to a name (temporary files, -roundN, -train)
 MAX_NAME_BYTES = NAME_MAX - SUFFIX_RESERVE
@@ -73,7 +75,7 @@ SQL_RUN_NAME_LENGTH = 250  # fallback for runs.name String(250)
 _KEY_PART_CHAR = re.compile(r"[\w.\- ]")  # MLflow's key characters less "/" and ":"
 
 
-class InvalidNameError(ValueError):
+class InvalidNameError(WsssError, ValueError):
     """A user-given name cannot be used where it goes; the message names it and the rule."""
 
 

@@ -1,50 +1,60 @@
-"""The method registry: names -> method classes, filled by ``@register_method``.
+"""A registry: names -> classes, filled by a decorator where each class is defined.
 
-It sits below the config so that ``wsss.config`` can check a method's name and parameters
-without importing the methods; the methods (one layer up) register themselves into it. The
-built-in methods live in ``wsss.methods``, loaded the first time a name is looked up (as a
-plugin package), so the registry is complete whichever module asks first. Adding a method is
-one decorated class (timm's registry: ``timm/models/_registry.py``).
+The methods (``wsss.methods.METHODS``) and the map kinds (``wsss.core.map_kinds.MAP_KINDS``)
+are registries: adding one is one decorated class in one new module of their package, and the
+CLI's choices, the sweeps and the tests read the registry (timm's registry:
+``timm/models/_registry.py``). A registry is a read-only mapping name -> class.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Generic, Iterator, Mapping, TypeVar
 
 from wsss.errors import ConfigError
 
-if TYPE_CHECKING:
-    from wsss.methods.base import Method
-
-BUILTIN_METHODS = "wsss.methods"
-
-METHODS: dict[str, type[Method]] = {}
+T = TypeVar("T", bound=type)
 
 
-def register_method(name: str) -> Callable[[type], type]:
-    """Class decorator: make a method reachable by ``name`` from the CLI, sweeps and tests.
+class Registry(Mapping[str, T], Generic[T]):
+    """Classes by name; ``what`` names an entry in messages (``"method"``, ``"map kind"``)."""
 
-    Raises ValueError when ``name`` is registered twice."""
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._entries: dict[str, T] = {}
 
-    def decorate(cls: type) -> type:
-        if name in METHODS:
-            raise ValueError(f"method '{name}' is registered twice")
-        cls.name = name
-        METHODS[name] = cls
-        return cls
+    def register(self, name: str) -> Callable[[T], T]:
+        """Class decorator: make the class reachable as ``name`` (its ``name`` attribute is
+        set). Raises ValueError when ``name`` is registered twice."""
 
-    return decorate
+        def decorate(cls: T) -> T:
+            if name in self._entries:
+                raise ValueError(f"{self.what} '{name}' is registered twice")
+            cls.name = name
+            self._entries[name] = cls
+            return cls
 
+        return decorate
 
-def get_method(name: str) -> type[Method]:
-    """The registered method class called ``name``.
+    def lookup(self, name: str) -> T:
+        """The class registered as ``name``.
 
-    Raises:
-        ConfigError: no method has that name (the message lists the valid names).
-    """
-    importlib.import_module(BUILTIN_METHODS)  # registers the built-in methods (once)
-    if name not in METHODS:
-        raise ConfigError(f"unknown method '{name}'; choose one of: "
-                                 f"{', '.join(sorted(METHODS))}")
-    return METHODS[name]
+        Raises:
+            ConfigError: no entry has that name (the message lists the valid names).
+        """
+        if name not in self._entries:
+            raise ConfigError(f"unknown {self.what} '{name}'; choose one of: "
+                              f"{', '.join(self.names())}")
+        return self._entries[name]
+
+    def names(self) -> tuple[str, ...]:
+        """The registered names, sorted."""
+        return tuple(sorted(self._entries))
+
+    def __getitem__(self, name: str) -> T:
+        return self._entries[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)

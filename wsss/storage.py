@@ -23,6 +23,8 @@ from typing import Any, Sequence
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from wsss.errors import WsssError
+
 TEMP_SUFFIX = ".tmp"
 MIN_FREE_ENV = "WSSS_MIN_FREE_MB"
 DEFAULT_MIN_FREE_MB = 50.0
@@ -65,7 +67,7 @@ def absolute_options(options: argparse.Namespace,
     return options
 
 
-class OutputError(ValueError):
+class OutputError(WsssError, ValueError):
     """An output folder cannot be written (missing rights, a file in the way, a full disk)."""
 
 

@@ -31,6 +31,7 @@ import mlflow
 from mlflow.entities import Param
 
 from wsss.config import flatten
+from wsss.errors import WsssError
 from wsss.names import mlflow_limit, param_value_limit, tag_value_limit
 from wsss.storage import absolute
 
@@ -49,7 +50,7 @@ _unsent_files: dict[str, Path] = {}  # run id -> where its unsent records go (th
 _shortened: dict[str, dict[str, str]] = {}  # run id -> {key: full text} of shortened params
 
 
-class TrackingError(RuntimeError):
+class TrackingError(WsssError, RuntimeError):
     """The MLflow tracking server does not answer."""
 
 

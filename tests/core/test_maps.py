@@ -1,4 +1,5 @@
-"""Localization maps: Grad-CAM vs pytorch-grad-cam, object localisation, TTA, map files."""
+"""Localization maps of every registered kind: object localisation, TTA, the Grad-CAM engine's
+single forward pass, map files (each kind's own tests: tests/core/map_kinds/)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsss.core import maps as cams
+from wsss.core.map_kinds import MAP_KINDS
 from wsss.methods import get_method
 from wsss.models import CamClassifier, build_backbone
 
@@ -59,45 +61,6 @@ def images() -> torch.Tensor:
     return torch.randn(3, 3, 64, 96, generator=torch.Generator().manual_seed(0))
 
 
-def _minmax(maps: np.ndarray) -> np.ndarray:
-    """Min-max normalise each map of [N, H, W]."""
-    low = maps.min(axis=(1, 2), keepdims=True)
-    span = maps.max(axis=(1, 2), keepdims=True) - low
-    return (maps - low) / np.maximum(span, 1e-12)
-
-
-# -- agreement with the reference implementation ------------------------------------------------
-@pytest.mark.parametrize("layer", ["layer4", "layer3"])
-def test_gradcam_matches_pytorch_grad_cam(model, images, layer):
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    ours = cams.gradcam_maps(model, images, LABELS, layer)
-    ours = F.interpolate(ours, size=images.shape[-2:], mode="bilinear", align_corners=False)
-    present = [LABELS[b].nonzero().flatten().tolist() for b in range(len(LABELS))]
-    compared = 0
-    with GradCAM(model=model, target_layers=[getattr(model.backbone, layer)]) as reference:
-        for slot in range(max(len(p) for p in present)):
-            classes = [p[min(slot, len(p) - 1)] for p in present]
-            ref = reference(input_tensor=images,
-                            targets=[ClassifierOutputTarget(c) for c in classes])
-            mine = np.stack([ours[b, c].numpy() for b, c in enumerate(classes)])
-            live = mine.max(axis=(1, 2)) > 0
-            assert np.all(ref[~live] == 0)  # both agree a map is empty
-            mine, ref = _minmax(mine[live]), ref[live]
-            assert np.abs(mine - ref).max() / np.abs(ref).max() < 1e-4
-            compared += int(live.sum())
-    assert compared >= 5  # the comparison is not vacuous
-
-
-def test_gradcam_at_last_layer_of_cam_classifier_is_relu_cam(model, images):
-    """With a linear 1x1 head, alpha^c = w_c / (h w), so Grad-CAM(layer4) = relu(CAM) / (h w)."""
-    grad = cams.gradcam_maps(model, images, LABELS, "layer4")
-    cam = cams.cam_maps(get_method("cam")(NUM_CLASSES), model, images)
-    expected = torch.relu(cam) / (cam.shape[-2] * cam.shape[-1]) * LABELS[:, :, None, None]
-    torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-6)
-
-
 # -- a map that peaks on the object ----------------------------------------------------------
 def _square_image(top: int, left: int, size: int = 48, side: int = 128):
     image = torch.zeros(1, 3, side, side)
@@ -122,7 +85,7 @@ def square_detector() -> CamClassifier:
     return model
 
 
-@pytest.mark.parametrize("kind", ["cam", "gradcam"])
+@pytest.mark.parametrize("kind", MAP_KINDS.names())
 @pytest.mark.parametrize("top,left", [(70, 8), (8, 72)])
 def test_map_peaks_on_the_object(square_detector, kind, top, left):
     model, method = square_detector, get_method("cam")(2)
@@ -138,7 +101,7 @@ def test_map_peaks_on_the_object(square_detector, kind, top, left):
 
 
 # -- multi-scale, flip, batching -------------------------------------------------------------
-@pytest.mark.parametrize("kind", ["cam", "gradcam"])
+@pytest.mark.parametrize("kind", MAP_KINDS.names())
 def test_localization_maps_shape_range_and_normalisation(model, images, kind):
     method = get_method("cam")(NUM_CLASSES)
     labels = LABELS.clone()
@@ -154,7 +117,7 @@ def test_localization_maps_shape_range_and_normalisation(model, images, kind):
     assert cams.localization_maps(method, model, images, labels, kind=kind).shape[-2:] == (64, 96)
 
 
-@pytest.mark.parametrize("kind", ["cam", "gradcam"])
+@pytest.mark.parametrize("kind", MAP_KINDS.names())
 def test_flip_of_symmetric_input_equals_no_flip(kind):
     model, method = _flip_equivariant_model(), get_method("cam")(NUM_CLASSES)
     half = torch.randn(2, 3, 48, 32, generator=torch.Generator().manual_seed(3))
@@ -165,7 +128,7 @@ def test_flip_of_symmetric_input_equals_no_flip(kind):
     torch.testing.assert_close(flipped, plain, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("kind", ["cam", "gradcam"])
+@pytest.mark.parametrize("kind", MAP_KINDS.names())
 def test_flipped_maps_are_mirrored_back(kind):
     """For a mirror-equivariant model, flip TTA of any input equals the plain map."""
     model, method = _flip_equivariant_model(), get_method("cam")(NUM_CLASSES)

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from wsss.core.maps import gradcam_maps, localization_maps
-from wsss.config import ConfigError, ModelConfig
-from wsss.methods import METHODS, Method
+from wsss.config import ConfigError, ModelConfig, load_config
+from wsss.methods import METHODS, Method, check_method_config
 from wsss.models import Backbone
 
 NUM_CLASSES = 3
@@ -111,3 +111,21 @@ def test_every_method_has_behaviour_tests(name: str) -> None:
     path = Path(__file__).parent / BEHAVIOUR_FILES.get(name, f"test_{name}.py")
     assert path.is_file(), f"method '{name}' has no behaviour tests ({path.name} missing)"
     assert "def test_" in path.read_text(), f"{path.name} defines no test"
+
+
+# -- the method section of a config, checked by the methods layer (wsss.config imports none) --
+def test_unknown_method_lists_registered_methods():
+    with pytest.raises(ConfigError, match="unknown method 'nope'.*cam.*gradcam"):
+        check_method_config(load_config(None, ["method.name=nope"]).method)
+
+
+def test_unknown_method_param_lists_valid_params():
+    with pytest.raises(ConfigError, match="no parameter.*hide.*valid: layer"):
+        check_method_config(load_config(None, ["method.name=gradcam",
+                                               "method.params.hide=0.5"]).method)
+
+
+def test_out_of_range_method_param_is_refused():
+    with pytest.raises(ConfigError, match="gradcam layer"):
+        check_method_config(load_config(None, ["method.name=gradcam",
+                                               "method.params.layer=fc"]).method)

@@ -1,14 +1,12 @@
-"""Localization maps (CAM and Grad-CAM) for every present class of a batch, and map files.
+"""Localization maps of every present class of a batch (any registered map kind, multi-scale
+and flip-averaged), and map files.
 
 Models follow one contract: ``model.backbone`` is a :class:`~wsss.models.backbones.Backbone`
 (``forward_until`` / ``forward_from`` a named stage) and ``model.maps_from_features`` turns
 last-stage features [B, F, h, w] into raw class maps [B, C, h, w] whose spatial mean are the
-logits [B, C].
-
-Grad-CAM is computed for all (image, present class) pairs from a single forward pass: the trunk up
-to the target layer runs without autograd, its activation becomes a leaf, and only the tail
-(target layer -> logits) is differentiated, once per "class slot" (slot p holds the p-th present
-class of every image) on the same retained graph.
+logits [B, C]. How the raw maps are computed is the map kind's (``wsss.core.map_kinds``: CAM,
+Grad-CAM, LayerCAM, ...); what is done with them (scales, flip, normalisation) is the same for
+every kind and lives here.
 """
 
 from __future__ import annotations
@@ -19,23 +17,18 @@ import os
 import zipfile
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Iterator, Sequence
+from typing import BinaryIO, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsss.core.map_kinds import MAP_KINDS, MapKind, MapSource, map_kind_for
 from wsss.core.precision import autocast
 from wsss.data.transforms import resize_by
-from wsss.models.classifier import unwrap
 from wsss.models.heads import NORM_EPS
 from wsss.storage import write_atomic
-
-if TYPE_CHECKING:
-    from wsss.methods.base import Method
-
-MAP_KINDS = ("cam", "gradcam")
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -54,106 +47,26 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-# -- raw maps ----------------------------------------------------------------------------------
-def cam_maps(method: Method, model: nn.Module, images: torch.Tensor,
+# -- raw maps of one kind ----------------------------------------------------------------------
+def cam_maps(method: MapSource, model: nn.Module, images: torch.Tensor,
              labels: torch.Tensor | None = None) -> torch.Tensor:
     """Raw class activation maps [B, C, h, w] for images [B, 3, H, W] (no autograd)."""
     with torch.no_grad():
         return method.class_maps(model, images, labels)
 
 
-def _class_slots(present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Present classes of each image packed into slots.
-
-    Args:
-        present: bool [B, C].
-
-    Returns:
-        classes long [B, P] (class of slot p of image b) and valid bool [B, P], where P is the
-        largest number of present classes of any image.
-    """
-    num_slots = int(present.sum(dim=1).max().item()) if present.numel() else 0
-    order = torch.argsort(present.to(torch.int8), dim=1, descending=True, stable=True)
-    classes = order[:, :num_slots]
-    return classes, present.gather(1, classes)
-
-
-def _channel_weights(logits: torch.Tensor, leaf: torch.Tensor, classes: torch.Tensor,
-                     valid: torch.Tensor) -> torch.Tensor:
-    """Grad-CAM weights: spatial mean of d logit[b, classes[b, p]] / d leaf[b] for each slot p.
-
-    One backward pass of the tail per slot, reusing the same graph (no forward is re-run); only
-    the gradient with respect to ``leaf`` is computed (no parameter gradients).
-
-    Args:
-        logits: [B, C], differentiable function of ``leaf``.
-        leaf: activation [B, K, h, w] requiring grad.
-        classes, valid: [B, P] slots from :func:`_class_slots`.
-
-    Returns:
-        Weights [P, B, K] (zero for invalid slots).
-    """
-    num_slots = classes.shape[1]
-    weights = []
-    for slot in range(num_slots):
-        one_hot = torch.zeros_like(logits)
-        one_hot.scatter_(1, classes[:, slot:slot + 1], valid[:, slot:slot + 1].to(logits.dtype))
-        (grad,) = torch.autograd.grad(logits, leaf, grad_outputs=one_hot,
-                                      retain_graph=slot < num_slots - 1)
-        weights.append(grad.mean(dim=(2, 3)))
-    return torch.stack(weights)
-
-
 def gradcam_maps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                  layer: str = "layer4") -> torch.Tensor:
-    """Grad-CAM maps relu(sum_k alpha_k^c A_k) for every present class, from one forward pass.
-
-    ``alpha^c`` is the spatial mean of d logit_c / d A, A the activation of backbone stage
-    ``layer``. Backpropagation starts at the logits and stops at ``layer``: nothing before it is
-    differentiated and no parameter gradient is computed. The backward of each class slot is
-    summed over the batch, so the model must not mix images (eval-mode batch norm).
-
-    Args:
-        model: a model following the backbone / ``maps_from_features`` contract, in eval mode.
-        images: [B, 3, H, W] on the model's device.
-        labels: multi-hot [B, C]; classes with label <= 0.5 get zero maps.
-        layer: backbone stage (``stem``, ``layer1`` .. ``layer4``).
-
-    Returns:
-        Raw (un-normalised, non-negative) maps [B, C, h', w'] at the resolution of ``layer``.
-    """
-    if torch.is_inference_mode_enabled():
-        raise RuntimeError("gradcam_maps needs autograd; call it outside torch.inference_mode()")
-    net = unwrap(model)
-    with torch.no_grad():
-        acts = net.backbone.forward_until(layer, images)
-    present = labels.to(acts.device) > 0.5
-    out = acts.new_zeros((acts.shape[0], labels.shape[1], *acts.shape[2:]))
-    classes, valid = _class_slots(present)
-    if classes.shape[1] == 0:
-        return out
-    leaf = acts.detach().requires_grad_(True)
-    with torch.enable_grad():
-        logits = net.maps_from_features(net.backbone.forward_from(layer, leaf)).mean(dim=(2, 3))
-        alpha = _channel_weights(logits, leaf, classes, valid)  # [P, B, K]
-    cams = torch.relu(torch.einsum("pbk,bkhw->pbhw", alpha, acts))
-    image_idx, slot_idx = valid.nonzero(as_tuple=True)
-    out[image_idx, classes[image_idx, slot_idx]] = cams[slot_idx, image_idx]
-    return out
+    """Grad-CAM maps relu(sum_k alpha_k^c A_k) [B, C, h', w'] at the resolution of backbone
+    stage ``layer`` for every present class of multi-hot ``labels`` [B, C], from one forward
+    pass (``wsss.core.map_kinds.gradcam``); the model in eval mode."""
+    return MAP_KINDS["gradcam"]().raw_maps(model, images, labels, layer)
 
 
 # -- localization maps -------------------------------------------------------------------------
-def _raw_maps(method: Method, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-              kind: str, layer: str) -> torch.Tensor:
-    """Raw maps [B, C, h, w] of the requested kind."""
-    if kind == "cam":
-        return cam_maps(method, model, images, labels)
-    return gradcam_maps(model, images, labels, layer)
-
-
-def _scale_maps(method: Method, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                kind: str, layer: str, flip: bool, out_size: tuple[int, int],
-                precision: str) -> torch.Tensor:
+def _scale_maps(method: MapSource, model: nn.Module, images: torch.Tensor,
+                labels: torch.Tensor, kind: MapKind, layer: str, flip: bool,
+                out_size: tuple[int, int], precision: str) -> torch.Tensor:
     """Maps [N, *out_size] of the N present (image, class) pairs of one (resized) batch.
 
     Pairs are in ``(labels > 0.5).nonzero()`` order; only they are upsampled. With ``flip`` the
@@ -165,7 +78,7 @@ def _scale_maps(method: Method, model: nn.Module, images: torch.Tensor, labels: 
         images = torch.cat([images, images.flip(-1)])
         labels = torch.cat([labels, labels])
     with autocast(images.device, precision):
-        raw = _raw_maps(method, model, images, labels, kind, layer)
+        raw = kind.raw_maps(model, images, labels, layer, method)
     raw = raw.to(torch.promote_types(raw.dtype, torch.float32))
     batch = present.shape[0]
     maps = raw[:batch][present]
@@ -179,15 +92,7 @@ def _scale_maps(method: Method, model: nn.Module, images: torch.Tensor, labels: 
     return maps
 
 
-def _check_kind(kind: str, method: Method) -> None:
-    if kind not in MAP_KINDS:
-        raise ValueError(f"unknown map kind '{kind}'; choose one of: {', '.join(MAP_KINDS)}")
-    if kind not in method.supported_map_kinds:
-        raise ValueError(f"method '{method.name}' gives {', '.join(method.supported_map_kinds)} "
-                         f"maps only, not {kind}")
-
-
-def localization_maps(method: Method, model: nn.Module, images: torch.Tensor,
+def localization_maps(method: MapSource, model: nn.Module, images: torch.Tensor,
                       labels: torch.Tensor, kind: str | None = None, layer: str | None = None,
                       scales: Sequence[float] = (1.0,), flip: bool = False,
                       out_size: tuple[int, int] | None = None,
@@ -202,12 +107,14 @@ def localization_maps(method: Method, model: nn.Module, images: torch.Tensor,
     converted), under the autocast of ``precision``.
 
     Args:
-        method: a :class:`~wsss.methods.base.Method` (gives CAM maps and defaults).
+        method: the method that trained the model (a ``wsss.core.map_kinds.MapSource``, e.g.
+            ``wsss.methods.base.Method``): its class maps, default kind and layer.
         model: the method's model.
         images: [B, 3, H, W].
         labels: multi-hot [B, C].
-        kind: ``"cam"``, ``"gradcam"`` or None for ``method.default_map_kind``.
-        layer: Grad-CAM stage, None for ``method.map_layer``.
+        kind: a registered map kind (``wsss.core.map_kinds.MAP_KINDS``: ``"cam"``,
+            ``"gradcam"``, ...) or None for ``method.default_map_kind``.
+        layer: the stage a gradient kind weights, None for ``method.map_layer``.
         scales: test-time scale factors, relative to ``image_scale``.
         flip: also use horizontally flipped images.
         out_size: (H_out, W_out), default the input size (H, W).
@@ -221,11 +128,9 @@ def localization_maps(method: Method, model: nn.Module, images: torch.Tensor,
         Float maps [B, C, H_out, W_out] in [0, 1] on the model's device: float32 for every
         precision (float64 when the model and images are float64, a reference computation).
     """
-    kind = kind or method.default_map_kind
-    _check_kind(kind, method)
+    map_kind, layer = map_kind_for(method, kind, layer)
     if len(scales) == 0:
         raise ValueError("localization_maps needs at least one scale")
-    layer = layer or method.map_layer
     device = _device_of(model)
     images = images.to(device)
     labels = labels.to(device)
@@ -233,7 +138,7 @@ def localization_maps(method: Method, model: nn.Module, images: torch.Tensor,
     size = tuple(out_size) if out_size is not None else (height, width)
     with _eval_mode(model):
         total = sum(_scale_maps(method, model, resize_by(images, scale * image_scale), labels,
-                                kind, layer, flip, size, precision) for scale in scales)
+                                map_kind, layer, flip, size, precision) for scale in scales)
     total = torch.relu(total)
     total = total / (total.amax(dim=(1, 2), keepdim=True) + NORM_EPS)
     out = total.new_zeros((*labels.shape, *size))

@@ -37,11 +37,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from wsss.errors import WsssError
+
 # tests: a child process aborts on the call whose first array has this sha1 (of its bytes)
 CRASH_ENV = "WSSS_NATIVE_CRASH_SHA1"
 
 
-class NativeCrash(RuntimeError):
+class NativeCrash(WsssError, RuntimeError):
     """The child process running a native call died (segfault, abort, killed)."""
 
 

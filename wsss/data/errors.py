@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from wsss.errors import WsssError
+
 # Kinds of per-sample problems (the subject is plural: "<n> of <total> <kind>").
 IMAGE_MISSING = "ids have no image file"
 IMAGE_UNREADABLE = "images cannot be decoded"
@@ -34,7 +36,7 @@ def mask_values_kind(num_classes: int) -> str:
     return f"masks have label values outside 0..{num_classes - 1} (255 = ignore)"
 
 
-class DatasetError(ValueError):
+class DatasetError(WsssError, ValueError):
     """A dataset file is missing or invalid; the message names the file and the problem.
 
     Args:

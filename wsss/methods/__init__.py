@@ -1,5 +1,6 @@
 """The methods: importing this package imports every module in it, and each module registers
-its methods (``wsss.registry``); a new method is one new module here.
+its methods (``@register_method``, ``wsss.methods.base.METHODS``); a new method is one new
+module here (docs/methods.md, "Adding a method").
 
 Code above the methods layer imports the registry's API from here, so the registry it sees is
 always complete.
@@ -7,10 +8,11 @@ always complete.
 import importlib
 import pkgutil
 
-from wsss.methods.base import Method, NoParams
-from wsss.registry import METHODS, get_method, register_method
+from wsss.methods.base import (METHODS, Method, NoParams, check_method_config, get_method,
+                               register_method)
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["METHODS", "Method", "NoParams", "get_method", "register_method"]
+__all__ = ["METHODS", "Method", "NoParams", "check_method_config", "get_method",
+           "register_method"]

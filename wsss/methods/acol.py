@@ -23,8 +23,7 @@ from torch import nn
 
 from wsss.config import ModelConfig, check_value
 from wsss.knobs import Knob
-from wsss.methods.base import Method
-from wsss.registry import register_method
+from wsss.methods.base import Method, register_method
 from wsss.models.classifier import unwrap
 from wsss.models import Backbone, build_backbone
 from wsss.models.heads import conv_class_head, max_normalise

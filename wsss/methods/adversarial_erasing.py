@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss.config import ConfigError, ModelConfig
+from wsss.config import ModelConfig
+from wsss.errors import ConfigError
 from wsss.knobs import Knob
-from wsss.methods.base import Method
-from wsss.registry import register_method
+from wsss.methods.base import Method, register_method
 from wsss.models.classifier import unwrap
 from wsss.models import CamClassifier, build_backbone
 from wsss.models.heads import max_normalise
@@ -92,7 +92,7 @@ class AdversarialErasing(Method):
     Params = ErasingParams
     knobs = (Knob("method.params.steps", 1, 4, integer=True),
              Knob("method.params.threshold", 0.3, 0.9))
-    supported_map_kinds = ("cam",)
+    layer_maps = False  # one backbone per round: no single layer for gradient kinds
 
     @property
     def num_rounds(self) -> int:

@@ -1,4 +1,4 @@
-"""The one interface every method implements, and the registry that names them.
+"""The one interface every method implements, and the registry that names them (``METHODS``).
 
 A method says how to build its model, how to compute its training loss from a batch, and how to
 turn images into raw class maps. Methods that act on the inputs (Hide-and-Seek, Mixup), on the
@@ -17,12 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss.config import ModelConfig, typed_value
+from wsss.config import MethodConfig, ModelConfig, RefineConfig, typed_value
+from wsss.core.map_kinds import MAP_KINDS
 from wsss.core.masks import pseudo_mask
 from wsss.errors import ConfigError
 from wsss.knobs import Knob
 from wsss.models import CamClassifier, build_backbone
 from wsss.models.classifier import unwrap
+from wsss.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,9 @@ class Method:
     # (``wsss.tune.spaces.method_knobs``)
     knobs: ClassVar[tuple[Knob, ...]] = ()
     default_map_kind: ClassVar[str] = "cam"
-    supported_map_kinds: ClassVar[tuple[str, ...]] = ("cam", "gradcam")
+    # the model follows the backbone contract (``wsss.core.map_kinds.MapKind``), so the map
+    # kinds that weight a backbone layer (Grad-CAM, LayerCAM...) work on it
+    layer_maps: ClassVar[bool] = True
     masks_need_image: ClassVar[bool] = False  # pseudo_mask reads the image even without CRF
 
     def __init__(self, num_classes: int, params: Mapping[str, Any] | Any = None) -> None:
@@ -93,6 +97,13 @@ class Method:
 
     # -- maps --------------------------------------------------------------------------------
     @property
+    def supported_map_kinds(self) -> tuple[str, ...]:
+        """The registered map kinds this method's model gives (``wsss.core.map_kinds``): all
+        of them, or those that weight no layer when the model has no ``layer_maps``."""
+        return tuple(name for name in MAP_KINDS.names()
+                     if self.layer_maps or not MAP_KINDS[name].layers)
+
+    @property
     def map_layer(self) -> str:
         """Backbone stage whose activations Grad-CAM weights."""
         return "layer4"
@@ -108,11 +119,26 @@ class Method:
 
     # -- masks -------------------------------------------------------------------------------
     def pseudo_mask(self, image: np.ndarray | None, maps: np.ndarray, class_ids: Sequence[int],
-                    has_background: bool, cfg: Any,
+                    has_background: bool, refine: RefineConfig,
                     saliency: Callable[[str], np.ndarray] | None = None) -> np.ndarray:
-        """Pseudo-mask uint8 [H, W] from maps [K, H, W] of the present classes ``class_ids``.
+        """Pseudo-mask uint8 [H, W] (255 = uncertain) from maps float [K, H, W] in [0, 1] of
+        the present classes ``class_ids``, at the size of ``image`` RGB uint8 [H, W, 3] (needed
+        by the CRF and by methods with ``masks_need_image``).
 
-        ``cfg`` is a ``RefineConfig``; ``saliency(source)`` gives the image's saliency map
-        [H, W] for methods that use one (loaded lazily: most do not).
+        ``refine``: background score, CRF and confidence marking (validated by the caller,
+        once per job); ``saliency(source)`` gives the image's saliency map [H, W] for methods
+        that use one (loaded lazily: most do not).
         """
-        return pseudo_mask(image, maps, class_ids, has_background, cfg)
+        return pseudo_mask(image, maps, class_ids, has_background, refine)
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+register_method = METHODS.register
+get_method = METHODS.lookup
+
+
+def check_method_config(section: MethodConfig) -> None:
+    """The methods layer's check of the ``method`` config section (``wsss.config`` imports no
+    method): ConfigError naming an unregistered ``method.name`` (with the valid names) or a
+    ``method.params`` key or value its method refuses."""
+    get_method(section.name).parse_params(section.params)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wsss.config import ConfigError
+from wsss.errors import ConfigError
 from wsss.knobs import Knob
-from wsss.methods.base import Method
-from wsss.registry import register_method
+from wsss.methods.base import Method, register_method
 from wsss.models.backbones import STAGES
 
 

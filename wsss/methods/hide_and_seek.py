@@ -18,8 +18,7 @@ from torch import nn
 
 from wsss.config import check_value
 from wsss.knobs import Knob
-from wsss.methods.base import Method
-from wsss.registry import register_method
+from wsss.methods.base import Method, register_method
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from wsss.config import ConfigError, RefineConfig
+from wsss.config import RefineConfig
+from wsss.errors import ConfigError
 from wsss.core.masks import mask_from_scores, saliency_scores
 from wsss.core.saliency import SOURCES
 from wsss.knobs import Knob
-from wsss.methods.base import Method
-from wsss.registry import register_method
+from wsss.methods.base import Method, register_method
 
 FUSIONS = ("best_seed", "product")
 

@@ -27,8 +27,7 @@ from torch import nn
 from wsss.config import ModelConfig, check_value
 from wsss.models.heads import NORM_EPS, max_normalise
 from wsss.knobs import Knob
-from wsss.methods.base import Method
-from wsss.registry import register_method
+from wsss.methods.base import Method, register_method
 from wsss.models import Backbone, build_backbone
 
 PCM_CHANNELS = 192

@@ -5,7 +5,7 @@ of sample references. ``LocalExecutor`` runs them one batch at a time in this pr
 (``wsss cam``, ``refine``, ``eval``, ``predict``); ``RayDataExecutor`` runs each as a Ray Data
 stage (``wsss pseudo-label``, the CRF sweep's rescoring): plain steps as CPU tasks, model steps
 in an actor pool, streaming with Ray Data's backpressure. Both yield the last step's output
-batches, so the driver's bookkeeping (``wsss.pipeline.run.collect``) is the same.
+batches, so the driver's bookkeeping (``wsss.pipeline.report.collect``) is the same.
 
 The actor pool never takes every CPU: at least ``RESERVED_TASK_CPUS`` stay free for the decode
 and write tasks (actors on CPU get a fractional share when needed), the known way for an actor

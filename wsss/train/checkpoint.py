@@ -28,7 +28,8 @@ import pyarrow.fs as pafs
 import torch
 from torch import nn
 
-from wsss.config import ConfigError, ModelConfig, from_dict
+from wsss.config import ModelConfig, from_dict
+from wsss.errors import ConfigError, WsssError
 from wsss.methods import get_method
 from wsss.models.backbones import Backbone
 from wsss.storage import Location
@@ -43,7 +44,7 @@ KINDS = {"classifier": (FORMAT, "classifier", "wsss.train.checkpoint"),
 CACHED_CHECKPOINTS = 4  # checkpoints (with their built models) kept per process
 
 
-class CheckpointError(ValueError):
+class CheckpointError(WsssError, ValueError):
     """A checkpoint is missing, unsafe, or does not fit what it is used for."""
 
 

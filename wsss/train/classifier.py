@@ -29,7 +29,7 @@ from wsss.data.errors import DatasetError
 from wsss.data.reader import read_info
 from wsss.data.transforms import eval_transform, train_transform
 from wsss.data.voc import DatasetInfo
-from wsss.methods import get_method
+from wsss.methods import check_method_config, get_method
 from wsss.ray_utils import gpus_available, init_ray, train_logging
 from wsss.storage import is_uri
 from wsss.train.checkpoint import (FORMAT, link_from_ray_checkpoint, read_state,
@@ -120,13 +120,16 @@ def _resolved(root: str | Path) -> str:
 
 
 def scan_training_data(cfg: ExperimentConfig) -> TrainingData:
-    """Read the train and val splits of ``cfg.data`` once, before any compute.
+    """Read the train and val splits of ``cfg.data`` once, before any compute, after checking
+    the method section (``wsss.methods.check_method_config``).
 
     Raises:
+        ConfigError: an unknown method, or parameters it refuses.
         DatasetError: the dataset folder, a file of it or the train split is missing or
             invalid; the dataset has no foreground class; or no training image is readable
             (the message counts the problems by kind, with a file of each).
     """
+    check_method_config(cfg.method)
     key = data_key(cfg)
     root = key[0]
     info = read_info(root)

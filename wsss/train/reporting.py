@@ -22,6 +22,7 @@ import mlflow
 import ray.train
 from ray.train import UserCallback
 
+from wsss.errors import WsssError
 from wsss.faults import fault_point
 from wsss.tracking import (UNSENT_RUN_PREFIX, is_offline, is_server, log_metrics,
                            resolve_tracking_uri, unsent_file, unsent_records, worker_unsent_file)
@@ -29,7 +30,7 @@ from wsss.tracking import (UNSENT_RUN_PREFIX, is_offline, is_server, log_metrics
 MODEL_FILE = "model.pt"
 
 
-class TrainingError(RuntimeError):
+class TrainingError(WsssError, RuntimeError):
     """A training run finished without learning anything (no optimizer step)."""
 
 

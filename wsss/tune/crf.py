@@ -1,10 +1,10 @@
 """The CRF sweep: background and dense-CRF knobs scored on maps of one fixed checkpoint.
 
-Before the sweep the Ray Data pseudo-labelling pipeline (``wsss.pseudo_label``) extracts the
-maps of the scored images once; a trial re-runs its refine stage on those maps through Ray Data
-(``wsss.rescore``) with the trial's settings, reporting the running mIoU after each chunk of
-images so ASHA can stop poor settings early (time attribute ``chunk``). A trial reserves one
-CPU per ``--workers-per-trial`` for its refine tasks.
+Before the sweep the Ray Data pseudo-labelling pipeline (``wsss.pipeline.pseudo_label``)
+extracts the maps of the scored images once; a trial re-runs its refine stage on those maps
+through Ray Data (``wsss.pipeline.pseudo_label.rescore_maps``) with the trial's settings,
+reporting the running mIoU after each chunk of images so ASHA can stop poor settings early (time
+attribute ``chunk``). A trial reserves one CPU per ``--workers-per-trial`` for its refine tasks.
 """
 
 from __future__ import annotations
