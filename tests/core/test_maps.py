@@ -20,45 +20,18 @@ LABELS = torch.tensor([[1, 0, 1, 0, 0],
                        [1, 1, 1, 0, 0]], dtype=torch.float32)
 
 
-def _perturb_batchnorm(model: nn.Module, generator: torch.Generator) -> None:
-    """Random BN running statistics so an untrained network gives varied, non-trivial maps."""
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                n = module.num_features
-                module.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
-                module.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=generator))
-
-
-def _random_model(seed: int = 0) -> CamClassifier:
-    torch.manual_seed(seed)
-    model = CamClassifier(build_backbone("resnet18"), NUM_CLASSES)
-    _perturb_batchnorm(model, torch.Generator().manual_seed(seed))
-    return model.eval()
-
-
-def _flip_equivariant_model(seed: int = 1) -> CamClassifier:
+def _flip_equivariant_model(random_classifier, seed: int = 1) -> CamClassifier:
     """A model whose maps satisfy m(flip(x)) == flip(m(x)) for inputs of odd width.
 
     Every kernel is made left-right symmetric; with odd widths at every stride-2 stage
     (e.g. W = 65 -> 33 -> 17 -> 9 -> 5) the strided sampling is mirror-symmetric too.
     """
-    model = _random_model(seed)
+    model = random_classifier(seed)
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.Conv2d):
                 module.weight.copy_((module.weight + module.weight.flip(-1)) / 2)
     return model
-
-
-@pytest.fixture(scope="module")
-def model() -> CamClassifier:
-    return _random_model()
-
-
-@pytest.fixture(scope="module")
-def images() -> torch.Tensor:
-    return torch.randn(3, 3, 64, 96, generator=torch.Generator().manual_seed(0))
 
 
 # -- a map that peaks on the object ----------------------------------------------------------
@@ -118,8 +91,8 @@ def test_localization_maps_shape_range_and_normalisation(model, images, kind):
 
 
 @pytest.mark.parametrize("kind", MAP_KINDS.names())
-def test_flip_of_symmetric_input_equals_no_flip(kind):
-    model, method = _flip_equivariant_model(), get_method("cam")(NUM_CLASSES)
+def test_flip_of_symmetric_input_equals_no_flip(kind, random_classifier):
+    model, method = _flip_equivariant_model(random_classifier), get_method("cam")(NUM_CLASSES)
     half = torch.randn(2, 3, 48, 32, generator=torch.Generator().manual_seed(3))
     symmetric = torch.cat([half, half[..., :1], half.flip(-1)], dim=-1)  # width 65
     assert torch.equal(symmetric, symmetric.flip(-1))
@@ -129,9 +102,9 @@ def test_flip_of_symmetric_input_equals_no_flip(kind):
 
 
 @pytest.mark.parametrize("kind", MAP_KINDS.names())
-def test_flipped_maps_are_mirrored_back(kind):
+def test_flipped_maps_are_mirrored_back(kind, random_classifier):
     """For a mirror-equivariant model, flip TTA of any input equals the plain map."""
-    model, method = _flip_equivariant_model(), get_method("cam")(NUM_CLASSES)
+    model, method = _flip_equivariant_model(random_classifier), get_method("cam")(NUM_CLASSES)
     image = torch.randn(2, 3, 48, 65, generator=torch.Generator().manual_seed(4))
     plain = cams.localization_maps(method, model, image, LABELS[:2], kind=kind)
     assert not torch.allclose(plain, plain.flip(-1), atol=1e-2)  # the maps are not symmetric
@@ -168,8 +141,9 @@ def test_unknown_kind_is_rejected(model, images):
 
 # -- Grad-CAM differentiates the tail only, from one forward pass -------------------------------
 @pytest.mark.parametrize("layer", ["layer4", "layer3"])
-def test_gradcam_one_forward_and_tail_only_backward(images, layer, monkeypatch):
-    model = _random_model(seed=5)
+def test_gradcam_one_forward_and_tail_only_backward(images, layer, monkeypatch,
+                                                     random_classifier):
+    model = random_classifier(5)
     backbone = model.backbone
     calls = {"forward_until": 0, "forward_from": 0}
 

