@@ -7,27 +7,12 @@ import sys
 import mlflow
 import pytest
 
-from wsss.cli import main
+from wsss.cli import build_parser, command_paths, main
 from wsss.core.maps import load_maps
 
 
-def _commands(parser=None, prefix=()) -> list[list[str]]:
-    """Every command path of the ``wsss`` parser: [], ["data"], ["data", "synth"], ..."""
-    import argparse
-
-    from wsss.cli import build_parser
-
-    parser = parser or build_parser()
-    found = [list(prefix)]
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                found += _commands(sub, (*prefix, name))
-    return found
-
-
 def test_every_subcommand_has_help(capsys):
-    commands = _commands()
+    commands = [list(path) for path in command_paths(build_parser())]
     assert ["data", "convert-masks"] in commands and ["train-seg"] in commands
     for command in commands:
         with pytest.raises(SystemExit) as done:

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import pytest
 
+from wsss.cli import build_parser, command_paths, subcommands
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted(["README.md", "cluster/README.md",
                *(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))])
@@ -262,25 +264,18 @@ def _defined_names(body: list[ast.stmt]) -> dict[str, ast.AST]:
 # -- commands ---------------------------------------------------------------------------------
 @functools.cache
 def cli_parser() -> argparse.ArgumentParser:
-    from wsss.cli import build_parser
-
     return build_parser()
-
-
-def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    return next((action.choices for action in parser._actions
-                 if isinstance(action, argparse._SubParsersAction)), {})
 
 
 @functools.cache
 def sweep_parser(script: str) -> argparse.ArgumentParser:
     """The parser of ``sweeps/NAME.py``: its ``SWEEP`` given to the runner's parser."""
-    from wsss.tune.runner import build_parser
+    from wsss.tune.runner import build_parser as build_sweep_parser
 
     spec = importlib.util.spec_from_file_location(f"docs_{Path(script).stem}", ROOT / script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return build_parser(module.SWEEP, module.__doc__)
+    return build_sweep_parser(module.SWEEP, module.__doc__)
 
 
 @functools.cache
@@ -308,7 +303,7 @@ def _options(rest: str) -> list[str]:
 def shown_commands(page: Page) -> list[tuple[list[str], list[str], int]]:
     """(subcommand path, options, line) of each ``wsss`` command the page shows."""
     found = []
-    subcommands = _subparsers(cli_parser())
+    cli_commands = subcommands(cli_parser())
     for text, line, block in page.commands():
         for m in WSSS_COMMAND.finditer(text):
             # in inline code a command starts the span, a quote or a message's "...: "
@@ -316,7 +311,7 @@ def shown_commands(page: Page) -> list[tuple[list[str], list[str], int]]:
             if block or re.search(r"(?:^|:\s+|['\"(])$", text[:m.start()]):
                 found.append((m.group("sub"), m.group("rest"), line))
         bare = re.match(r"(?P<sub>[a-z][\w-]*)(?P<rest>\s+--.*)", text, re.S)
-        if bare and bare.group("sub") in subcommands and not text.startswith("wsss"):
+        if bare and bare.group("sub") in cli_commands and not text.startswith("wsss"):
             found.append((bare.group("sub"), bare.group("rest"), line))
     commands = []
     for sub, rest, line in found:
@@ -324,7 +319,7 @@ def shown_commands(page: Page) -> list[tuple[list[str], list[str], int]]:
         if rest.startswith(":"):  # an error message (`wsss data: error: ...`): the name only
             commands.append((path, [], line))
             continue
-        nested = _subparsers(subcommands[sub]) if sub in subcommands else {}
+        nested = subcommands(cli_commands[sub]) if sub in cli_commands else {}
         word = re.match(r"\s+([a-z][\w-]*)", rest)
         if nested and word:
             path.append(word.group(1))
@@ -340,7 +335,7 @@ def command_problems(page: Page) -> list[str]:
         where, shown = page.where(line), " ".join(["wsss", *path])
         parser, known = cli_parser(), []
         for name in path:
-            choices = _subparsers(parser)
+            choices = subcommands(parser)
             if name not in choices:
                 problems.append(f"{where}: `{shown}`: no subcommand {name!r}; choose one of: "
                                 f"{', '.join(choices)}")
@@ -393,23 +388,18 @@ def test_paths_tests_and_names_exist(name):
 
 @pytest.mark.parametrize("name", DOCS)
 def test_commands_have_their_help_and_options(name):
-    problems = command_problems(_page(name)) + script_problems(_page(name))
+    page = _page(name)
+    problems = command_problems(page) + script_problems(page)
     assert not problems, "commands that do not exist:\n" + "\n".join(problems)
-
-
-def _leaf_commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()
-                   ) -> list[tuple[str, ...]]:
-    """Every runnable command path of a parser: ("cam",), ("data", "synth"), ..."""
-    choices = _subparsers(parser)
-    if not choices:
-        return [prefix]
-    return [leaf for name, sub in choices.items() for leaf in _leaf_commands(sub, (*prefix, name))]
 
 
 def test_the_docs_show_every_subcommand():
     """Not vacuous: the command check sees at least one command of each subcommand."""
     shown = {tuple(path) for name in DOCS for path, _, _ in shown_commands(_page(name))}
-    missing = [" ".join(leaf) for leaf in _leaf_commands(cli_parser()) if leaf not in shown]
+    paths = command_paths(cli_parser())
+    leaves = [path for path in paths if not any(other[:len(path)] == path and other != path
+                                                for other in paths)]
+    missing = [" ".join(leaf) for leaf in leaves if leaf not in shown]
     assert not missing, f"no page shows these commands: wsss {', wsss '.join(missing)}"
 
 

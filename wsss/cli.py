@@ -369,13 +369,24 @@ def examples(command: str = "") -> str | None:
     return "examples:\n" + "\n".join(f"  {line}" for line in lines) if lines else None
 
 
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """``parser``'s subcommand parsers by name ({} when it has none)."""
+    return next((action.choices for action in parser._actions
+                 if isinstance(action, argparse._SubParsersAction)), {})
+
+
+def command_paths(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()
+                  ) -> list[tuple[str, ...]]:
+    """Every command path of ``parser``, all levels: (), ("data",), ("data", "synth"), ..."""
+    return [prefix, *(path for name, sub in subcommands(parser).items()
+                      for path in command_paths(sub, (*prefix, name)))]
+
+
 def _add_examples(parser: argparse.ArgumentParser, command: str = "") -> None:
     """Give ``parser`` and its subcommands' parsers (all levels) their examples as epilog."""
     parser.epilog = examples(command)
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                _add_examples(sub, f"{command} {name}".strip())
+    for name, sub in subcommands(parser).items():
+        _add_examples(sub, f"{command} {name}".strip())
 
 
 def build_parser() -> argparse.ArgumentParser:
